@@ -1,0 +1,1 @@
+"""verl-avsd: Adaptive-View Self-Distillation for verl."""

@@ -1,0 +1,1 @@
+"""Ray workers of verl-avsd (installed as `verl_avsd.workers`)."""
