@@ -1,0 +1,54 @@
+# verl-avsd: the two commands a new user runs are `make demo` and `make test`; both install
+# into .venv first when needed. `make install` alone is idempotent.
+#
+# CPU or GPU: a machine where `nvidia-smi -L` lists a GPU gets the `gpu` extra (vllm +
+# flash-attn, which bring verl's CUDA torch). Anywhere else torch==2.13.0 is installed first
+# and then held there with a constraints file, so resolving verl never pulls CUDA wheels.
+# TORCH_INSTALL_ARGS adds pip options for that first step (e.g. an index with CPU wheels).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.verl-avsd-installed
+CONSTRAINTS := $(VENV)/constraints.txt
+TORCH_VERSION ?= 2.13.0
+TORCH_INSTALL_ARGS ?=
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[install] into $(VENV) ($(if $(HAS_GPU),GPU: gpu extra,CPU: torch==$(TORCH_VERSION)))"
+ifeq ($(HAS_GPU),1)
+	$(PIP) install -e ".[gpu,test]"
+else
+	$(PIP) install -q $(TORCH_INSTALL_ARGS) "torch==$(TORCH_VERSION)"
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+endif
+	@# bubblewrap isolates the code sandbox; without it the sandbox falls back to rlimits +
+	@# namespaces and says so. Installed only where we are root and apt is there.
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) \
+		|| echo "[install] bubblewrap not installed: the sandbox will use its rlimit+namespace fallback"; }
+	@touch $(STAMP)
+	@echo "[install] done"
+
+demo: install
+	$(VENV)/bin/verl-avsd demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Everything but the slow end-to-end runs (they still run in `make test` and CI).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

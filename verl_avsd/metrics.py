@@ -1,0 +1,78 @@
+"""Per-step metrics of the AVSD signals and of credit reliability (pure torch, no verl import).
+
+Names are the ones verl's tracker logs (`avsd/*`, `credit/*`), so they show up in console,
+tensorboard and wandb next to verl's own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from verl_avsd.signals import AvsdSignals
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(mask.sum())
+    return float((x * mask).sum() / n) if n else 0.0
+
+
+def signal_metrics(signals: AvsdSignals, gate_open_threshold: float = 0.5) -> dict[str, float]:
+    """Token means over response tokens that have at least one valid view."""
+    mask = signals.token_mask.to(signals.gate.dtype)  # [B, T]
+    # C < 1 means at least two views disagree in sign; the tolerance absorbs the 1e-8 in C.
+    conflict = (signals.alignment < 1.0 - 1e-6).to(mask.dtype)
+    flipped = (torch.sign(signals.arithmetic) != torch.sign(signals.consensus)).to(mask.dtype)
+    return {
+        "avsd/gate_mean": _masked_mean(signals.gate, mask),
+        "avsd/gate_open_rate": _masked_mean((signals.gate >= gate_open_threshold).to(mask.dtype), mask),
+        "avsd/residual_mean": _masked_mean(signals.residual, mask),
+        "avsd/alignment_mean": _masked_mean(signals.alignment, mask),
+        "avsd/magnitude_mean": _masked_mean(signals.magnitude, mask),
+        "avsd/consensus_abs_mean": _masked_mean(signals.consensus.abs(), mask),
+        "avsd/advantage_abs_mean": _masked_mean(signals.advantage.abs(), mask),
+        "avsd/views_valid_mean": _masked_mean(signals.views_valid, mask),
+        "avsd/views_dropped": float(signals.views_dropped),
+        "avsd/tokens_without_view": float(signals.tokens_without_view),
+        "avsd/sign_conflict_rate": _masked_mean(conflict, mask),
+        # Tokens where the arithmetic pool alone would have given the opposite sign to the
+        # consensus: the flips AVSD's bounded residual rules out.
+        "avsd/arithmetic_sign_flips": float((flipped * mask).sum()),
+    }
+
+
+def wrong_rollout_positive_topk(
+    advantages: torch.Tensor,  # [B, T]
+    response_mask: torch.Tensor,  # [B, T]
+    sequence_reward: torch.Tensor,  # [B]
+    wrong_below: float = 1.0,
+    k: int = 20,
+) -> tuple[float, int]:
+    """Share of positive advantages among the k largest-|advantage| tokens of each wrong rollout,
+    pooled over wrong rollouts (a rollout shorter than k contributes all its tokens).
+
+    Returns (share, number of tokens counted); share is 0 when no rollout is wrong.
+    """
+    resp = response_mask.bool()
+    wrong = sequence_reward < wrong_below  # [B]
+    if not wrong.any():
+        return 0.0, 0
+    adv = advantages[wrong].float()
+    mask = resp[wrong]
+    k = min(k, adv.shape[1])
+    score = torch.where(mask, adv.abs(), -1.0)  # padding never outranks a real token
+    top = score.topk(k, dim=1).indices  # [W, k]
+    picked_adv = adv.gather(1, top)
+    picked_real = mask.gather(1, top)
+    counted = int(picked_real.sum())
+    positive = int(((picked_adv > 0) & picked_real).sum())
+    return (positive / counted if counted else 0.0), counted
+
+
+def credit_metrics(advantages, response_mask, sequence_reward, wrong_below: float, k: int) -> dict[str, float]:
+    share, counted = wrong_rollout_positive_topk(advantages, response_mask, sequence_reward, wrong_below, k)
+    wrong = sequence_reward < wrong_below
+    return {
+        f"credit/wrong_rollout_positive_top{k}": share,
+        f"credit/wrong_rollout_top{k}_tokens": float(counted),
+        "credit/wrong_rollout_rate": float(wrong.float().mean()) if wrong.numel() else 0.0,
+    }
