@@ -1,0 +1,224 @@
+"""The toy task: multi-step addition/subtraction with three privileged views.
+
+A problem is a chain of operations on two-digit numbers, e.g. the prompt
+
+    Compute 37 + 48 - 19 + 6.
+
+whose worked solution (the target the model learns to write) is one line per step and a final
+answer line:
+
+    37 + 48 = 85
+    85 - 19 = 66
+    66 + 6 = 72
+    Answer: 72
+
+The three views (AVSD.md, "Views"), in the contract format `[{"name", "text"}, ...]`:
+  full    = the whole worked solution,
+  partial = the first half of the step lines (at least one), never the final answer,
+  answer  = only the final answer ("72").
+
+Everything is seeded and deterministic. Problems are assigned to a split by a hash of their
+prompt, so the `val` problems (used for held-out measurement) can never appear in `train`
+(used for the warm-up and for RL), whatever seeds the two sides use.
+
+This module also holds verl's custom reward function (`compute_score`) and the parquet writer,
+and `teacher_user_message`, the single place that formats "prompt + view" for the teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import zlib
+from dataclasses import dataclass
+
+DATA_SOURCE = "avsd_toy/arith"
+ABILITY = "math"
+VIEW_NAMES = ("full", "partial", "answer")
+SPLITS = ("train", "val")
+
+# Difficulty defaults, tuned with the warm-up so that the tiny model's view-free sampled
+# accuracy starts between 10% and 60% (see verl_avsd/assets/toy_model/warmup_metrics.json).
+DEFAULT_NUM_STEPS = 3  # operations per problem (operands = steps + 1)
+DEFAULT_MAX_OPERAND = 99  # operands are drawn from [10, max_operand]
+
+ANSWER_PREFIX = "Answer: "
+# A well-formed response ends with an "Answer: <integer>" line (trailing whitespace allowed).
+_ANSWER_LINE = re.compile(r"(?:^|\n)Answer: (-?\d+)\s*$")
+_NUMBER = re.compile(r"-?\d+")
+
+# How the teacher sees a view: the student's prompt, a blank line, a header naming the view,
+# and the view text, all inside the one user turn. See `teacher_user_message`.
+TEACHER_TEMPLATE = "{prompt}\n\nReference ({view_name}):\n{view_text}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One toy problem: its prompt, worked solution and answer."""
+
+    prompt: str  # "Compute 37 + 48 - 19 + 6."
+    steps: tuple[str, ...]  # ("37 + 48 = 85", "85 - 19 = 66", "66 + 6 = 72")
+    answer: int  # 72
+
+    @property
+    def solution(self) -> str:
+        """The worked solution: step lines then the answer line (what the model must write)."""
+        return "\n".join(self.steps) + "\n" + ANSWER_PREFIX + str(self.answer)
+
+    def views(self) -> list[dict[str, str]]:
+        """The three views in the contract order (full, partial, answer)."""
+        return [
+            {"name": "full", "text": self.solution},
+            {"name": "partial", "text": partial_view_text(self.steps)},
+            {"name": "answer", "text": str(self.answer)},
+        ]
+
+
+def partial_view_text(steps: tuple[str, ...]) -> str:
+    """The first half of the step lines (rounded down, at least one); no answer line."""
+    return "\n".join(steps[: max(1, len(steps) // 2)])
+
+
+def split_of_prompt(prompt: str) -> str:
+    """Deterministic split of a problem: one prompt in ten (by CRC32) is `val`, the rest `train`."""
+    return "val" if zlib.crc32(prompt.encode("utf-8")) % 10 == 0 else "train"
+
+
+def random_problem(rng: random.Random, num_steps: int = DEFAULT_NUM_STEPS, max_operand: int = DEFAULT_MAX_OPERAND) -> Problem:
+    """Draw one problem. Running totals never go negative (a '-' that would is turned into '+'),
+    and a problem is redrawn if its answer appears as a number in the partial view, so the
+    partial view never gives the answer away."""
+    if num_steps < 1 or max_operand < 10:
+        raise ValueError(f"need num_steps >= 1 and max_operand >= 10, got {num_steps=} {max_operand=}")
+    while True:
+        total = rng.randint(10, max_operand)
+        prompt_parts = [str(total)]
+        steps = []
+        for _ in range(num_steps):
+            operand = rng.randint(10, max_operand)
+            op = rng.choice("+-")
+            if op == "-" and operand > total:
+                op = "+"
+            new_total = total + operand if op == "+" else total - operand
+            prompt_parts.append(f"{op} {operand}")
+            steps.append(f"{total} {op} {operand} = {new_total}")
+            total = new_total
+        problem = Problem(prompt="Compute " + " ".join(prompt_parts) + ".", steps=tuple(steps), answer=total)
+        if str(total) not in _NUMBER.findall(partial_view_text(problem.steps)):
+            return problem
+
+
+def generate_problems(
+    n: int, seed: int, split: str, num_steps: int = DEFAULT_NUM_STEPS, max_operand: int = DEFAULT_MAX_OPERAND
+) -> list[Problem]:
+    """`n` distinct problems of `split` ('train' or 'val'), deterministic in `seed`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"{seed}/{split}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"could not draw {n} distinct {split} problems with {num_steps=} {max_operand=}")
+        problem = random_problem(rng, num_steps, max_operand)
+        if split_of_prompt(problem.prompt) == split and problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+    return problems
+
+
+def teacher_user_message(prompt_text: str, view_name: str, view_text: str) -> str:
+    """The teacher's user turn: the student's prompt followed by one view.
+
+    `teacher_user_message("Compute 1 + 2.", "answer", "3")` ==
+    "Compute 1 + 2.\\n\\nReference (answer):\\n3". The warm-up trains view-conditioned examples
+    with exactly this text, so the teacher worker must build its context with this function (or
+    with `TEACHER_TEMPLATE`, which it formats).
+    """
+    for field, value in (("prompt_text", prompt_text), ("view_name", view_name), ("view_text", view_text)):
+        if not isinstance(value, str):
+            raise TypeError(f"teacher_user_message: {field} must be a str, got {type(value).__name__}")
+    if not view_name:
+        raise ValueError("teacher_user_message: view_name is empty")
+    return TEACHER_TEMPLATE.format(prompt=prompt_text, view_name=view_name, view_text=view_text)
+
+
+def extract_answer(solution_str: str) -> int | None:
+    """The integer on the response's final `Answer: N` line, or None if the response is malformed."""
+    match = _ANSWER_LINE.search(solution_str)
+    return int(match.group(1)) if match else None
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
+    """verl custom reward (`reward.custom_reward_function.name=compute_score`).
+
+    1.0 if the response ends with `Answer: N` and N equals the ground truth, else 0.0
+    (wrong number, missing or malformed answer line). Extra keyword arguments that verl's
+    reward loop passes are ignored.
+    """
+    if data_source != DATA_SOURCE:
+        raise ValueError(f"toy compute_score only scores data_source={DATA_SOURCE!r}, got {data_source!r}")
+    try:
+        expected = int(str(ground_truth).strip())
+    except ValueError:
+        raise ValueError(f"toy compute_score: reward_model.ground_truth must be an integer, got {ground_truth!r}") from None
+    return 1.0 if extract_answer(solution_str) == expected else 0.0
+
+
+def parquet_row(problem: Problem, index: int, split: str) -> dict:
+    """One verl dataset row. The prompt holds only the question; views live in extra_info."""
+    return {
+        "prompt": [{"role": "user", "content": problem.prompt}],
+        "data_source": DATA_SOURCE,
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
+        "extra_info": {
+            "index": index,
+            "split": split,
+            "views": problem.views(),
+            "solution": problem.solution,
+        },
+    }
+
+
+def write_parquet(
+    out_dir: str,
+    n_train: int = 2048,
+    n_val: int = 256,
+    seed: int = 0,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    max_operand: int = DEFAULT_MAX_OPERAND,
+) -> dict[str, str]:
+    """Write `train.parquet` and `val.parquet` into `out_dir`; returns {split: path}."""
+    import pandas as pd
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        problems = generate_problems(n, seed, split, num_steps, max_operand)
+        rows = [parquet_row(problem, i, split) for i, problem in enumerate(problems)]
+        paths[split] = os.path.join(out_dir, f"{split}.parquet")
+        pd.DataFrame(rows).to_parquet(paths[split], index=False)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the toy arithmetic task as verl parquet (train/val).")
+    parser.add_argument("--out", required=True, help="output folder for train.parquet and val.parquet")
+    parser.add_argument("--n-train", type=int, default=2048)
+    parser.add_argument("--n-val", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS)
+    parser.add_argument("--max-operand", type=int, default=DEFAULT_MAX_OPERAND)
+    args = parser.parse_args(argv)
+    paths = write_parquet(args.out, args.n_train, args.n_val, args.seed, args.num_steps, args.max_operand)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()
