@@ -45,6 +45,8 @@ def avsd_config(algorithm_config) -> DictConfig:
         cfg = OmegaConf.merge(cfg, user)
     except ConfigKeyError as e:
         raise AvsdConfigError(f"algorithm.avsd: {e}") from e
+    # A template written on a command line cannot hold a newline; a literal backslash-n stands for one.
+    cfg.view_template = cfg.view_template.replace("\\n", "\n")
     _validate(cfg)
     return cfg
 

@@ -1,9 +1,13 @@
 """verl plugin entry point (setuptools group `verl.plugins`).
 
-verl imports this module at `import verl`, so everything the user selects by name in a
-verl command line (`algorithm.adv_estimator=avsd`, `trainer.v1.trainer_mode=avsd_sync`,
-the CPU platform and the `hf` rollout) is registered before hydra resolves the config.
+verl imports this module at `import verl`, in the driver and in every Ray worker, so
+everything a verl command line selects by name is registered before hydra resolves it:
+
+    algorithm.adv_estimator=avsd|avsd_consensus|avsd_arithmetic|opsd|rlsd   (estimators)
+    trainer.v1.trainer_mode=avsd_sync                                       (trainer)
+
 verl swallows exceptions raised here, so `tests/test_plugin.py` imports it on its own.
 """
 
-from verl_avsd import estimators  # noqa: F401  registers avsd, avsd_consensus, avsd_arithmetic, opsd, rlsd
+from verl_avsd import estimators  # noqa: F401
+from verl_avsd import trainer  # noqa: F401

@@ -1,0 +1,176 @@
+"""The AVSD trainer: verl's V1 synchronous PPO trainer with a teacher step.
+
+Select it with `trainer.v1.trainer_mode=avsd_sync`. One training step is verl's own:
+
+    rollout (vLLM, or `hf` on CPU) -> reward -> balance -> old_log_prob
+        -> [AVSD] teacher scores every rollout under each of its M views  (timing_s/teacher_views)
+        -> [AVSD] estimator: avsd_signals(old_log_prob, view log-probs) -> token advantages
+        -> verl's actor update (policy-gradient loss with those advantages)
+
+Only three things differ from verl's `sync` trainer:
+1. the actor workers are `AvsdActorRolloutRefWorker` (verl's worker + `compute_view_log_probs`),
+   and the reference model is built whenever the teacher is `ref` (even without a KL term);
+2. the advantage step first runs the teacher step, then the AVSD-family estimator, and logs
+   `avsd/*`, `credit/*` and teacher throughput metrics through verl's tracker;
+3. for estimators without a teacher (`grpo`, ...) it runs verl's own advantage step and
+   still logs the credit and GRPO-signal metrics, so runs compare side by side.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.workers.utils.padding import response_to_nested
+
+from verl_avsd.config import avsd_config
+from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
+from verl_avsd.metrics import credit_metrics, signal_metrics
+from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
+
+
+def _lora_enabled(config) -> bool:
+    model = config.actor_rollout_ref.model
+    rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
+    return rank > 0 or model.get("lora_adapter_path") is not None
+
+
+def groups_without_signal(sequence_reward: torch.Tensor, uids: list) -> float:
+    """Share of prompt groups whose rollouts all got the same reward (GRPO advantage 0)."""
+    groups: dict = {}
+    for r, uid in zip(sequence_reward.tolist(), uids):
+        groups.setdefault(uid, []).append(r)
+    multi = [g for g in groups.values() if len(g) > 1]
+    return sum(1 for g in multi if max(g) == min(g)) / len(multi) if multi else float("nan")
+
+
+@register_trainer("avsd_sync")
+class AvsdTrainer(PPOTrainerSync):
+    def __init__(self, config):
+        self.avsd = avsd_config(config.algorithm)  # a typo in algorithm.avsd.* fails here, before Ray work
+        self.estimator = str(config.algorithm.adv_estimator)
+        self.needs_teacher = self.estimator in TEACHER_ESTIMATORS
+        if self.needs_teacher and config.algorithm.get("use_kl_in_reward", False):
+            raise ValueError(
+                f"algorithm.use_kl_in_reward is not supported with algorithm.adv_estimator={self.estimator}: "
+                "the teacher advantage is per token already; use actor_rollout_ref.actor.use_kl_loss for a KL term"
+            )
+        super().__init__(config)
+
+    # ---- workers: verl's, plus the teacher method; the ref model whenever the teacher needs it ----
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        wants_ref_model = self.needs_teacher and self.avsd.teacher == "ref" and not _lora_enabled(self.config)
+        if wants_ref_model and Role.ActorRollout in self.role_worker_mapping:
+            # verl builds the ref model only for a KL term; the AVSD teacher needs it too.
+            del self.role_worker_mapping[Role.ActorRollout]
+            self.mapping[Role.ActorRolloutRef] = self.mapping.pop(Role.ActorRollout)
+            self.role_worker_mapping[Role.ActorRolloutRef] = None
+        if Role.Actor in self.role_worker_mapping:
+            raise NotImplementedError(
+                "trainer.v1.trainer_mode=avsd_sync runs the teacher on the colocated actor workers "
+                "(actor_rollout_ref.hybrid_engine=True)"
+            )
+        for role in (Role.ActorRollout, Role.ActorRolloutRef):
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(AvsdActorRolloutRefWorker)
+
+    # ---- the teacher step ----
+
+    def _compute_view_log_probs(self, batch, metrics: dict):
+        batch.extra_info.update(
+            {
+                "avsd_config": OmegaConf.to_container(self.avsd, resolve=True),
+                "avsd_chat_template_kwargs": OmegaConf.to_container(
+                    self.config.data.get("apply_chat_template_kwargs", {}) or {}, resolve=True
+                ),
+                # the student's old_log_prob is at the rollout temperature; score the teacher alike
+                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+            }
+        )
+        start = time.perf_counter()
+        output = self.actor_rollout_wg.compute_view_log_probs(batch)
+        assert len(output) == len(batch)
+        elapsed = time.perf_counter() - start
+        stats = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["avsd_view_tokens", "avsd_view_truncated"],
+        )
+        teacher_tokens = int(stats["avsd_view_tokens"].sum())
+        metrics.update(
+            {
+                "avsd/teacher_tokens": float(teacher_tokens),
+                "avsd/teacher_tokens_per_s": teacher_tokens / max(elapsed, 1e-9),
+                "avsd/views_truncated": float(stats["avsd_view_truncated"].sum()),
+            }
+        )
+        return batch
+
+    # ---- the advantage step ----
+
+    def _compute_advantage(self, batch, metrics: dict):
+        if not self.needs_teacher:
+            batch = super()._compute_advantage(batch, metrics)
+            self._comparison_metrics(batch, metrics)
+            return batch
+
+        with marked_timer("teacher_views", self.timing_raw, color="olive"):
+            batch = self._compute_view_log_probs(batch, metrics)
+
+        fields = ["uid", "response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        response_mask_nested = data["response_mask"]
+        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
+        padded = data.select("response_mask", "rm_scores", "old_log_probs", "avsd_view_logq").to_padded_tensor()
+        response_mask = padded["response_mask"]  # [B, T]
+        rewards = padded["rm_scores"]  # [B, T]
+        view_logq = padded["avsd_view_logq"].permute(0, 2, 1)  # [B, T, M] -> [B, M, T]
+        advantages, signals = token_advantages(
+            self.estimator,
+            self.config.algorithm,
+            student_logp=padded["old_log_probs"],
+            view_logq=view_logq,
+            view_mask=data["avsd_view_mask"].bool(),
+            response_mask=response_mask,
+            token_level_rewards=rewards,
+            index=np.array(uids, dtype=object),
+            norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
+        )
+        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
+        metrics.update(signal_metrics(signals, float(self.avsd.gate_open_threshold)))
+        metrics.update(
+            credit_metrics(
+                advantages[real], response_mask[real], rewards[real].sum(-1), float(self.avsd.wrong_below), int(self.avsd.credit_top_k)
+            )
+        )
+        if self.config.actor_rollout_ref.rollout.n > 1:
+            metrics["grpo/groups_without_signal"] = groups_without_signal(rewards[real].sum(-1), [u for u, r in zip(uids, real) if r])
+
+        out = {name: response_to_nested(advantages, response_mask_nested) for name in ("advantages", "returns")}
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(out, batch_size=len(batch)))
+
+    def _comparison_metrics(self, batch, metrics: dict) -> None:
+        """Credit reliability and GRPO signal share for estimators without a teacher."""
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask", "rm_scores", "advantages"]
+        )
+        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
+        padded = data.select("response_mask", "rm_scores", "advantages").to_padded_tensor()
+        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
+        reward = padded["rm_scores"][real].sum(-1)
+        metrics.update(
+            credit_metrics(padded["advantages"][real], padded["response_mask"][real], reward, float(self.avsd.wrong_below), int(self.avsd.credit_top_k))
+        )
+        if self.config.actor_rollout_ref.rollout.n > 1:
+            metrics["grpo/groups_without_signal"] = groups_without_signal(reward, [u for u, r in zip(uids, real) if r])

@@ -1,0 +1,117 @@
+"""Teacher contexts: the student's prompt with one privileged view in its user turn.
+
+For every rollout b and configured view m the teacher reads
+
+    chat_template(prompt messages with the last user turn = view_template(prompt, view_m),
+                  add_generation_prompt=True, same chat-template kwargs as the student)
+    + the student's response token ids, unchanged
+
+so the teacher scores exactly the tokens the student sampled. Views come from the row's
+`extra_info["views"]`, an ordered list of {"name": str, "text": str}; `algorithm.avsd.views`
+picks and orders the ones a run uses (this fixes M). A view a row lacks, or whose text is
+empty, is masked out for that row (never passed off as a view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class ViewDataError(ValueError):
+    """A row's views are malformed; the message names the row and the field."""
+
+
+@dataclass
+class TeacherContexts:
+    context_ids: list[list[torch.Tensor | None]]  # [B][M] prompt+view token ids, None = no view
+    view_mask: torch.Tensor  # [B, M] bool
+    truncated: torch.Tensor  # [B, M] bool: the view text was cut to max_view_tokens
+
+
+def row_name(extra_info, b: int) -> str:
+    """How an error names a row: its dataset index and split when the row carries them."""
+    if isinstance(extra_info, dict) and "index" in extra_info:
+        split = extra_info.get("split")
+        return f"row index={extra_info['index']}" + (f" (split {split})" if split else "") + f" [batch position {b}]"
+    return f"batch position {b}"
+
+
+def views_of_row(extra_info, names: list[str], b: int) -> list[str | None]:
+    """The text of each configured view for one row (None where the row lacks it)."""
+    where = row_name(extra_info, b)
+    if not isinstance(extra_info, dict) or "views" not in extra_info:
+        raise ViewDataError(
+            f"{where}: field extra_info.views is missing; AVSD rows carry their privileged views as "
+            "extra_info.views = [{name, text}, ...] (see `verl-avsd prep` and the README's data format)"
+        )
+    views = extra_info["views"]
+    if views is None or isinstance(views, (str, bytes, dict)) or not hasattr(views, "__iter__"):
+        raise ViewDataError(f"{where}: field extra_info.views must be a list of {{name, text}}, got {type(views).__name__}")
+    by_name: dict[str, str] = {}
+    for j, view in enumerate(views):
+        if not isinstance(view, dict) or "name" not in view or "text" not in view:
+            raise ViewDataError(f"{where}: field extra_info.views[{j}] must be a dict with keys name and text, got {view!r:.120}")
+        if not isinstance(view["name"], str) or not (view["text"] is None or isinstance(view["text"], str)):
+            raise ViewDataError(f"{where}: field extra_info.views[{j}] needs a str name and a str text")
+        if view["name"] in by_name:
+            raise ViewDataError(f"{where}: field extra_info.views has the view {view['name']!r} twice")
+        by_name[view["name"]] = view["text"]
+    return [by_name[n] if (by_name.get(n) or "").strip() else None for n in names]
+
+
+def teacher_messages(messages: list[dict], view_name: str, view_text: str, cfg) -> list[dict]:
+    """The student's chat messages with the view put into the last user turn."""
+    messages = [dict(m) for m in messages]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        raise ViewDataError("the prompt has no user message to put the view into")
+    title = cfg.view_titles.get(view_name, view_name) if cfg.get("view_titles") else view_name
+    messages[last_user]["content"] = cfg.view_template.format(
+        prompt=messages[last_user]["content"], view=view_text, view_name=view_name, view_title=title
+    )
+    return messages
+
+
+def build_teacher_contexts(
+    tokenizer,
+    raw_prompts: list[list[dict]],  # [B] the student's chat messages
+    extra_infos: list[dict],  # [B] each row's extra_info
+    cfg,  # resolved algorithm.avsd
+    chat_template_kwargs: dict | None = None,
+) -> TeacherContexts:
+    names = list(cfg.views)
+    B, M = len(raw_prompts), len(names)
+    context_ids: list[list[torch.Tensor | None]] = [[None] * M for _ in range(B)]
+    view_mask = torch.zeros(B, M, dtype=torch.bool)
+    truncated = torch.zeros(B, M, dtype=torch.bool)
+    max_view = int(cfg.max_view_tokens)
+    for b in range(B):
+        texts = views_of_row(extra_infos[b], names, b)
+        messages = list(raw_prompts[b])
+        for m, text in enumerate(texts):
+            if text is None:
+                continue
+            view_ids = tokenizer.encode(text, add_special_tokens=False)
+            if len(view_ids) > max_view:  # keep the beginning: the end of a long view is cut
+                text = tokenizer.decode(view_ids[:max_view])
+                truncated[b, m] = True
+            try:
+                msgs = teacher_messages(messages, names[m], text, cfg)
+            except ViewDataError as e:
+                raise ViewDataError(f"{row_name(extra_infos[b], b)}: field raw_prompt: {e}") from None
+            ids = tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {})
+            )
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in transformers 5
+                ids = ids["input_ids"]
+            context_ids[b][m] = torch.tensor(ids, dtype=torch.long)
+            view_mask[b, m] = True
+    if B and not view_mask.any():
+        found = sorted({v.get("name") for e in extra_infos if isinstance(e, dict) for v in (e.get("views") or []) if isinstance(v, dict)})
+        raise ViewDataError(
+            f"no row of this batch has any of the views algorithm.avsd.views={names} "
+            f"(views found in the rows: {found}); set algorithm.avsd.views to the names your data uses"
+        )
+    return TeacherContexts(context_ids=context_ids, view_mask=view_mask, truncated=truncated)

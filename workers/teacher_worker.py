@@ -1,0 +1,105 @@
+"""The teacher-ref worker: verl's ActorRolloutRefWorker plus one method that scores every
+rollout's response under each of its M privileged views.
+
+    compute_view_log_probs(batch) -> avsd_view_logq  [B, T_b, M] (nested over T_b)
+                                     avsd_view_mask  [B, M] bool
+                                     avsd_view_tokens, avsd_view_truncated  [B, M]
+
+It runs on the same Ray actors (and GPUs) as the actor, dispatched over the actor's
+data-parallel mesh, so each rank scores its own shard. All B*M teacher sequences of a shard
+go through the model as packed variable-length rows (`teacher_prefill`), micro-batched by
+`algorithm.avsd.token_budget`, with log-probs of the response tokens only, in chunks.
+
+Teacher weights (`algorithm.avsd.teacher`):
+- `ref`: the frozen reference model; with LoRA there is no separate ref model and the
+  teacher is the actor's base model with the adapter disabled, as verl does for ref.
+- `current`: the live actor weights (no grad).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from verl_avsd.workers.teacher_context import build_teacher_contexts
+from verl_avsd.workers.teacher_prefill import packed_response_logprobs
+
+
+@contextlib.contextmanager
+def _unsharded(module):
+    """FSDP2 keeps the root's own parameters (embeddings, lm_head) sharded outside its forward;
+    the prefill calls the backbone and the output embedding separately, so gather them for the
+    duration. A plain module (no FSDP) passes through."""
+    if hasattr(module, "unshard") and hasattr(module, "reshard"):
+        module.unshard()
+        try:
+            yield
+        finally:
+            module.reshard()
+    else:
+        yield
+
+
+def _as_list(value) -> list:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_view_log_probs(self, data: TensorDict) -> TensorDict:
+        cfg = OmegaConf.create(tu.get_non_tensor_data(data=data, key="avsd_config", default=None))
+        chat_kwargs = tu.get_non_tensor_data(data=data, key="avsd_chat_template_kwargs", default=None) or {}
+        temperature = float(tu.get_non_tensor_data(data=data, key="temperature", default=1.0))
+        worker = self._teacher_training_worker(cfg.teacher)
+        tokenizer = (self.actor or self.ref).model_config.tokenizer
+
+        responses = [r for r in data["responses"].unbind(0)]  # [B] x [T_b]
+        contexts = build_teacher_contexts(
+            tokenizer, _as_list(data["raw_prompt"]), _as_list(data["extra_info"]), cfg, chat_kwargs
+        )
+        B, M = contexts.view_mask.shape
+        pairs = [(b, m) for b in range(B) for m in range(M) if contexts.view_mask[b, m]]
+        sequences = [(contexts.context_ids[b][m], responses[b].cpu()) for b, m in pairs]
+
+        # LoRA + ref: the base model is the actor's with its adapter disabled.
+        no_adapter = cfg.teacher == "ref" and self.ref is None
+        adapter_off = worker.engine.disable_adapter() if no_adapter else contextlib.nullcontext()
+        with worker.engine.eval_mode(), adapter_off, _unsharded(worker.engine.module):
+            logprobs = packed_response_logprobs(
+                worker.engine.module,
+                sequences,
+                token_budget=int(cfg.token_budget),
+                logprob_chunk_tokens=int(cfg.logprob_chunk_tokens),
+                temperature=temperature,
+            )
+
+        # [B] x [T_b, M]: nested over the response length, as verl stores per-token fields.
+        per_sample = [torch.zeros(len(responses[b]), M, dtype=torch.float32) for b in range(B)]
+        for (b, m), lp in zip(pairs, logprobs):
+            per_sample[b][:, m] = lp
+        tokens = torch.zeros(B, M, dtype=torch.int64)
+        for b, m in pairs:
+            tokens[b, m] = len(contexts.context_ids[b][m]) + len(responses[b])
+        return TensorDict(
+            {
+                "avsd_view_logq": torch.nested.as_nested_tensor(per_sample, layout=torch.jagged),
+                "avsd_view_mask": contexts.view_mask,
+                "avsd_view_tokens": tokens,
+                "avsd_view_truncated": contexts.truncated,
+            },
+            batch_size=B,
+        )
+
+    def _teacher_training_worker(self, teacher: str):
+        """The TrainingWorker whose model is the teacher."""
+        if teacher == "current" or self.ref is None:
+            if self.actor is None:
+                raise RuntimeError("algorithm.avsd.teacher needs the actor model on this worker, which has none")
+            return self.actor
+        return self.ref
