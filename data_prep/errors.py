@@ -1,0 +1,40 @@
+"""The one error type data prep raises for bad input, and the message format it uses.
+
+Every problem with an input file is reported as `FILE: row N: field 'F': what is wrong`, so a
+user can open the file at that row and fix it. The CLI prints the message and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class BadInputError(ValueError):
+    """An input file, row or field that data prep cannot use.
+
+    `row` is the 0-based record index in the file (for JSONL, `line` is the 1-based line
+    number as well); `field` is the column name. Either may be None when the problem is with
+    the whole file (unreadable, a missing column) or the whole row (not a JSON object).
+    """
+
+    def __init__(
+        self,
+        file: str,
+        problem: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ):
+        self.file = str(file)
+        self.problem = problem
+        self.row = row
+        self.field = field
+        self.line = line
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = [self.file]
+        if self.row is not None:
+            where.append(f"row {self.row}" + (f" (line {self.line})" if self.line is not None else ""))
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return ": ".join(where) + ": " + self.problem

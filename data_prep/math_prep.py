@@ -1,0 +1,231 @@
+r"""`verl-avsd prep math`: math datasets to verl parquet with the full/partial/answer views.
+
+For each training row, in this order:
+1. read it with the schema's reader (a bad row is an error, or a `bad_row` drop);
+2. filter by `--domain` / `--source` (OpenThoughts defaults to `--domain math`);
+3. drop rows with an empty problem (`empty_problem`), an empty worked solution when the schema
+   has one (`empty_solution`), or no usable final answer (`no_boxed_answer`,
+   `unbalanced_boxed`, `empty_boxed_answer`, `empty_answer`);
+4. build the views and the student prompt (which never holds a view);
+5. filter repeats (`duplicate_problem`), evaluation problems (`eval_overlap_exact`,
+   `eval_overlap_whitespace`) and rows over the token limits (`problem_too_long`,
+   `view_too_long:<view>`).
+Evaluation sets (`--eval NAME=FILE`) become `eval_NAME.parquet` rows without views.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from verl_avsd.data_prep.boxed import last_boxed_answer
+from verl_avsd.data_prep.contract import MATH_ABILITY, chat_prompt, make_row
+from verl_avsd.data_prep.filters import Deduplicator, EvalOverlap, LengthFilter, TokenCounter
+from verl_avsd.data_prep.math_readers import (
+    DAPO_COLUMNS,
+    OPENTHOUGHTS_COLUMNS,
+    MathItem,
+    read_dapo,
+    read_eval,
+    read_generic,
+    read_openthoughts,
+)
+from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
+from verl_avsd.data_prep.pipeline import PrepRun
+
+DEFAULT_MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+@dataclass
+class MathOptions:
+    inputs: list[str]
+    out_dir: str
+    format: str = "openthoughts"
+    name: str | None = None  # data_source is math/<name>; defaults to the format (generic: the file name)
+    problem_key: str = "problem"
+    solution_key: str | None = None
+    answer_key: str | None = None
+    source_key: str | None = None
+    domain_key: str | None = None
+    id_key: str | None = None
+    solution_source: str = "ground_truth"  # openthoughts: ground_truth | deepseek
+    domains: list[str] | None = None
+    sources: list[str] | None = None
+    evals: list[tuple[str, str]] = field(default_factory=list)
+    eval_problem_key: str | None = None
+    eval_answer_key: str | None = None
+    tokenizer: str | None = None
+    max_problem_tokens: int | None = None
+    max_view_tokens: int | None = None
+    dedupe: bool = True
+    decontaminate: bool = True
+    val_size: float = 0.05
+    seed: int = 0
+    limit: int | None = None
+    prompt_template: str = DEFAULT_MATH_PROMPT
+    system_prompt: str | None = None
+    skip_bad_rows: bool = False
+    progress: bool = True
+
+
+def _check_options(options: MathOptions) -> None:
+    if "{problem}" not in options.prompt_template:
+        raise ValueError("--prompt-template must contain {problem}")
+    if options.format == "generic" and not (options.solution_key or options.answer_key):
+        raise ValueError("--format generic needs --solution-key and/or --answer-key")
+    if options.solution_source not in ("ground_truth", "deepseek"):
+        raise ValueError("--solution-source must be ground_truth or deepseek")
+
+
+def _reader(options: MathOptions):
+    """(read function, parquet columns to load, required columns) for the chosen format."""
+    if options.format == "openthoughts":
+        return (lambda r: read_openthoughts(r, options.solution_source)), OPENTHOUGHTS_COLUMNS, OPENTHOUGHTS_COLUMNS
+    if options.format == "dapo":
+        return read_dapo, DAPO_COLUMNS + ["data_source", "extra_info"], DAPO_COLUMNS
+    if options.format == "generic":
+        keys = [options.problem_key, options.solution_key, options.answer_key]
+        keys += [options.source_key, options.domain_key, options.id_key]
+        required = [key for key in keys if key]
+
+        def read(record):
+            return read_generic(
+                record,
+                options.problem_key,
+                options.solution_key,
+                options.answer_key,
+                options.source_key,
+                options.domain_key,
+                options.id_key,
+            )
+
+        return read, required, required
+    raise ValueError(f"unknown math format {options.format!r} (use openthoughts, dapo or generic)")
+
+
+def _final_answer(item: MathItem) -> tuple[str | None, str | None]:
+    """(answer, None) or (None, drop reason): the answer column first, else the solution's last box."""
+    if item.answer.strip():
+        return item.answer.strip(), None
+    if item.solution.strip():
+        return last_boxed_answer(item.solution)
+    return None, "empty_answer"
+
+
+def _dataset_name(options: MathOptions) -> str:
+    if options.name:
+        return options.name
+    if options.format == "generic":
+        return os.path.basename(options.inputs[0]).split(".")[0]
+    return options.format
+
+
+def _prepare_evals(run: PrepRun, options: MathOptions) -> tuple[dict[str, list[dict]], list[str]]:
+    """Rows of every evaluation set, and all their problems (for decontamination)."""
+    eval_rows: dict[str, list[dict]] = {}
+    eval_problems: list[str] = []
+    for name, path in options.evals:
+        tally = run.tally(f"eval:{name}")
+        rows = eval_rows.setdefault(name, [])
+        for record in run.records(path, f"eval:{name}", tally):
+            item = run.guarded(record, tally, lambda r: read_eval(r, options.eval_problem_key, options.eval_answer_key))
+            if item is None:
+                continue
+            if not item.problem.strip():
+                tally.drop("empty_problem")
+                continue
+            if not item.answer.strip():
+                tally.drop("empty_answer")
+                continue
+            eval_problems.append(item.problem)
+            prompt = chat_prompt(options.prompt_template.format(problem=item.problem), options.system_prompt)
+            rows.append(
+                make_row(
+                    data_source=f"math/{name}",
+                    ability=MATH_ABILITY,
+                    prompt=prompt,
+                    ground_truth=item.answer,
+                    problem=item.problem,
+                    problem_id=item.problem_id,
+                    source=name,
+                    views=[],
+                )
+            )
+            tally.kept += 1
+    return eval_rows, eval_problems
+
+
+def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
+    """Run the math pipeline; returns the manifest (also written to OUT/manifest.json)."""
+    _check_options(options)
+    if options.format == "openthoughts" and options.domains is None:
+        options.domains = ["math"]  # the paper trains on OpenThoughts' math subset
+    read, columns, required = _reader(options)
+    counter = TokenCounter(options.tokenizer) if options.tokenizer else None
+    length_filter = LengthFilter(counter, options.max_problem_tokens, options.max_view_tokens)
+    run = PrepRun(
+        "math",
+        options.out_dir,
+        asdict(options),
+        skip_bad_rows=options.skip_bad_rows,
+        progress=options.progress,
+        limit=options.limit,
+    )
+    eval_rows, eval_problems = _prepare_evals(run, options)
+    overlap = EvalOverlap(eval_problems) if options.decontaminate else None
+    deduplicator = Deduplicator() if options.dedupe else None
+    domains = {d.lower() for d in options.domains} if options.domains else None
+    sources = set(options.sources) if options.sources else None
+    data_source = f"math/{_dataset_name(options)}"
+    expects_solution = options.format == "openthoughts" or bool(options.format == "generic" and options.solution_key)
+
+    tally = run.tally("train")
+    rows: list[dict] = []
+    for path in options.inputs:
+        for record in run.records(path, "train", tally, columns=columns, required_columns=(required, options.format)):
+            item = run.guarded(record, tally, read)
+            if item is None:
+                continue
+            if domains is not None and item.domain.lower() not in domains:
+                tally.filter("domain")
+                continue
+            if sources is not None and item.source not in sources:
+                tally.filter("source")
+                continue
+            if not item.problem.strip():
+                tally.drop("empty_problem")
+                continue
+            if expects_solution and not item.solution.strip():
+                tally.drop("empty_solution")
+                continue
+            answer, reason = _final_answer(item)
+            if answer is None:
+                tally.drop(reason)
+                continue
+            views = math_views(item.solution, answer)
+            user_text = options.prompt_template.format(problem=item.problem)
+            if deduplicator is not None and deduplicator.seen_before(item.problem):
+                tally.filter("duplicate_problem")
+                continue
+            overlap_kind = overlap.match(item.problem) if overlap is not None else None
+            if overlap_kind is not None:
+                tally.filter(overlap_kind)
+                continue
+            too_long = length_filter.reason(user_text, views)
+            if too_long is not None:
+                tally.filter(too_long)
+                continue
+            rows.append(
+                make_row(
+                    data_source=data_source,
+                    ability=MATH_ABILITY,
+                    prompt=chat_prompt(user_text, options.system_prompt),
+                    ground_truth=answer,
+                    problem=item.problem,
+                    problem_id=item.problem_id,
+                    source=item.source or _dataset_name(options),
+                    views=views,
+                )
+            )
+            tally.kept += 1
+    return run.finish(rows, eval_rows, view_names=MATH_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv)

@@ -1,0 +1,149 @@
+"""What every `prep` command shares: reading input files with a progress bar, turning bad rows
+into errors (or counted drops with `--skip-bad-rows`), and writing the output folder with its
+manifest and printed summary.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from verl_avsd.data_prep.errors import BadInputError
+from verl_avsd.data_prep.output import describe_input, split_train_validation, write_manifest, write_rows
+from verl_avsd.data_prep.records import InputFile, Record, require_columns
+from verl_avsd.data_prep.summary import Tally, view_counts
+
+BAD_ROW = "bad_row"
+Item = TypeVar("Item")
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("verl-avsd")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class PrepRun:
+    """One `verl-avsd prep <task>` run: its inputs, tallies and output folder."""
+
+    def __init__(
+        self,
+        task: str,
+        out_dir: str,
+        options: dict,
+        *,
+        skip_bad_rows: bool = False,
+        progress: bool = True,
+        limit: int | None = None,
+    ):
+        self.task = task
+        self.out_dir = out_dir
+        self.options = options
+        self.skip_bad_rows = skip_bad_rows
+        self.progress = progress
+        self.limit = limit
+        self.inputs: list[dict] = []
+        self.tallies: dict[str, Tally] = {}
+
+    def tally(self, name: str) -> Tally:
+        if name not in self.tallies:
+            self.tallies[name] = Tally(name)
+        return self.tallies[name]
+
+    def records(
+        self,
+        path: str,
+        role: str,
+        tally: Tally | None,
+        *,
+        columns: list[str] | None = None,
+        required_columns: tuple[list[str], str] | None = None,
+    ) -> Iterator[Record]:
+        """The records of one input file, counted in `tally` (if given) as they are read.
+
+        `columns` limits the parquet columns read; `required_columns` = (names, format name)
+        fails fast when a parquet file lacks one. `--limit` caps the rows read per file.
+        """
+        input_file = InputFile(path, columns)
+        if required_columns is not None:
+            require_columns(input_file, *required_columns)
+        self.inputs.append(describe_input(path, role, input_file.num_rows))
+        total = input_file.num_rows if self.limit is None else min(self.limit, input_file.num_rows)
+        bar = tqdm(
+            total=total,
+            desc=f"{role} {os.path.basename(path)}",
+            unit="row",
+            disable=not self.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for record in input_file.records():
+                if self.limit is not None and record.row >= self.limit:
+                    break
+                if tally is not None:
+                    tally.read += 1
+                bar.update(1)
+                yield record
+
+    def guarded(self, record: Record, tally: Tally, read: Callable[[Record], Item]) -> Item | None:
+        """`read(record)`, or None after counting the row as `bad_row` when bad rows are skipped."""
+        try:
+            return read(record)
+        except BadInputError as error:
+            if not self.skip_bad_rows:
+                raise
+            tally.drop(BAD_ROW, error.format())
+            return None
+
+    def finish(
+        self,
+        rows: list[dict],
+        eval_rows: dict[str, list[dict]],
+        *,
+        view_names: tuple[str, ...],
+        val_size: float,
+        seed: int,
+        argv: list[str] | None,
+    ) -> dict:
+        """Write train/validation/eval parquet and the manifest; print the summary; return the manifest."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        outputs = []
+        if rows:
+            train, validation = split_train_validation(rows, val_size, seed)
+            outputs.append(write_rows(train, os.path.join(self.out_dir, "train.parquet"), "train"))
+            if validation:
+                outputs.append(write_rows(validation, os.path.join(self.out_dir, "validation.parquet"), "validation"))
+        for name, rows_of_set in eval_rows.items():
+            outputs.append(write_rows(rows_of_set, os.path.join(self.out_dir, f"eval_{name}.parquet"), "eval"))
+        for tally in self.tallies.values():
+            tally.check()
+        manifest = {
+            "tool": "verl-avsd prep",
+            "version": _package_version(),
+            "task": self.task,
+            "command": argv,
+            "options": self.options,
+            "inputs": self.inputs,
+            "outputs": outputs,
+            "views": {"names": list(view_names), "rows_with_view": view_counts(rows)},
+            "summary": {name: tally.as_dict() for name, tally in self.tallies.items()},
+        }
+        write_manifest(self.out_dir, manifest)
+        print(self.format_summary(outputs, manifest["views"]["rows_with_view"], len(rows)))
+        return manifest
+
+    def format_summary(self, outputs: list[dict], views: dict[str, int], prepared: int) -> str:
+        lines = [f"verl-avsd prep {self.task} -> {self.out_dir}"]
+        lines += [tally.format() for tally in self.tallies.values()]
+        if prepared:
+            lines.append("views (rows having each): " + ", ".join(f"{name} {count}/{prepared}" for name, count in views.items()))
+        lines += [f"wrote {entry['path']}: {entry['rows']} rows" for entry in outputs]
+        lines.append(f"wrote {os.path.join(self.out_dir, 'manifest.json')}")
+        return "\n".join(lines)
