@@ -41,8 +41,10 @@ import transformers
 ATTN_BACKENDS = ("auto", "sdpa_block", "varlen", "flash_attn", "flex")
 
 # Names under which the cu_seqlens adapters are registered in transformers' AttentionInterface.
+# They must not contain "flash": transformers treats any such name as its own flash-attention
+# integration and tries to load a kernel for it.
 _VARLEN_ATTN_NAME = "avsd_packed_varlen"
-_FLASH_ATTN_NAME = "avsd_packed_flash_attn"
+_FLASH_ATTN_NAME = "avsd_packed_fa_varlen"
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +326,8 @@ def packed_response_logprobs(
     """
     vocab_size = getattr(model.config.get_text_config(), "vocab_size", None)
     _check_sequences(sequences, vocab_size)
+    if logprob_chunk_tokens < 1:
+        raise ValueError(f"logprob_chunk_tokens must be >= 1, got {logprob_chunk_tokens}")
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     backend = _resolve_backend(attn, device, dtype)

@@ -1,0 +1,337 @@
+"""Packed M-view teacher prefill against a slow one-sequence-at-a-time float64 reference.
+
+Every model here is a tiny random float32 decoder built from a config (no download). The
+reference is the plainest possible computation: `model(context + response).logits` for one
+sequence, float64 log_softmax, gather. The packed path must match it to 1e-5.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from verl_avsd.workers import teacher_prefill
+from verl_avsd.workers.teacher_prefill import packed_response_logprobs, plan_microbatches
+
+VOCAB = 211  # prime, unlike every other dimension, so a tensor with last dim VOCAB is a logits tensor
+
+
+def tiny_model(family: str = "qwen2", tie: bool = True, seed: int = 0) -> transformers.PreTrainedModel:
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention, as in the real Qwen models
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+    )
+    torch.manual_seed(seed)
+    if family == "qwen2":
+        config = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(config)
+    elif family == "qwen3":
+        config = transformers.Qwen3Config(head_dim=16, **common)
+        model = transformers.Qwen3ForCausalLM(config)
+    elif family == "llama":
+        config = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(config)
+    elif family == "gemma2":  # final logit soft-cap, sliding-window layers
+        config = transformers.Gemma2Config(head_dim=16, final_logit_softcapping=2.0, sliding_window=8, **common)
+        model = transformers.Gemma2ForCausalLM(config)
+    else:
+        raise ValueError(family)
+    # Embeddings of std 0.1 keep log-probs near a trained model's scale (about -6), where float32
+    # resolves 1e-5, while a leaked neighbour or a shifted position moves them by 1e-2 or more.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.1)
+        if not tie:
+            model.get_output_embeddings().weight.normal_(0, 0.1)
+    return model.float()
+
+
+def reference_logprobs(model, sequences) -> list[torch.Tensor]:
+    """One sequence at a time, full logits, float64 log_softmax."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for context, response in sequences:
+            ids = torch.cat([context, response])[None]
+            logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)  # [L, V]
+            predicted_at = torch.arange(len(context) - 1, len(context) - 1 + len(response))
+            out.append(logprobs[predicted_at, response])
+    model.train(was_training)
+    return out
+
+
+def make_views_workload(rng: random.Random, num_samples: int, max_views: int, missing_rate: float):
+    """B samples, each with 1..max_views views (some missing); one response shared by its views.
+
+    Returns the flat list of (context_ids, response_ids) that the teacher worker would send.
+    """
+    sequences = []
+    for _ in range(num_samples):
+        prompt = torch.randint(0, VOCAB, (rng.randint(1, 6),))
+        response = torch.randint(0, VOCAB, (rng.randint(1, 12),))
+        for _ in range(rng.randint(1, max_views)):
+            if rng.random() < missing_rate:
+                continue  # a view this sample lacks: no sequence for it
+            view = torch.randint(0, VOCAB, (rng.randint(0, 14),))
+            sequences.append((torch.cat([prompt, view]), response))
+    return sequences
+
+
+def assert_close_to_reference(packed, reference, atol=1e-5):
+    assert len(packed) == len(reference)
+    for i, (p, r) in enumerate(zip(packed, reference)):
+        assert p.dtype == torch.float32, i
+        assert p.shape == r.shape, (i, p.shape, r.shape)
+        assert torch.allclose(p.double(), r, atol=atol, rtol=0), (i, (p.double() - r).abs().max().item())
+
+
+# --------------------------------------------------------------------------------------------
+# plan_microbatches
+# --------------------------------------------------------------------------------------------
+
+
+def test_plan_microbatches_first_fit_decreasing_by_hand():
+    # longest first: 9(#4) 8(#2) 5(#0) 3(#1) 2(#3); 3 joins 5, 2 joins 8 (8 + 2 = 10 fits).
+    assert plan_microbatches([5, 3, 8, 2, 9], token_budget=10) == [[4], [2, 3], [0, 1]]
+    # a sequence longer than the budget gets its own micro-batch; nothing joins it
+    assert plan_microbatches([3, 20, 4], token_budget=10) == [[1], [2, 0]]
+    # ties broken by index
+    assert plan_microbatches([4, 4, 4], token_budget=8) == [[0, 1], [2]]
+    assert plan_microbatches([], token_budget=8) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=50), max_size=40),
+    token_budget=st.integers(min_value=1, max_value=120),
+)
+def test_plan_microbatches_properties(lengths, token_budget):
+    plan = plan_microbatches(lengths, token_budget)
+    flat = [i for batch in plan for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    for batch in plan:
+        total = sum(lengths[i] for i in batch)
+        assert total <= token_budget or len(batch) == 1  # budget, unless one over-long sequence
+    # longest first: each batch opens with a sequence no shorter than the next batch's opener
+    openers = [lengths[batch[0]] for batch in plan]
+    assert openers == sorted(openers, reverse=True)
+    assert all(lengths[batch[0]] == max(lengths[i] for i in batch) for batch in plan)
+    # first fit: when FFD reached sequence i, it fitted in none of the batches before its own
+    for b, batch in enumerate(plan):
+        for i in batch:
+            for earlier in plan[:b]:
+                load_then = sum(lengths[j] for j in earlier if _considered_before(lengths, j, i))
+                assert load_then + lengths[i] > token_budget
+    assert plan_microbatches(list(lengths), token_budget) == plan  # deterministic
+
+
+def _considered_before(lengths, i, j) -> bool:
+    """Whether FFD considers index i before index j (longest first, then by index)."""
+    return (-lengths[i], i) < (-lengths[j], j)
+
+
+@pytest.mark.parametrize(
+    "lengths, budget, message",
+    [([3, 4], 0, "token_budget"), ([3, 4], 2.5, "token_budget"), ([3, -1], 8, r"lengths\[1\]"), ([3, 1.5], 8, r"lengths\[1\]")],
+)
+def test_plan_microbatches_rejects_bad_input(lengths, budget, message):
+    with pytest.raises(ValueError, match=message):
+        plan_microbatches(lengths, budget)
+
+
+# --------------------------------------------------------------------------------------------
+# packed_response_logprobs == one-at-a-time float64 reference
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    return tiny_model("qwen2")
+
+
+@pytest.mark.parametrize("max_views", [1, 2, 3, 4])
+@pytest.mark.parametrize("token_budget", [40, 80, 4096])  # many micro-batches ... one
+def test_packed_matches_reference_ragged_views(qwen2, max_views, token_budget):
+    rng = random.Random(1000 * max_views + token_budget)
+    torch.manual_seed(max_views)
+    sequences = make_views_workload(rng, num_samples=6, max_views=max_views, missing_rate=0.25)
+    # one sequence longer than the smallest budget (50 tokens fed)
+    sequences.insert(2, (torch.randint(0, VOCAB, (30,)), torch.randint(0, VOCAB, (21,))))
+    fed = [len(c) + len(r) - 1 for c, r in sequences]
+    plan = plan_microbatches(fed, token_budget)
+    if token_budget < 4096:
+        assert len(plan) > 1 and any(len(batch) > 1 for batch in plan)  # really packed, several batches
+        assert max(fed) > token_budget or token_budget > 40
+    packed = packed_response_logprobs(qwen2, sequences, token_budget=token_budget, logprob_chunk_tokens=7)
+    assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama", "gemma2"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_packed_matches_reference_model_families(family, tie):
+    model = tiny_model(family, tie=tie)
+    if family == "gemma2":
+        assert model.config.final_logit_softcapping == 2.0  # the soft-cap must be applied
+    rng = random.Random(7)
+    sequences = make_views_workload(rng, num_samples=5, max_views=3, missing_rate=0.0)
+    packed = packed_response_logprobs(model, sequences, token_budget=40, logprob_chunk_tokens=5)
+    assert_close_to_reference(packed, reference_logprobs(model, sequences))
+
+
+def test_packed_is_not_fooled_by_neighbours(qwen2):
+    """The same sequence gets the same log-probs whatever it is packed with."""
+    context, response = torch.randint(0, VOCAB, (9,)), torch.randint(0, VOCAB, (6,))
+    alone = packed_response_logprobs(qwen2, [(context, response)], token_budget=100)[0]
+    neighbours = [(torch.randint(0, VOCAB, (n,)), torch.randint(0, VOCAB, (4,))) for n in (3, 11, 5)]
+    packed = packed_response_logprobs(qwen2, neighbours + [(context, response)], token_budget=100)
+    assert torch.allclose(packed[-1], alone, atol=1e-5)
+
+
+def test_edge_cases_empty_response_single_token_context_and_no_sequences(qwen2):
+    sequences = [
+        (torch.randint(0, VOCAB, (1,)), torch.randint(0, VOCAB, (5,))),  # one-token context
+        (torch.randint(0, VOCAB, (4,)), torch.zeros(0, dtype=torch.long)),  # empty response
+        (torch.randint(0, VOCAB, (3,)), torch.randint(0, VOCAB, (1,))),  # one-token response
+    ]
+    packed = packed_response_logprobs(qwen2, sequences, token_budget=8)
+    assert packed[1].shape == (0,) and packed[1].dtype == torch.float32
+    assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
+    assert packed_response_logprobs(qwen2, [], token_budget=8) == []
+
+
+def test_model_state_restored_and_outputs_are_ordinary_tensors():
+    model = tiny_model("qwen2")
+    model.config.attention_dropout = 0.5  # only eval mode makes the scores deterministic
+    model.set_attn_implementation("eager")
+    model.train()
+    sequences = make_views_workload(random.Random(5), num_samples=3, max_views=2, missing_rate=0.0)
+    packed = packed_response_logprobs(model, sequences, token_budget=20, attn="sdpa_block")
+    assert model.training and model.config._attn_implementation == "eager"  # restored
+    assert_close_to_reference(packed, reference_logprobs(model, sequences))  # no dropout applied
+    # Not inference tensors: the caller may update them in place and use them with autograd.
+    assert not packed[0].is_inference()
+    packed[0].add_(0.0)
+    (packed[0] * torch.ones(len(packed[0]), requires_grad=True)).sum().backward()
+
+
+def test_varlen_adapter_feeds_cu_seqlens_to_the_kernel(qwen2, monkeypatch):
+    """The GPU varlen/flash paths, with only the kernel swapped for a per-sequence CPU sdpa.
+
+    Everything else (attention registration, kwargs plumbing through the model, q/k/v layouts,
+    GQA head grouping, cu_seqlens) is the code that runs on the GPU.
+    """
+    calls = []
+
+    def reference_varlen_kernel(q, k, v, cu_seqlens, max_len, scale):  # q [T, Hq, D], k/v [T, Hkv, D]
+        calls.append((cu_seqlens.tolist(), max_len))
+        assert cu_seqlens.dtype == torch.int32 and cu_seqlens[-1] == q.shape[0]
+        group = q.shape[1] // k.shape[1]
+        out = []
+        for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            qs = q[start:end].transpose(0, 1)  # [Hq, L, D]
+            ks = k[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
+            vs = v[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
+            out.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale))
+        return torch.cat(out, dim=1).transpose(0, 1)  # [T, Hq, D]
+
+    rng = random.Random(3)
+    sequences = make_views_workload(rng, num_samples=5, max_views=3, missing_rate=0.2)
+    reference = reference_logprobs(qwen2, sequences)
+    for name in ("varlen", "flash_attn"):
+        monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, name, reference_varlen_kernel)
+        calls.clear()
+        packed = packed_response_logprobs(qwen2, sequences, token_budget=30, attn=name)
+        assert_close_to_reference(packed, reference)
+        num_layers = qwen2.config.num_hidden_layers
+        plan = plan_microbatches([len(c) + len(r) - 1 for c, r in sequences], 30)
+        assert len(calls) == num_layers * len(plan)
+        for batch, (cu_seqlens, max_len) in zip(plan, calls[::num_layers]):
+            lengths = [len(sequences[i][0]) + len(sequences[i][1]) - 1 for i in batch]
+            assert cu_seqlens == [sum(lengths[:k]) for k in range(len(lengths) + 1)]
+            assert max_len == max(lengths)
+    assert qwen2.config._attn_implementation == "sdpa"  # restored
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: the chunked log-prob never materialises a full [N, V] float32
+# --------------------------------------------------------------------------------------------
+
+
+class LargestLogitsTensor(TorchDispatchMode):
+    """Records the most rows of any tensor an op produces whose last dim is the vocab size."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_rows = {torch.float32: 0, torch.float64: 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[-1] == VOCAB and t.is_floating_point():
+                rows = t.numel() // VOCAB
+                self.max_rows[t.dtype] = max(self.max_rows.get(t.dtype, 0), rows)
+        return out
+
+
+def test_logprob_chunks_bound_the_logits_tensor(qwen2):
+    rng = random.Random(11)
+    sequences = make_views_workload(rng, num_samples=6, max_views=3, missing_rate=0.0)
+    num_scored = sum(len(r) for _, r in sequences)
+    chunk = 4
+    assert num_scored > 10 * chunk
+
+    with LargestLogitsTensor() as chunked:
+        packed_response_logprobs(qwen2, sequences, token_budget=10_000, logprob_chunk_tokens=chunk)
+    assert 0 < chunked.max_rows[torch.float32] <= chunk
+
+    # Control: the recorder does see a full [N, V] float32 when the chunk covers everything.
+    with LargestLogitsTensor() as unchunked:
+        packed_response_logprobs(qwen2, sequences, token_budget=10_000, logprob_chunk_tokens=10 * num_scored)
+    assert unchunked.max_rows[torch.float32] == num_scored
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the sequence and field
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ((torch.zeros(0, dtype=torch.long), torch.tensor([1, 2])), r"sequences\[1\]\.context_ids is empty"),
+        ((torch.tensor([[1, 2]]), torch.tensor([1])), r"sequences\[1\]\.context_ids must be a 1-D tensor"),
+        ((torch.tensor([1, 2]), torch.tensor([0.5])), r"sequences\[1\]\.response_ids must hold integer"),
+        ((torch.tensor([1, VOCAB]), torch.tensor([1])), r"sequences\[1\]\.context_ids has token ids outside"),
+        ((torch.tensor([1, 2]), torch.tensor([-1])), r"sequences\[1\]\.response_ids has token ids outside"),
+        ((torch.tensor([1, 2]),), r"sequences\[1\] must be a \(context_ids, response_ids\) pair"),
+    ],
+)
+def test_bad_sequences_are_named(qwen2, bad, message):
+    good = (torch.tensor([1, 2]), torch.tensor([3]))
+    with pytest.raises(ValueError, match=message):
+        packed_response_logprobs(qwen2, [good, bad], token_budget=8)
+
+
+def test_bad_backend_and_chunk_and_cpu_flash(qwen2):
+    good = [(torch.tensor([1, 2]), torch.tensor([3]))]
+    with pytest.raises(ValueError, match="attn must be one of"):
+        packed_response_logprobs(qwen2, good, token_budget=8, attn="paged")
+    with pytest.raises(ValueError, match="needs a CUDA model in float16/bfloat16"):
+        packed_response_logprobs(qwen2, good, token_budget=8, attn="varlen")
+    with pytest.raises(ValueError, match="logprob_chunk_tokens must be >= 1"):
+        packed_response_logprobs(qwen2, good, token_budget=8, logprob_chunk_tokens=0)
+    with pytest.raises(ValueError, match="token_budget"):
+        packed_response_logprobs(qwen2, good, token_budget=0)
+    assert qwen2.config._attn_implementation == "sdpa"
