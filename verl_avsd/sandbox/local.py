@@ -1,0 +1,330 @@
+"""Running a program on this machine under `bwrap` or `unshare` isolation (see `isolation.py`).
+
+A program is first prepared (its code written to a private host folder; C++ compiled, in the
+sandbox too) and then run once per input. Each run is one process tree that we start in its own
+process group and always end with SIGKILL to that group; the pid namespace takes down anything
+the program left behind (a daemon, a fork bomb's leftovers) when the sandbox's first process
+ends. Reading stdout/stderr and writing stdin go through one `select` loop with a deadline, so
+a program that floods output, never reads its input or never exits cannot block the caller.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+from verl_avsd.sandbox import isolation as iso
+from verl_avsd.sandbox.result import COMPILE_LIMITS, Limits, RunResult, Status
+
+PIPE_CHUNK = 64 * 1024
+DRAIN_GRACE_S = 0.5  # after the program exits, how long to keep reading what it left in the pipes
+MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
+
+DEFAULT_PYTHON_FLAGS = ("-I", "-S")  # isolated mode, no site-packages: standard library only
+DEFAULT_CXX_FLAGS = ("-O2", "-std=c++17", "-pipe")
+
+
+@dataclass
+class PreparedProgram:
+    """A program ready to run: `argv` inside the sandbox and the host files it needs."""
+
+    language: str
+    host_dir: str  # private host folder holding the code (and the binary)
+    argv: list[str]
+    files: list[tuple[str, str]]  # (host path, sandbox path), bound read-only
+    compile_result: RunResult | None = None  # set for compiled languages; not OK means no binary
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        isolation: str,
+        *,
+        python_executable: str | None = None,
+        python_flags: tuple[str, ...] = DEFAULT_PYTHON_FLAGS,
+        cxx_compiler: str = "g++",
+        cxx_flags: tuple[str, ...] = DEFAULT_CXX_FLAGS,
+        work_root: str | None = None,
+    ):
+        if isolation not in iso.LOCAL_ISOLATIONS:
+            raise ValueError(f"local isolation must be one of {iso.LOCAL_ISOLATIONS}, got {isolation!r}")
+        if isolation == "unshare" and not iso.running_as_root():
+            raise PermissionError("the unshare isolation needs root (it mounts and switches users); use bwrap")
+        missing = iso.missing_tools(isolation)
+        if missing:
+            raise FileNotFoundError(f"the {isolation} isolation needs {', '.join(missing)}, not found on PATH")
+        self.isolation = isolation
+        # The base interpreter, not a venv's symlink: with -S it needs only its own prefix.
+        self.python = os.path.realpath(python_executable or sys.executable)
+        self.python_flags = tuple(python_flags)
+        self.cxx = shutil.which(cxx_compiler)
+        self.cxx_flags = tuple(cxx_flags)
+        # Every run's files live under one private (0700) folder that sandboxes never see.
+        self.base_dir = tempfile.mkdtemp(prefix="verl-avsd-sandbox-", dir=work_root)
+        atexit.register(shutil.rmtree, self.base_dir, True)
+        self.tool_paths = [_prefix_of(self.python)] + ([_prefix_of(self.cxx)] if self.cxx else [])
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return ("python", "cpp") if self.cxx else ("python",)
+
+    def close(self) -> None:
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    # -- preparing ------------------------------------------------------------------------
+
+    def prepare(self, code: str, language: str) -> PreparedProgram:
+        host_dir = tempfile.mkdtemp(dir=self.base_dir)
+        if language == "python":
+            path = os.path.join(host_dir, "main.py")
+            _write(path, code, 0o644)
+            return PreparedProgram(
+                language, host_dir, [self.python, *self.python_flags, "/tmp/main.py"], [(path, "/tmp/main.py")]
+            )
+        if language == "cpp":
+            if self.cxx is None:
+                raise ValueError("language 'cpp' needs a C++ compiler (g++), which this machine lacks")
+            _write(os.path.join(host_dir, "main.cpp"), code, 0o644)
+            build = "/tmp/build"
+            compile_argv = [self.cxx, *self.cxx_flags, "-o", f"{build}/main", f"{build}/main.cpp"]
+            uid = iso.throwaway_uid()
+            if uid is not None:  # the compiler runs as a throwaway user that must write the binary
+                os.chown(host_dir, uid, uid)
+            result = self._execute(compile_argv, b"", COMPILE_LIMITS, files=[], writable=[(host_dir, build)], uid=uid)
+            if result.status is Status.OK:
+                binary = os.path.join(host_dir, "main")
+                return PreparedProgram(language, host_dir, ["/tmp/main"], [(binary, "/tmp/main")], result)
+            status = Status.COMPILE_ERROR if result.status is not Status.SANDBOX_ERROR else Status.SANDBOX_ERROR
+            detail = f"compilation failed ({result.status.value}: {result.detail})"
+            failed = replace(result, status=status, detail=detail)
+            return PreparedProgram(language, host_dir, [], [], failed)
+        raise ValueError(f"unsupported language {language!r} (supported here: {', '.join(self.languages)})")
+
+    def release(self, program: PreparedProgram) -> None:
+        shutil.rmtree(program.host_dir, ignore_errors=True)
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, program: PreparedProgram, stdin: str, limits: Limits) -> RunResult:
+        if program.compile_result is not None and program.compile_result.status is not Status.OK:
+            return program.compile_result
+        return self._execute(program.argv, stdin.encode(), limits, files=program.files, writable=[], uid=iso.throwaway_uid())
+
+    def _execute(self, argv, stdin_bytes, limits, *, files, writable, uid) -> RunResult:
+        mounts = iso.mount_plan(
+            files=files,
+            writable_dirs=writable,
+            scratch_bytes=limits.scratch_mb * iso.MIB,
+            hidden_dirs=[self.base_dir],
+            tool_paths=self.tool_paths,
+            drop_user=uid is not None,
+        )
+        inner = iso.inner_command(argv, limits, uid)
+        if self.isolation == "bwrap":
+            as_root = iso.running_as_root()
+            build = lambda status_fd: iso.bwrap_command(mounts, inner, status_fd=status_fd, as_root=as_root)  # noqa: E731
+        else:
+            build = lambda status_fd: iso.unshare_command(mounts, inner, status_fd=status_fd)  # noqa: E731
+        return _spawn_and_collect(build, stdin_bytes, limits, self.isolation)
+
+
+def _prefix_of(executable: str) -> str:
+    """/root/.pyenv/versions/3.11.7/bin/python3.11 -> /root/.pyenv/versions/3.11.7"""
+    return os.path.dirname(os.path.dirname(os.path.realpath(executable)))
+
+
+def _write(path: str, text: str, mode: int) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolation: str) -> RunResult:
+    """Run `build_command(status_fd)` and turn what happened into a RunResult.
+
+    The sandbox reports on `status_fd` once it is set up, which separates "the sandbox failed"
+    from "the program failed" without trusting anything the program prints.
+    """
+    status_read, status_write = os.pipe()
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            build_command(status_write),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(iso.CLEAN_ENV),
+            cwd="/",
+            pass_fds=(status_write,),
+            start_new_session=True,  # its own process group, killed as a whole at the end
+        )
+    except OSError as exc:
+        os.close(status_read)
+        return _sandbox_error(isolation, f"could not start the sandbox: {exc}", time.monotonic() - started)
+    finally:
+        os.close(status_write)  # the sandbox holds its own copy now
+    try:
+        out, err, err_total, stop_reason = _communicate(proc, stdin_bytes, started + limits.wall_limit_s, limits)
+    finally:
+        _kill_group(proc.pid)
+        _, wait_status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)  # so Popen never waits for it again
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        status_report = _read_available(status_read)
+        os.close(status_read)
+    wall = time.monotonic() - started
+    cpu = usage.ru_utime + usage.ru_stime  # the wrapper and every descendant it reaped
+    exit_code, sig = _exit_of(wait_status)
+    stdout = out.decode("utf-8", errors="replace")
+    stderr = err.decode("utf-8", errors="replace")
+    common = dict(
+        exit_code=exit_code,
+        signal=sig,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_truncated=stop_reason == "output",
+        stderr_truncated=err_total > len(err),
+        wall_time_s=wall,
+        cpu_time_s=cpu,
+        isolation=isolation,
+    )
+    if not _sandbox_started(isolation, status_report) and stop_reason is None:
+        return RunResult(Status.SANDBOX_ERROR, **common, detail=f"the sandbox did not start: {status_report!r} {stderr[-500:]}")
+    status, detail = _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits)
+    return RunResult(status, **common, detail=detail)
+
+
+def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
+    """Feed stdin, collect stdout/stderr (bounded), and return when the process is gone.
+
+    Returns (stdout, stderr kept, stderr byte count, stop reason) where the stop reason is
+    None (exited), "wall" (deadline passed) or "output" (too much output).
+    """
+    out, err = bytearray(), bytearray()
+    total, err_total = 0, 0
+    sel = selectors.DefaultSelector()
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    stdin_view = memoryview(stdin_bytes)
+    if stdin_bytes:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+    else:
+        proc.stdin.close()
+    exited_at = None
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return out, err, err_total, "wall"
+            readers = [k for k in sel.get_map().values() if k.data in ("stdout", "stderr")]
+            if exited_at is not None and (not readers or now >= exited_at + DRAIN_GRACE_S):
+                return out, err, err_total, None
+            wait = deadline - now if exited_at is None else min(deadline, exited_at + DRAIN_GRACE_S) - now
+            for key, _ in sel.select(max(wait, 0.0)):
+                if key.data == "exit":
+                    exited_at = time.monotonic()
+                    sel.unregister(pidfd)
+                elif key.data == "stdin":
+                    try:
+                        written = os.write(key.fd, stdin_view[:PIPE_CHUNK])
+                        stdin_view = stdin_view[written:]
+                    except (BrokenPipeError, BlockingIOError) as exc:
+                        if isinstance(exc, BlockingIOError):
+                            continue
+                        stdin_view = stdin_view[:0]  # the program closed its input: stop feeding
+                    if not stdin_view:
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+                else:
+                    chunk = os.read(key.fd, PIPE_CHUNK)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    total += len(chunk)
+                    if key.data == "stdout":
+                        out += chunk
+                    else:
+                        err_total += len(chunk)
+                        err += chunk[: max(0, limits.stderr_keep_bytes - len(err))]
+                    if total > limits.max_output_bytes:
+                        del out[limits.max_output_bytes :]
+                        return out, err, err_total, "output"
+    finally:
+        sel.close()
+        os.close(pidfd)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_available(fd: int) -> str:
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while chunk := os.read(fd, PIPE_CHUNK):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _sandbox_started(isolation: str, report: str) -> bool:
+    # bwrap writes {"child-pid": N} once the sandbox is set up; the launcher writes "ready".
+    return '"child-pid"' in report if isolation == "bwrap" else report.startswith("ready")
+
+
+def _exit_of(wait_status: int) -> tuple[int, int | None]:
+    """(exit code as a shell shows it, killing signal or None)."""
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        return 128 + sig, sig
+    code = os.WEXITSTATUS(wait_status)
+    # bwrap reports a child killed by signal N as exit code 128 + N.
+    if 128 < code < 128 + signal.NSIG:
+        return code, code - 128
+    return code, None
+
+
+def _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits: Limits) -> tuple[Status, str]:
+    if stop_reason == "output":
+        return Status.OUTPUT_LIMIT, f"printed more than {limits.max_output_bytes} bytes"
+    if stop_reason == "wall":
+        return Status.TIMEOUT, f"killed at the wall-time limit of {limits.wall_limit_s:.1f} s"
+    # RLIMIT_CPU kills with SIGKILL at ceil(limit) seconds, by the kernel's tick-based clock,
+    # which runs a little ahead of the rusage total we see.
+    killed_by_cpu_limit = sig == signal.SIGKILL and cpu >= 0.8 * math.ceil(limits.time_limit_s)
+    if cpu > limits.time_limit_s or sig == signal.SIGXCPU or killed_by_cpu_limit:
+        return Status.TIMEOUT, f"used {cpu:.2f} s of CPU time, limit {limits.time_limit_s:g} s"
+    if exit_code == 0:
+        return Status.OK, ""
+    if any(marker in stderr for marker in MEMORY_ERROR_MARKERS):
+        return Status.MEMORY_LIMIT, f"ran out of memory (limit {limits.memory_mb} MB)"
+    if sig == signal.SIGXFSZ:
+        return Status.RUNTIME_ERROR, f"wrote a file over {limits.max_file_mb} MB"
+    if sig is not None:
+        return Status.RUNTIME_ERROR, f"killed by signal {signal.strsignal(sig) or sig}"
+    return Status.RUNTIME_ERROR, f"exit code {exit_code}"
+
+
+def _sandbox_error(isolation: str, detail: str, wall: float) -> RunResult:
+    return RunResult(Status.SANDBOX_ERROR, None, None, "", "", False, False, wall, 0.0, isolation, detail)
