@@ -6,8 +6,9 @@
 3. Each problem row: read it; drop it when its statement is empty (`empty_problem`), it cannot be
    scored by output (`interactive_problem`, `file_io_problem`, `needs_checker`), it has no
    hidden tests (`no_hidden_tests`) or no reference (`no_reference_solution`, unless
-   `--keep-without-reference`); build the `reference` and `hint` views; filter repeats,
-   evaluation problems and rows over the token limits, like math.
+   `--keep-without-reference`); build the `reference` and `hint` views; filter repeats (same
+   main statement text, e.g. a problem shared by a Div. 1 and a Div. 2 round), evaluation
+   problems (full statement or main text) and rows over the token limits, like math.
 Hidden tests go to `reward_model.ground_truth` only; the statement's examples go to
 `extra_info.public_tests`, the only tests the per-rollout `feedback` view may run.
 """
@@ -176,9 +177,9 @@ def _best_solutions(run: PrepRun, options: CodeOptions) -> dict[str, Solution]:
     for path in options.solutions:
         reader = None
         for record in run.records(path, "solutions", tally):
-            if reader is None:  # the format is read off the first row's fields
+            if reader is None and record.unreadable is None:  # the format is read off the first row's fields
                 reader = _solution_reader(options, set(record.data))
-            result = run.guarded(record, tally, reader)
+            result = run.guarded(record, tally, reader or (lambda r: ([], None)))
             if result is None:
                 continue
             solutions, reason = result
@@ -273,7 +274,7 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
                 continue
             views = code_views(reference)
             user_text = _student_prompt(options, problem)
-            if deduplicator is not None and deduplicator.seen_before(problem.problem):
+            if deduplicator is not None and deduplicator.seen_before(problem.description):
                 tally.filter("duplicate_problem")
                 continue
             if overlap is not None:

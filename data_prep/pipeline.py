@@ -95,6 +95,8 @@ class PrepRun:
     def guarded(self, record: Record, tally: Tally, read: Callable[[Record], Item]) -> Item | None:
         """`read(record)`, or None after counting the row as `bad_row` when bad rows are skipped."""
         try:
+            if record.unreadable is not None:
+                raise record.unreadable
             return read(record)
         except BadInputError as error:
             if not self.skip_bad_rows:

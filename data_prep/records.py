@@ -48,12 +48,17 @@ def _first_undecodable_byte(text: str) -> tuple[int, int] | None:
 
 @dataclass
 class Record:
-    """One input row: `data` is the row as a dict; `row` is 0-based, `line` is 1-based (JSONL only)."""
+    """One input row: `data` is the row as a dict; `row` is 0-based, `line` is 1-based (JSONL only).
+
+    A line that is not a JSON object still becomes a Record, with `unreadable` set to the error,
+    so the pipeline can count it as a bad row (`--skip-bad-rows`) and read on.
+    """
 
     file: str
     row: int
     data: dict
     line: int | None = None
+    unreadable: BadInputError | None = None
 
     def error(self, problem: str, field: str | None = None) -> BadInputError:
         return BadInputError(self.file, problem, row=self.row, field=field, line=self.line)
@@ -178,7 +183,9 @@ class InputFile:
         if self._rows is not None:
             for index, row in enumerate(self._rows):
                 if not isinstance(row, dict):
-                    raise BadInputError(self.path, f"expected a JSON object, got {_type_name(row)}", row=index)
+                    error = BadInputError(self.path, f"expected a JSON object, got {_type_name(row)}", row=index)
+                    yield Record(self.path, index, {}, unreadable=error)
+                    continue
                 yield Record(self.path, index, row)
             return
         index = 0
@@ -188,13 +195,14 @@ class InputFile:
                     continue
                 try:
                     row = json.loads(raw_line.decode("utf-8", errors="surrogateescape"))
+                    problem = None if isinstance(row, dict) else f"expected a JSON object, got {_type_name(row)}"
                 except json.JSONDecodeError as exc:
-                    raise BadInputError(self.path, f"not valid JSON: {exc.msg}", row=index, line=line_number) from None
-                if not isinstance(row, dict):
-                    raise BadInputError(
-                        self.path, f"expected a JSON object, got {_type_name(row)}", row=index, line=line_number
-                    )
-                yield Record(self.path, index, row, line=line_number)
+                    problem = f"not valid JSON: {exc.msg} at character {exc.pos}"
+                if problem is None:
+                    yield Record(self.path, index, row, line=line_number)
+                else:
+                    error = BadInputError(self.path, problem, row=index, line=line_number)
+                    yield Record(self.path, index, {}, line=line_number, unreadable=error)
                 index += 1
 
     # --- parquet ------------------------------------------------------------------------------

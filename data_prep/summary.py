@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-MAX_LISTED_BAD_ROWS = 20
+MAX_LISTED_BAD_ROWS = 20  # in manifest.json
+MAX_PRINTED_BAD_ROWS = 5  # in the printed summary
 
 
 class Tally:
@@ -53,6 +54,9 @@ class Tally:
             if counts:
                 lines.append(f"  {title} {sum(counts.values())}:")
                 lines += [f"    {reason:<32} {count}" for reason, count in sorted(counts.items())]
+        if self.bad_row_messages:
+            lines.append("  first bad rows:")
+            lines += [f"    {message}" for message in self.bad_row_messages[:MAX_PRINTED_BAD_ROWS]]
         return "\n".join(lines)
 
 
