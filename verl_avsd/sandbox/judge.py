@@ -9,6 +9,7 @@ value per line (the arguments) and whose outputs hold the JSON return value.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ LANGUAGE_OF_TAG = {
     "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp",
 }  # fmt: skip
 WRONG_ANSWER = "wrong_answer"
+DEFAULT_TIME_LIMIT_S = 2.0  # for rows whose time_limit_s / memory_mb are null
+DEFAULT_MEMORY_MB = 256
 
 
 class MalformedTests(ValueError):
@@ -87,6 +90,20 @@ def parse_tests(value: Any, *, where: str) -> TestSet:
     if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
         raise MalformedTests(f"{where}: fn_name must be a Python identifier, got {fn_name!r}")
     return TestSet(list(inputs), list(outputs), fn_name or None)
+
+
+def limits_of_row(time_limit_s, memory_mb, *, where: str) -> Limits:
+    """Run limits from a row's `extra_info.time_limit_s` / `memory_mb`; null means the default."""
+    values = {}
+    for field, value, default in (("time_limit_s", time_limit_s, DEFAULT_TIME_LIMIT_S), ("memory_mb", memory_mb, DEFAULT_MEMORY_MB)):
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise MalformedTests(f"{where}: field extra_info.{field}: expected a positive number, got {value!r}")
+        values[field] = value
+    try:
+        return Limits(time_limit_s=float(values["time_limit_s"]), memory_mb=int(values["memory_mb"]))
+    except ValueError as exc:
+        raise MalformedTests(f"{where}: {exc}") from None
 
 
 def normalize_output(text: str) -> str:
