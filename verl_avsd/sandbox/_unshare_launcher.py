@@ -6,8 +6,9 @@ Run as `python -I -S _unshare_launcher.py PLAN_JSON STATUS_FD -- ARGV...` by
 what bubblewrap does for the bwrap isolation, from the same mount plan:
 
 1. every existing mount becomes read-only (a bind remount: only this namespace's view changes);
-2. the plan's steps run in order: private tmpfs mounts (/tmp, /dev/shm, hidden folders),
-   directories, and bind mounts of the program and the interpreter;
+2. the plan's steps run in order: private tmpfs mounts (/tmp, a fresh /dev with null, zero,
+   full, random and urandom, /dev/shm, hidden folders), directories, and bind mounts of the
+   program and the interpreter;
 3. it reports "ready" on STATUS_FD and execs ARGV (setpriv drops to the throwaway user, prlimit
    sets the limits), so the program becomes pid 1 of the namespace: when it exits, the kernel
    kills everything it left behind.
@@ -79,7 +80,8 @@ def remount_everything_read_only():
 
 def apply_plan(plan):
     # Bind sources are opened first: a later tmpfs (over /tmp, say) may hide them.
-    sources = {step["source"]: os.open(step["source"], os.O_PATH | os.O_CLOEXEC) for step in plan if step["source"]}
+    binds = [step for step in plan if step["kind"] in ("bind", "ro-bind")]
+    sources = {step["source"]: os.open(step["source"], os.O_PATH | os.O_CLOEXEC) for step in binds}
     remount_everything_read_only()
     for step in plan:
         kind, target = step["kind"], step["target"]
@@ -89,6 +91,8 @@ def apply_plan(plan):
         elif kind == "dir":
             os.makedirs(target, exist_ok=True)
             os.chmod(target, step["mode"])
+        elif kind == "symlink":
+            os.symlink(step["source"], target)
         elif kind in ("bind", "ro-bind"):
             fd = sources[step["source"]]
             if os.path.isdir(f"/proc/self/fd/{fd}"):
@@ -97,8 +101,9 @@ def apply_plan(plan):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 open(target, "a").close()
             mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
-            if kind == "ro-bind":
-                mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            # A bind copies its source's flags, and every source is read-only by now.
+            read_only = MS_RDONLY if kind == "ro-bind" else 0
+            mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | read_only)
         else:
             raise ValueError(f"unknown mount step {kind!r}")
     for fd in sources.values():

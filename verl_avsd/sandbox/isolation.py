@@ -34,6 +34,8 @@ from verl_avsd.sandbox.result import MIB, Limits
 LOCAL_ISOLATIONS = ("bwrap", "unshare")
 SANDBOX_CWD = "/tmp"  # the private tmpfs: working directory, HOME and TMPDIR of the program
 SHM_BYTES = 16 * MIB
+SAFE_DEVICES = ("null", "zero", "full", "random", "urandom")
+DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
 # Each run as root gets its own uid from this range: no real account uses it, and a fresh uid
 # has no processes, so RLIMIT_NPROC counts exactly the run's own processes and threads.
@@ -54,9 +56,9 @@ CLEAN_ENV = {
 class Mount:
     """One step of the sandbox's filesystem layout, applied in order."""
 
-    kind: str  # "tmpfs" | "dir" | "ro-bind" | "bind"
+    kind: str  # "tmpfs" | "dir" | "ro-bind" | "bind" | "symlink"
     target: str  # path inside the sandbox
-    source: str | None = None  # host path, for binds
+    source: str | None = None  # host path, for binds; the link text, for symlinks
     mode: int = 0o755  # tmpfs and dir
     size_bytes: int = 0  # tmpfs
 
@@ -111,6 +113,7 @@ def mount_plan(
     hidden_dirs: list[str],
     tool_paths: list[str],
     drop_user: bool,
+    own_dev: bool,
 ) -> list[Mount]:
     """The filesystem of one run.
 
@@ -119,11 +122,14 @@ def mount_plan(
     hidden_dirs: host folders replaced by an empty tmpfs (the folder holding every run's files).
     tool_paths: folders the program must reach (interpreter prefix), made reachable when the
     run drops to a throwaway user.
+    own_dev: build /dev here (unshare); bwrap builds it itself with --dev.
     """
-    mounts = [
-        Mount("tmpfs", SANDBOX_CWD, mode=0o1777, size_bytes=scratch_bytes),
-        Mount("tmpfs", "/dev/shm", mode=0o1777, size_bytes=SHM_BYTES),
-    ]
+    mounts = [Mount("tmpfs", SANDBOX_CWD, mode=0o1777, size_bytes=scratch_bytes)]
+    if own_dev:  # what bwrap's --dev gives: a fresh /dev with only the harmless devices
+        mounts.append(Mount("tmpfs", "/dev", mode=0o755, size_bytes=MIB))
+        mounts += [Mount("bind", f"/dev/{name}", source=f"/dev/{name}") for name in SAFE_DEVICES]
+        mounts += [Mount("symlink", f"/dev/{name}", source=link) for name, link in DEV_SYMLINKS]
+    mounts.append(Mount("tmpfs", "/dev/shm", mode=0o1777, size_bytes=SHM_BYTES))
     for hidden in hidden_dirs:
         if not _is_under(hidden, SANDBOX_CWD):  # under /tmp it is hidden already
             mounts.append(Mount("tmpfs", hidden, mode=0o755, size_bytes=MIB))
@@ -177,6 +183,8 @@ def bwrap_command(mounts: list[Mount], inner: list[str], *, status_fd: int, as_r
             cmd += ["--ro-bind", m.source, m.target]
         elif m.kind == "bind":
             cmd += ["--bind", m.source, m.target]
+        elif m.kind == "symlink":
+            cmd += ["--symlink", m.source, m.target]
         else:
             raise ValueError(f"unknown mount step {m.kind!r}")
     if as_root:

@@ -127,6 +127,7 @@ class LocalBackend:
             hidden_dirs=[self.base_dir],
             tool_paths=self.tool_paths,
             drop_user=uid is not None,
+            own_dev=self.isolation == "unshare",
         )
         inner = iso.inner_command(argv, limits, uid)
         if self.isolation == "bwrap":

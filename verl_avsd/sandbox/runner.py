@@ -165,6 +165,18 @@ def _first_working_local_backend(options: dict) -> LocalBackend:
     raise SandboxUnavailable(f"no code sandbox works on this machine ({' | '.join(failures)}); {HOW_TO_ISOLATE}")
 
 
+def working_isolations() -> dict[str, str]:
+    """Each local isolation -> "ok" when a probe program runs correctly under it here, else why not."""
+    report = {}
+    for isolation in iso.LOCAL_ISOLATIONS:
+        try:
+            _probed_local_backend(isolation, {}).close()
+            report[isolation] = "ok"
+        except SandboxUnavailable as exc:
+            report[isolation] = str(exc)
+    return report
+
+
 def _announce(isolation: str) -> None:
     with _announce_lock:
         if isolation in _announced:
