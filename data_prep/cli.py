@@ -30,22 +30,39 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     """Options every dataset command shares: output, split, filters, prompt and error handling."""
     parser.add_argument("--out", required=True, help="output folder (train/validation/eval_*.parquet, manifest.json)")
     parser.add_argument("--name", help="dataset name in data_source (<task>/<name>); defaults to the format")
-    parser.add_argument("--eval", action="append", default=[], type=_eval_pair, metavar="NAME=FILE",
-                        help="an evaluation set: written to eval_NAME.parquet and removed from training (repeatable)")
-    parser.add_argument("--val-size", type=float, default=0.05,
-                        help="validation rows held out of the prepared rows: a fraction (<1) or a count (default 0.05)")
+    parser.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        type=_eval_pair,
+        metavar="NAME=FILE",
+        help="an evaluation set: written to eval_NAME.parquet and removed from training (repeatable)",
+    )
+    parser.add_argument(
+        "--val-size",
+        type=float,
+        default=0.05,
+        help="validation rows held out of the prepared rows: a fraction (<1) or a count (default 0.05)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     parser.add_argument("--limit", type=int, help="read at most this many rows of each input file")
     parser.add_argument("--tokenizer", help="local Hugging Face tokenizer folder for the token-length filters")
     parser.add_argument("--max-problem-tokens", type=int, help="drop rows whose student prompt is longer")
     parser.add_argument("--max-view-tokens", type=int, help="drop rows with a view longer than this")
     parser.add_argument("--no-dedupe", dest="dedupe", action="store_false", help="keep repeated problems")
-    parser.add_argument("--no-decontaminate", dest="decontaminate", action="store_false",
-                        help="keep training problems that appear in an --eval set")
+    parser.add_argument(
+        "--no-decontaminate",
+        dest="decontaminate",
+        action="store_false",
+        help="keep training problems that appear in an --eval set",
+    )
     parser.add_argument("--prompt-template", help="student prompt; {problem} is replaced by the problem text")
     parser.add_argument("--system-prompt", help="a system message before the student prompt")
-    parser.add_argument("--skip-bad-rows", action="store_true",
-                        help="count malformed rows as dropped (bad_row) instead of stopping at the first")
+    parser.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="count malformed rows as dropped (bad_row) instead of stopping at the first",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -59,10 +76,18 @@ def _math_parser(subparsers) -> None:
     parser.add_argument("--source-key", help="generic: a column to filter with --source")
     parser.add_argument("--domain-key", help="generic: a column to filter with --domain")
     parser.add_argument("--id-key", help="generic: a problem id column")
-    parser.add_argument("--solution-source", choices=["ground_truth", "deepseek"], default="ground_truth",
-                        help="openthoughts: build views from ground_truth_solution or deepseek_solution")
-    parser.add_argument("--domain", action="append", dest="domains",
-                        help="keep only these domains (openthoughts default: math; repeatable)")
+    parser.add_argument(
+        "--solution-source",
+        choices=["ground_truth", "deepseek"],
+        default="ground_truth",
+        help="openthoughts: build views from ground_truth_solution or deepseek_solution",
+    )
+    parser.add_argument(
+        "--domain",
+        action="append",
+        dest="domains",
+        help="keep only these domains (openthoughts default: math; repeatable)",
+    )
     parser.add_argument("--source", action="append", dest="sources", help="keep only these sources (repeatable)")
     parser.add_argument("--eval-problem-key", help="problem column of the --eval files (default: problem/question)")
     parser.add_argument("--eval-answer-key", help="answer column of the --eval files (default: answer)")
@@ -74,8 +99,9 @@ def _code_parser(subparsers) -> None:
     parser.add_argument("problems", nargs="+", help="local parquet/JSONL/JSON problem files")
     parser.add_argument("--format", choices=["codeforces", "generic"], default="codeforces")
     parser.add_argument("--solutions", action="append", default=[], help="reference solutions file (repeatable)")
-    parser.add_argument("--solutions-format", choices=["auto", "cots", "submissions", "code_contests", "generic"],
-                        default="auto")
+    parser.add_argument(
+        "--solutions-format", choices=["auto", "cots", "submissions", "code_contests", "generic"], default="auto"
+    )
     parser.add_argument("--solution-id-key", default="problem_id", help="generic solutions: problem id column")
     parser.add_argument("--solution-code-key", default="code", help="generic solutions: program column")
     parser.add_argument("--solution-language-key", help="generic solutions: language column")
@@ -88,8 +114,11 @@ def _code_parser(subparsers) -> None:
     parser.add_argument("--time-limit-key", help="generic problems: time limit (seconds) column")
     parser.add_argument("--memory-key", help="generic problems: memory limit (MB) column")
     parser.add_argument("--language", default="python", help="language the student writes (default python)")
-    parser.add_argument("--keep-without-reference", action="store_true",
-                        help="keep problems with no reference solution (their only view is feedback)")
+    parser.add_argument(
+        "--keep-without-reference",
+        action="store_true",
+        help="keep problems with no reference solution (their only view is feedback)",
+    )
     parser.add_argument("--max-hidden-tests", type=int, help="keep at most this many hidden tests per problem")
     parser.add_argument("--default-time-limit", type=float, default=2.0, help="seconds, when a problem has none")
     parser.add_argument("--default-memory-mb", type=float, default=256.0, help="MB, when a problem has none")
@@ -176,8 +205,9 @@ def _run_code(args: argparse.Namespace, argv: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="verl-avsd prep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="verl-avsd prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _math_parser(subparsers)
     _code_parser(subparsers)

@@ -107,7 +107,9 @@ def _tests_fields(options: CodeOptions, problem: CodeProblem) -> dict:
     hidden = problem.hidden_tests[: options.max_hidden_tests] if options.max_hidden_tests else problem.hidden_tests
     return {
         "ground_truth": tests_json([t[0] for t in hidden], [t[1] for t in hidden], problem.fn_name),
-        "public_tests": tests_json([t[0] for t in problem.public_tests], [t[1] for t in problem.public_tests], problem.fn_name),
+        "public_tests": tests_json(
+            [t[0] for t in problem.public_tests], [t[1] for t in problem.public_tests], problem.fn_name
+        ),
         "time_limit_s": problem.time_limit_s or options.default_time_limit_s,
         "memory_mb": problem.memory_mb or options.default_memory_mb,
         "language": options.language,
@@ -250,7 +252,9 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
     references = _best_solutions(run, options)
     overlap = EvalOverlap(eval_problems) if options.decontaminate else None
     deduplicator = Deduplicator() if options.dedupe else None
-    name = options.name or (options.format if options.format != "generic" else os.path.basename(options.problems[0]).split(".")[0])
+    name = options.name or (
+        options.format if options.format != "generic" else os.path.basename(options.problems[0]).split(".")[0]
+    )
 
     tally = run.tally("train")
     rows: list[dict] = []
@@ -301,4 +305,6 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
                 )
             )
             tally.kept += 1
-    return run.finish(rows, eval_rows, view_names=CODE_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv)
+    return run.finish(
+        rows, eval_rows, view_names=CODE_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv
+    )

@@ -77,7 +77,7 @@ class CodeProblem:
     unusable: str | None = None  # a drop reason when the problem cannot be scored by output
     fn_name: str | None = None
     starter_code: str = ""
-    reference: "Solution | None" = None
+    reference: Solution | None = None
 
 
 @dataclass
@@ -136,7 +136,10 @@ def read_tests(record: Record, field_name: str, value=None) -> Tests:
             if not isinstance(test, dict) or "input" not in test or "output" not in test:
                 raise record.error("expected a test with 'input' and 'output'", f"{field_name}[{k}]")
             tests.append(
-                (record.as_text(test["input"], f"{field_name}[{k}].input"), record.as_text(test["output"], f"{field_name}[{k}].output"))
+                (
+                    record.as_text(test["input"], f"{field_name}[{k}].input"),
+                    record.as_text(test["output"], f"{field_name}[{k}].output"),
+                )
             )
         return tests
     raise record.error(f"expected a list of tests, got {type(value).__name__}", field_name)
@@ -360,7 +363,9 @@ def read_generic_solution(
     accepted = None
     if accepted_key:
         value = record.value(accepted_key)
-        accepted = value in (True, 1) or (isinstance(value, str) and value.strip().lower() in ("ok", "accepted", "true", "1"))
+        accepted = value in (True, 1) or (
+            isinstance(value, str) and value.strip().lower() in ("ok", "accepted", "true", "1")
+        )
         if not accepted:
             return [], "not_accepted"
     code = record.text(code_key)

@@ -29,7 +29,9 @@ def _indent(text: str) -> str:
 def format_row(row: dict, number: int, max_chars: int) -> str:
     extra_info = row.get("extra_info") or {}
     lines = [f"--- row {number} ---"]
-    lines.append(f"data_source: {row.get('data_source')}   ability: {row.get('ability')}   problem_id: {extra_info.get('problem_id')}")
+    lines.append(
+        f"data_source: {row.get('data_source')}   ability: {row.get('ability')}   problem_id: {extra_info.get('problem_id')}"
+    )
     for message in row.get("prompt") or []:
         lines.append(f"prompt [{message.get('role')}]:")
         lines.append(_indent(_clip(message.get("content", ""), max_chars)))
@@ -80,7 +82,12 @@ def inspect_file(path: str, rows_to_show: int = 3, max_chars: int = 400) -> str:
                 shown.append(format_row(row, row_number, max_chars))
             row_number += 1
 
-    for name, title in (("data_source", "data sources"), ("ability", "abilities"), ("split", "splits"), ("view", "views")):
+    for name, title in (
+        ("data_source", "data sources"),
+        ("ability", "abilities"),
+        ("split", "splits"),
+        ("view", "views"),
+    ):
         summary = ", ".join(f"{key} {count}" for key, count in counts[name].most_common())
         lines.append(f"{title}: {summary or 'none'}")
     lines.append(f"rows breaking the row contract: {rows_with_problems}")

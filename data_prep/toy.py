@@ -62,7 +62,10 @@ def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
         "inputs": [],
         "outputs": outputs,
         "views": {"names": list(MATH_VIEW_NAMES), "rows_with_view": view_counts(train + validation)},
-        "summary": {"train": {"read": len(train), "kept": len(train)}, "validation": {"read": len(validation), "kept": len(validation)}},
+        "summary": {
+            "train": {"read": len(train), "kept": len(train)},
+            "validation": {"read": len(validation), "kept": len(validation)},
+        },
     }
     write_manifest(options.out_dir, manifest)
     print(f"verl-avsd prep toy -> {options.out_dir}")

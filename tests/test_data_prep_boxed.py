@@ -70,7 +70,10 @@ def test_contains_box():
 # brace-free prose must give it back exactly (after strip).
 balanced = st.recursive(
     st.text(alphabet="abc123+-^ ", min_size=1, max_size=6),
-    lambda inner: st.builds(lambda parts: "".join("{" + p + "}" if i % 2 else p for i, p in enumerate(parts)), st.lists(inner, min_size=1, max_size=3)),
+    lambda inner: st.builds(
+        lambda parts: "".join("{" + p + "}" if i % 2 else p for i, p in enumerate(parts)),
+        st.lists(inner, min_size=1, max_size=3),
+    ),
     max_leaves=8,
 )
 prose = st.text(alphabet="xyz .,=$0123456789\n", max_size=20)

@@ -11,7 +11,12 @@ from verl_avsd.data_prep.contract import contract_problems
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "prep")
 PROBLEMS = os.path.join(FIXTURES, "codeforces_problems.jsonl")
-SOLUTIONS = ["--solutions", f"{FIXTURES}/codeforces_cots.jsonl", "--solutions", f"{FIXTURES}/codeforces_submissions.jsonl"]
+SOLUTIONS = [
+    "--solutions",
+    f"{FIXTURES}/codeforces_cots.jsonl",
+    "--solutions",
+    f"{FIXTURES}/codeforces_submissions.jsonl",
+]
 LCB = ["--eval", f"lcb={FIXTURES}/livecodebench.jsonl"]
 
 
@@ -52,7 +57,10 @@ def test_summary_counts_problems_and_solutions(code_run):
         "filtered": {},
     }
     assert sorted(rows) == ["1900/A", "1900/B", "1900/F", "1900/H"]
-    assert manifest["views"] == {"names": ["reference", "hint", "feedback"], "rows_with_view": {"hint": 4, "reference": 4}}
+    assert manifest["views"] == {
+        "names": ["reference", "hint", "feedback"],
+        "rows_with_view": {"hint": 4, "reference": 4},
+    }
 
 
 def test_reference_is_the_accepted_one_in_the_students_language(code_run):
@@ -61,7 +69,9 @@ def test_reference_is_the_accepted_one_in_the_students_language(code_run):
     def reference(problem_id):
         return rows[problem_id]["extra_info"]["views"][0]["text"]
 
-    assert reference("1900/A") == "```python\ninput()\nprint(sum(map(int, input().split())))\n```"  # accepted beats cots
+    assert (
+        reference("1900/A") == "```python\ninput()\nprint(sum(map(int, input().split())))\n```"
+    )  # accepted beats cots
     assert reference("1900/B").startswith("```python\nn = int(input())\na = sorted(")  # both unverified: python wins
     assert reference("1900/F") == "```python\ns = input()\nprint(s[::-1])\n```"  # accepted python over accepted C++
     assert "heapq.heappush" in reference("1900/H")  # joined by contestId + problem_index
@@ -93,9 +103,16 @@ def test_livecodebench_eval_rows(code_run):
     assert manifest["summary"]["eval:lcb"] == {"read": 3, "kept": 3, "dropped": {}, "filtered": {}}
     functional = rows["3000"]
     hidden = json.loads(functional["reward_model"]["ground_truth"])
-    assert hidden == {"inputs": ["[1, 2, 3]\n4", "[5]\n1", "[1, 1]\n3"], "outputs": ["1", "0", "1"], "fn_name": "countPairs"}
+    assert hidden == {
+        "inputs": ["[1, 2, 3]\n4", "[5]\n1", "[1, 1]\n3"],
+        "outputs": ["1", "0", "1"],
+        "fn_name": "countPairs",
+    }
     assert json.loads(functional["extra_info"]["public_tests"])["inputs"] == ["[1, 2, 3]\n4"]
-    assert "class Solution:\n    def countPairs(self, nums: List[int], k: int) -> int:" in functional["prompt"][0]["content"]
+    assert (
+        "class Solution:\n    def countPairs(self, nums: List[int], k: int) -> int:"
+        in functional["prompt"][0]["content"]
+    )
     stdin = json.loads(rows["abc400_a"]["reward_model"]["ground_truth"])  # compressed private tests
     assert stdin == {"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]}
     for row in rows.values():
@@ -110,8 +127,22 @@ def test_without_solutions_problems_are_dropped_or_kept_viewless(tmp_path):
     assert train["dropped"]["no_reference_solution"] == 6 and train["kept"] == 0
     assert not os.path.exists(os.path.join(out, "train.parquet"))
     out2 = str(tmp_path / "o2")
-    assert main(["code", PROBLEMS, "--out", out2, "--quiet", "--val-size", "0", "--no-decontaminate",
-                 "--keep-without-reference"]) == 0
+    assert (
+        main(
+            [
+                "code",
+                PROBLEMS,
+                "--out",
+                out2,
+                "--quiet",
+                "--val-size",
+                "0",
+                "--no-decontaminate",
+                "--keep-without-reference",
+            ]
+        )
+        == 0
+    )
     rows = rows_in(out2, "train.parquet")
     assert len(rows) == 5 and all(row["extra_info"]["views"] == [] for row in rows)
     assert all(json.loads(row["extra_info"]["public_tests"])["inputs"] for row in rows)  # feedback still possible
@@ -119,8 +150,25 @@ def test_without_solutions_problems_are_dropped_or_kept_viewless(tmp_path):
 
 def test_max_hidden_tests_and_cpp_students(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["code", PROBLEMS, *SOLUTIONS, "--out", out, "--quiet", "--val-size", "0", "--max-hidden-tests", "1",
-                 "--language", "cpp"]) == 0
+    assert (
+        main(
+            [
+                "code",
+                PROBLEMS,
+                *SOLUTIONS,
+                "--out",
+                out,
+                "--quiet",
+                "--val-size",
+                "0",
+                "--max-hidden-tests",
+                "1",
+                "--language",
+                "cpp",
+            ]
+        )
+        == 0
+    )
     rows = {row["extra_info"]["problem_id"]: row for row in rows_in(out, "train.parquet")}
     assert json.loads(rows["1900/A"]["reward_model"]["ground_truth"])["inputs"] == ["3\n1 2 3\n"]
     assert rows["1900/B"]["extra_info"]["views"][0]["text"].startswith("```cpp\n#include")  # C++ now preferred
@@ -134,20 +182,71 @@ def test_generic_problems_with_inline_reference_and_code_contests_solutions(tmp_
         "\n".join(
             json.dumps(row)
             for row in [
-                {"pid": "7/A", "statement": "Print the double of n.", "hidden": {"inputs": ["2\n"], "outputs": ["4\n"]},
-                 "public": [{"input": "1\n", "output": "2\n"}], "ref": "print(2 * int(input()))", "tl": 3, "mem": 64},
-                {"pid": "7/B", "statement": "Print n squared.", "hidden": json.dumps({"inputs": ["3\n"], "outputs": ["9\n"]}),
-                 "public": None, "ref": "", "tl": None, "mem": None},
+                {
+                    "pid": "7/A",
+                    "statement": "Print the double of n.",
+                    "hidden": {"inputs": ["2\n"], "outputs": ["4\n"]},
+                    "public": [{"input": "1\n", "output": "2\n"}],
+                    "ref": "print(2 * int(input()))",
+                    "tl": 3,
+                    "mem": 64,
+                },
+                {
+                    "pid": "7/B",
+                    "statement": "Print n squared.",
+                    "hidden": json.dumps({"inputs": ["3\n"], "outputs": ["9\n"]}),
+                    "public": None,
+                    "ref": "",
+                    "tl": None,
+                    "mem": None,
+                },
             ]
         )
     )
     solutions = tmp_path / "code_contests.jsonl"
-    solutions.write_text(json.dumps({"name": "7_B. Square", "cf_contest_id": 7, "cf_index": "B",
-                                     "solutions": {"language": [2, 3], "solution": ["int main(){}", "n=int(input())\nprint(n*n)"]}}))
+    solutions.write_text(
+        json.dumps(
+            {
+                "name": "7_B. Square",
+                "cf_contest_id": 7,
+                "cf_index": "B",
+                "solutions": {"language": [2, 3], "solution": ["int main(){}", "n=int(input())\nprint(n*n)"]},
+            }
+        )
+    )
     out = str(tmp_path / "o")
-    assert main(["code", str(problems), "--format", "generic", "--problem-key", "statement", "--tests-key", "hidden",
-                 "--public-tests-key", "public", "--id-key", "pid", "--reference-key", "ref", "--time-limit-key", "tl",
-                 "--memory-key", "mem", "--solutions", str(solutions), "--out", out, "--quiet", "--val-size", "0"]) == 0
+    assert (
+        main(
+            [
+                "code",
+                str(problems),
+                "--format",
+                "generic",
+                "--problem-key",
+                "statement",
+                "--tests-key",
+                "hidden",
+                "--public-tests-key",
+                "public",
+                "--id-key",
+                "pid",
+                "--reference-key",
+                "ref",
+                "--time-limit-key",
+                "tl",
+                "--memory-key",
+                "mem",
+                "--solutions",
+                str(solutions),
+                "--out",
+                out,
+                "--quiet",
+                "--val-size",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = {row["extra_info"]["problem_id"]: row for row in rows_in(out, "train.parquet")}
     assert rows["7/A"]["extra_info"]["views"][0]["text"] == "```python\nprint(2 * int(input()))\n```"
     assert (rows["7/A"]["extra_info"]["time_limit_s"], rows["7/A"]["extra_info"]["memory_mb"]) == (3.0, 64.0)

@@ -82,18 +82,30 @@ def test_cpp_cin_cout_are_not_bit_manipulation():
     [
         ("import heapq\nh=[]\nheapq.heappush(h,1)", "python", "a heap / priority queue"),
         ("from bisect import bisect_left\nprint(bisect_left([1],1))", "python", "binary search"),
-        ("from functools import lru_cache\n@lru_cache(None)\ndef f(n):\n    return 1 if n < 2 else f(n-1)+f(n-2)", "python", "memoised recursion"),
+        (
+            "from functools import lru_cache\n@lru_cache(None)\ndef f(n):\n    return 1 if n < 2 else f(n-1)+f(n-2)",
+            "python",
+            "memoised recursion",
+        ),
         ("from math import gcd\nprint(gcd(4, 6))", "python", "gcd / lcm"),
         ("print(pow(2, 100, 10**9+7))", "python", "fast modular exponentiation"),
         ("from itertools import accumulate\np=list(accumulate([1,2]))", "python", "prefix sums"),
         ("x = 5\nprint(x >> 1, x & 1)", "python", "bit manipulation"),
-        ("parent=list(range(5))\ndef find(x):\n    return x if parent[x]==x else find(parent[x])", "python", "union-find (disjoint sets)"),
+        (
+            "parent=list(range(5))\ndef find(x):\n    return x if parent[x]==x else find(parent[x])",
+            "python",
+            "union-find (disjoint sets)",
+        ),
         ("int main(){priority_queue<int> pq;}", "cpp", "a heap / priority queue"),
         ("int main(){queue<int> q; q.push(1); int u=q.front();}", "cpp", "breadth-first search (a queue)"),
         ("int main(){map<int,int> m; set<int> s;}", "cpp", "an ordered map"),
         ("int main(){unordered_map<int,int> m;}", "cpp", "a hash map"),
         ("int main(){auto it = lower_bound(a, a+n, 5);}", "cpp", "binary search"),
-        ("import java.util.*; public class Main { public static void main(String[] a) { Arrays.sort(x); } }", "java", "sorting"),
+        (
+            "import java.util.*; public class Main { public static void main(String[] a) { Arrays.sort(x); } }",
+            "java",
+            "sorting",
+        ),
     ],
 )
 def test_each_rule_fires(code, language, feature):
@@ -140,7 +152,13 @@ def test_last_code_block_skips_the_thinking_part():
 
 @pytest.mark.parametrize(
     "raw, normalized",
-    [("1873/A", "1873/A"), ("1873A", "1873/A"), ("1873_a", "1873/A"), (" 1873 / B1 ", "1873/B1"), ("abc400_a", "abc400_a")],
+    [
+        ("1873/A", "1873/A"),
+        ("1873A", "1873/A"),
+        ("1873_a", "1873/A"),
+        (" 1873 / B1 ", "1873/B1"),
+        ("abc400_a", "abc400_a"),
+    ],
 )
 def test_problem_ids_normalize(raw, normalized):
     assert normalize_problem_id(raw) == normalized
@@ -148,7 +166,14 @@ def test_problem_ids_normalize(raw, normalized):
 
 @pytest.mark.parametrize(
     "raw, language",
-    [("Python 3", "python"), ("PyPy 3-64", "python"), ("GNU C++17", "cpp"), ("cpp", "cpp"), ("Java 21", "java"), ("Kotlin", "kotlin")],
+    [
+        ("Python 3", "python"),
+        ("PyPy 3-64", "python"),
+        ("GNU C++17", "cpp"),
+        ("cpp", "cpp"),
+        ("Java 21", "java"),
+        ("Kotlin", "kotlin"),
+    ],
 )
 def test_languages_normalize(raw, language):
     assert normalize_language(raw) == language
@@ -199,7 +224,9 @@ def test_read_tests_accepts_the_three_shapes_and_names_bad_fields():
     assert read_tests(record, "t", as_list) == pairs
     assert read_tests(record, "t", as_dict) == pairs
     assert read_tests(record, "t", json.dumps(as_dict)) == pairs
-    with pytest.raises(BadInputError, match=r"f.jsonl: row 3: field 't\[1\]': expected a test with 'input' and 'output'"):
+    with pytest.raises(
+        BadInputError, match=r"f.jsonl: row 3: field 't\[1\]': expected a test with 'input' and 'output'"
+    ):
         read_tests(record, "t", [{"input": "1", "output": "2"}, {"input": "3"}])
     with pytest.raises(BadInputError, match=r"field 't.outputs\[0\]': expected text, got int"):
         read_tests(record, "t", {"inputs": ["1"], "outputs": [2]})

@@ -58,7 +58,10 @@ def test_skip_bad_rows_counts_them_and_lists_the_first(tmp_path, capsys):
         train = json.load(handle)["summary"]["train"]
     assert train["read"] == 6 and train["kept"] == 2 and train["dropped"] == {"bad_row": 4}
     assert [message.split(": ")[1] for message in train["bad_rows_first"]] == [
-        "row 1 (line 2)", "row 2 (line 3)", "row 3 (line 4)", "row 4 (line 5)"
+        "row 1 (line 2)",
+        "row 2 (line 3)",
+        "row 3 (line 4)",
+        "row 4 (line 5)",
     ]
     assert "first bad rows:" in printed and "field 'problem': expected text, got list" in printed
 
@@ -91,8 +94,13 @@ def test_parquet_missing_a_column_fails_before_reading_rows(tmp_path, capsys):
 
 
 def test_dapo_prompt_of_the_wrong_type(tmp_path, capsys):
-    row = {"data_source": "math_dapo", "prompt": "Solve 1 + 1.", "ability": "MATH",
-           "reward_model": {"ground_truth": "2", "style": "rule"}, "extra_info": {"index": "x"}}
+    row = {
+        "data_source": "math_dapo",
+        "prompt": "Solve 1 + 1.",
+        "ability": "MATH",
+        "reward_model": {"ground_truth": "2", "style": "rule"},
+        "extra_info": {"index": "x"},
+    }
     path = file_with_lines(tmp_path, "dapo.jsonl", [json.dumps(row).encode()])
     error = run_failing(["math", path, "--format", "dapo", "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert f"{path}: row 0 (line 1): field 'prompt': expected a non-empty list of chat messages, got str" in error
@@ -100,9 +108,27 @@ def test_dapo_prompt_of_the_wrong_type(tmp_path, capsys):
 
 def test_eval_file_without_an_answer_column(tmp_path, capsys):
     path = file_with_lines(tmp_path, "eval.jsonl", [json.dumps({"problem": "1 + 1?", "solution": "2"}).encode()])
-    error = run_failing(["math", f"{FIXTURES}/generic_math.jsonl", "--format", "generic", "--problem-key", "question",
-                         "--answer-key", "final", "--eval", f"mine={path}", "--out", str(tmp_path / "o"), "--quiet"], capsys)
-    assert f"{path}: row 0 (line 1): no answer column (looked for answer, Answer, final_answer, expected_answer;" in error
+    error = run_failing(
+        [
+            "math",
+            f"{FIXTURES}/generic_math.jsonl",
+            "--format",
+            "generic",
+            "--problem-key",
+            "question",
+            "--answer-key",
+            "final",
+            "--eval",
+            f"mine={path}",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert (
+        f"{path}: row 0 (line 1): no answer column (looked for answer, Answer, final_answer, expected_answer;" in error
+    )
 
 
 # (line of codeforces_bad_rows.jsonl, message after "row N (line N+1): ")
@@ -122,8 +148,23 @@ def test_each_bad_code_row_stops_the_run_naming_row_and_field(tmp_path, capsys, 
 
 def test_bad_code_rows_can_be_skipped(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["code", BAD_CODE, "--solutions", f"{FIXTURES}/codeforces_bad_rows_submissions.jsonl", "--out", out,
-                 "--quiet", "--skip-bad-rows", "--val-size", "0"]) == 0
+    assert (
+        main(
+            [
+                "code",
+                BAD_CODE,
+                "--solutions",
+                f"{FIXTURES}/codeforces_bad_rows_submissions.jsonl",
+                "--out",
+                out,
+                "--quiet",
+                "--skip-bad-rows",
+                "--val-size",
+                "0",
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as handle:
         train = json.load(handle)["summary"]["train"]
     assert train["read"] == 5 and train["kept"] == 2 and train["dropped"] == {"bad_row": 3}
@@ -131,8 +172,18 @@ def test_bad_code_rows_can_be_skipped(tmp_path):
 
 def test_undecodable_livecodebench_tests(tmp_path, capsys):
     path = f"{FIXTURES}/livecodebench_bad.jsonl"
-    error = run_failing(["code", f"{FIXTURES}/codeforces_problems.jsonl", "--eval", f"lcb={path}",
-                         "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    error = run_failing(
+        [
+            "code",
+            f"{FIXTURES}/codeforces_problems.jsonl",
+            "--eval",
+            f"lcb={path}",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert f"{path}: row 0 (line 1): field 'private_test_cases': cannot decode test cases" in error
 
 
@@ -147,7 +198,10 @@ AIME_GENERIC = [f"{FIXTURES}/aime2024.jsonl", "--format", "generic", "--answer-k
         (["math", f"{FIXTURES}/generic_math.jsonl", "--format", "generic"], "--format generic needs --solution-key"),
         (["math", *AIME_GENERIC, "--max-problem-tokens", "10"], "need --tokenizer PATH"),
         (["math", *AIME_GENERIC, "--prompt-template", "no placeholder"], "must contain {problem}"),
-        (["math", *AIME_GENERIC, "--tokenizer", "/no/such/folder", "--max-problem-tokens", "5"], "not a local tokenizer folder"),
+        (
+            ["math", *AIME_GENERIC, "--tokenizer", "/no/such/folder", "--max-problem-tokens", "5"],
+            "not a local tokenizer folder",
+        ),
         (["math", *AIME_GENERIC, "--val-size", "2.5"], "whole number of rows"),
         (["code", f"{FIXTURES}/codeforces_problems.jsonl", "--prompt-template", "x"], "must contain {problem}"),
     ],

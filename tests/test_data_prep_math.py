@@ -14,8 +14,14 @@ from verl_avsd.data_prep.contract import ROW_SCHEMA, contract_problems
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "prep")
 OPENTHOUGHTS = os.path.join(FIXTURES, "openthoughts_metadata.jsonl")
-EVALS = ["--eval", f"aime2024={FIXTURES}/aime2024.jsonl", "--eval", f"aime2025={FIXTURES}/aime2025.jsonl",
-         "--eval", f"hmmt2025={FIXTURES}/hmmt_feb_2025.jsonl"]
+EVALS = [
+    "--eval",
+    f"aime2024={FIXTURES}/aime2024.jsonl",
+    "--eval",
+    f"aime2025={FIXTURES}/aime2025.jsonl",
+    "--eval",
+    f"hmmt2025={FIXTURES}/hmmt_feb_2025.jsonl",
+]
 
 
 def read_rows(path):
@@ -59,7 +65,12 @@ def test_summary_counts_every_row_by_reason(openthoughts_run):
         "eval_overlap_whitespace": 1,  # row 10 is an AIME 2025 problem with other whitespace
     }
     assert train["kept"] == len(rows) == 7
-    assert manifest["summary"]["eval:aime2025"] == {"read": 3, "kept": 2, "dropped": {"empty_problem": 1}, "filtered": {}}
+    assert manifest["summary"]["eval:aime2025"] == {
+        "read": 3,
+        "kept": 2,
+        "dropped": {"empty_problem": 1},
+        "filtered": {},
+    }
 
 
 def test_answers_come_from_the_last_balanced_box(openthoughts_run):
@@ -108,14 +119,28 @@ def test_manifest_records_inputs_outputs_options_and_views(openthoughts_run):
         expected_sha = hashlib.sha256(handle.read()).hexdigest()
     train_input = [entry for entry in manifest["inputs"] if entry["role"] == "train"]
     assert train_input == [{"path": os.path.abspath(OPENTHOUGHTS), "role": "train", "rows": 17, "sha256": expected_sha}]
-    assert {entry["role"] for entry in manifest["inputs"]} == {"train", "eval:aime2024", "eval:aime2025", "eval:hmmt2025"}
+    assert {entry["role"] for entry in manifest["inputs"]} == {
+        "train",
+        "eval:aime2024",
+        "eval:aime2025",
+        "eval:hmmt2025",
+    }
     outputs = {entry["path"]: entry for entry in manifest["outputs"]}
-    assert set(outputs) == {"train.parquet", "validation.parquet", "eval_aime2024.parquet", "eval_aime2025.parquet", "eval_hmmt2025.parquet"}
+    assert set(outputs) == {
+        "train.parquet",
+        "validation.parquet",
+        "eval_aime2024.parquet",
+        "eval_aime2025.parquet",
+        "eval_hmmt2025.parquet",
+    }
     assert outputs["train.parquet"]["rows"] + outputs["validation.parquet"]["rows"] == len(rows)
     for name, entry in outputs.items():
         with open(os.path.join(out, name), "rb") as handle:
             assert entry["sha256"] == hashlib.sha256(handle.read()).hexdigest()
-    assert manifest["views"] == {"names": ["full", "partial", "answer"], "rows_with_view": {"answer": 7, "full": 7, "partial": 6}}
+    assert manifest["views"] == {
+        "names": ["full", "partial", "answer"],
+        "rows_with_view": {"answer": 7, "full": 7, "partial": 6},
+    }
     assert manifest["options"]["domains"] == ["math"] and manifest["options"]["val_size"] == 0.05
     assert manifest["task"] == "math" and manifest["command"][0] == "math"
 
@@ -159,8 +184,25 @@ def test_parquet_input_gives_the_same_rows_as_jsonl(openthoughts_run, tmp_path):
 
 def test_domain_and_source_filters(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", "--domain", "math", "--domain", "code",
-                 "--source", "synthetic_math", "--no-dedupe"]) == 0
+    assert (
+        main(
+            [
+                "math",
+                OPENTHOUGHTS,
+                "--out",
+                out,
+                "--quiet",
+                "--domain",
+                "math",
+                "--domain",
+                "code",
+                "--source",
+                "synthetic_math",
+                "--no-dedupe",
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as handle:
         train = json.load(handle)["summary"]["train"]
     # rows of other domains (1) and other sources (13) are filtered before their content is judged
@@ -170,7 +212,9 @@ def test_domain_and_source_filters(tmp_path):
 
 def test_deepseek_solution_source_builds_views_from_it(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", "--solution-source", "deepseek", "--val-size", "0"]) == 0
+    assert (
+        main(["math", OPENTHOUGHTS, "--out", out, "--quiet", "--solution-source", "deepseek", "--val-size", "0"]) == 0
+    )
     rows = {row["extra_info"]["problem"]: row for row in prepared_rows(out)}
     row = rows["A fair coin is tossed twice. What is the probability of exactly one head?"]
     assert views_of(row)["full"] == "**Final Answer**\n\\boxed{\\dfrac{1}{2}}"
@@ -181,18 +225,41 @@ def test_deepseek_solution_source_builds_views_from_it(tmp_path):
 
 def test_dapo_rows_get_only_the_answer_view_and_lose_dapos_wrapper(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["math", f"{FIXTURES}/dapo_math.jsonl", "--format", "dapo", "--out", out, "--quiet", "--val-size", "0",
-                 "--eval", f"aime2025={FIXTURES}/aime2025.jsonl"]) == 0
+    assert (
+        main(
+            [
+                "math",
+                f"{FIXTURES}/dapo_math.jsonl",
+                "--format",
+                "dapo",
+                "--out",
+                out,
+                "--quiet",
+                "--val-size",
+                "0",
+                "--eval",
+                f"aime2025={FIXTURES}/aime2025.jsonl",
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as handle:
         train = json.load(handle)["summary"]["train"]
-    assert train == {"read": 5, "kept": 2, "dropped": {"empty_answer": 1},
-                     "filtered": {"duplicate_problem": 1, "eval_overlap_exact": 1}}
+    assert train == {
+        "read": 5,
+        "kept": 2,
+        "dropped": {"empty_answer": 1},
+        "filtered": {"duplicate_problem": 1, "eval_overlap_exact": 1},
+    }
     rows = prepared_rows(out)
     assert [row["extra_info"]["problem"] for row in rows] == [
         "In triangle $ABC$, $AB = 5$, $BC = 12$ and $AC = 13$. Find the area of the triangle.",
         "Find the smallest prime greater than 100.",
     ]
-    assert [row["extra_info"]["views"] for row in rows] == [[{"name": "answer", "text": "30"}], [{"name": "answer", "text": "101"}]]
+    assert [row["extra_info"]["views"] for row in rows] == [
+        [{"name": "answer", "text": "30"}],
+        [{"name": "answer", "text": "101"}],
+    ]
     assert [row["extra_info"]["problem_id"] for row in rows] == ["a3f1", "b772"]
     assert all("Remember to put your answer" not in row["prompt"][0]["content"] for row in rows)
     assert {row["data_source"] for row in rows} == {"math/dapo"}
@@ -200,9 +267,32 @@ def test_dapo_rows_get_only_the_answer_view_and_lose_dapos_wrapper(tmp_path):
 
 def test_generic_reader_with_named_columns(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["math", f"{FIXTURES}/generic_math.jsonl", "--format", "generic", "--problem-key", "question",
-                 "--solution-key", "worked", "--answer-key", "final", "--id-key", "qid", "--name", "mine",
-                 "--out", out, "--quiet", "--val-size", "0"]) == 0
+    assert (
+        main(
+            [
+                "math",
+                f"{FIXTURES}/generic_math.jsonl",
+                "--format",
+                "generic",
+                "--problem-key",
+                "question",
+                "--solution-key",
+                "worked",
+                "--answer-key",
+                "final",
+                "--id-key",
+                "qid",
+                "--name",
+                "mine",
+                "--out",
+                out,
+                "--quiet",
+                "--val-size",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = {row["extra_info"]["problem_id"]: row for row in prepared_rows(out)}
     assert rows["g1"]["reward_model"]["ground_truth"] == "144"
     assert rows["g2"]["reward_model"]["ground_truth"] == "256"  # null answer column: the solution's box
@@ -215,8 +305,26 @@ def test_generic_reader_with_named_columns(tmp_path):
 
 def test_custom_prompt_template_and_system_prompt(tmp_path):
     out = str(tmp_path / "o")
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", "--val-size", "0", "--limit", "1",
-                 "--prompt-template", "Problem: {problem}\nAnswer in \\boxed{{}}.", "--system-prompt", "Be brief."]) == 0
+    assert (
+        main(
+            [
+                "math",
+                OPENTHOUGHTS,
+                "--out",
+                out,
+                "--quiet",
+                "--val-size",
+                "0",
+                "--limit",
+                "1",
+                "--prompt-template",
+                "Problem: {problem}\nAnswer in \\boxed{{}}.",
+                "--system-prompt",
+                "Be brief.",
+            ]
+        )
+        == 0
+    )
     (row,) = prepared_rows(out)
     assert row["prompt"] == [
         {"role": "system", "content": "Be brief."},
@@ -245,8 +353,23 @@ def test_token_length_filters(tmp_path, openthoughts_run, tiny_tokenizer):
     prompt_tokens = sorted(count(row["prompt"][0]["content"]) for row in rows)
     limit = prompt_tokens[-2]  # only the longest prompt (the farmer story) is over it
     out = str(tmp_path / "o")
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", *EVALS, "--tokenizer", folder,
-                 "--max-problem-tokens", str(limit)]) == 0
+    assert (
+        main(
+            [
+                "math",
+                OPENTHOUGHTS,
+                "--out",
+                out,
+                "--quiet",
+                *EVALS,
+                "--tokenizer",
+                folder,
+                "--max-problem-tokens",
+                str(limit),
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as handle:
         assert json.load(handle)["summary"]["train"]["filtered"]["problem_too_long"] == 1
     assert max(count(row["prompt"][0]["content"]) for row in prepared_rows(out)) <= limit
@@ -256,8 +379,23 @@ def test_token_length_filters(tmp_path, openthoughts_run, tiny_tokenizer):
     expected = sum(1 for n in longest_view if n > view_limit)
     assert 0 < expected < len(rows)
     out2 = str(tmp_path / "o2")
-    assert main(["math", OPENTHOUGHTS, "--out", out2, "--quiet", *EVALS, "--tokenizer", folder,
-                 "--max-view-tokens", str(view_limit)]) == 0
+    assert (
+        main(
+            [
+                "math",
+                OPENTHOUGHTS,
+                "--out",
+                out2,
+                "--quiet",
+                *EVALS,
+                "--tokenizer",
+                folder,
+                "--max-view-tokens",
+                str(view_limit),
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out2, "manifest.json")) as handle:
         filtered = json.load(handle)["summary"]["train"]["filtered"]
     assert sum(n for reason, n in filtered.items() if reason.startswith("view_too_long:")) == expected

@@ -19,11 +19,38 @@ def prepared(tmp_path_factory):
     """Math (OpenThoughts + AIME eval), code (codeforces + LiveCodeBench eval) and toy outputs."""
     root = tmp_path_factory.mktemp("prepared")
     math_out, code_out, toy_out = str(root / "math"), str(root / "code"), str(root / "toy")
-    assert main(["math", f"{FIXTURES}/openthoughts_metadata.jsonl", "--out", math_out, "--quiet",
-                 "--eval", f"aime2024={FIXTURES}/aime2024.jsonl"]) == 0
-    assert main(["code", f"{FIXTURES}/codeforces_problems.jsonl", "--solutions", f"{FIXTURES}/codeforces_cots.jsonl",
-                 "--solutions", f"{FIXTURES}/codeforces_submissions.jsonl", "--eval", f"lcb={FIXTURES}/livecodebench.jsonl",
-                 "--out", code_out, "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "math",
+                f"{FIXTURES}/openthoughts_metadata.jsonl",
+                "--out",
+                math_out,
+                "--quiet",
+                "--eval",
+                f"aime2024={FIXTURES}/aime2024.jsonl",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "code",
+                f"{FIXTURES}/codeforces_problems.jsonl",
+                "--solutions",
+                f"{FIXTURES}/codeforces_cots.jsonl",
+                "--solutions",
+                f"{FIXTURES}/codeforces_submissions.jsonl",
+                "--eval",
+                f"lcb={FIXTURES}/livecodebench.jsonl",
+                "--out",
+                code_out,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["toy", "--out", toy_out, "--n-train", "40", "--n-val", "8", "--seed", "3"]) == 0
     return math_out, code_out, toy_out
 
@@ -32,7 +59,9 @@ def prepared(tmp_path_factory):
 def chat_tokenizer(tmp_path_factory):
     from verl_avsd.toy.tiny_model import build_tokenizer
 
-    return build_tokenizer(["Find the sum of 36. Print the array. Compute 1 + 2."], str(tmp_path_factory.mktemp("tok")), vocab_size=300)
+    return build_tokenizer(
+        ["Find the sum of 36. Print the array. Compute 1 + 2."], str(tmp_path_factory.mktemp("tok")), vocab_size=300
+    )
 
 
 def test_verl_rlhf_dataset_reads_math_code_and_eval_files_together(prepared, chat_tokenizer, tmp_path):
@@ -40,10 +69,16 @@ def test_verl_rlhf_dataset_reads_math_code_and_eval_files_together(prepared, cha
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
     math_out, code_out, _ = prepared
-    files = [os.path.join(math_out, "train.parquet"), os.path.join(math_out, "eval_aime2024.parquet"),
-             os.path.join(code_out, "train.parquet"), os.path.join(code_out, "eval_lcb.parquet")]
+    files = [
+        os.path.join(math_out, "train.parquet"),
+        os.path.join(math_out, "eval_aime2024.parquet"),
+        os.path.join(code_out, "train.parquet"),
+        os.path.join(code_out, "eval_lcb.parquet"),
+    ]
     expected = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-    config = OmegaConf.create({"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path)})
+    config = OmegaConf.create(
+        {"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path)}
+    )
     dataset = RLHFDataset(files, chat_tokenizer, config)
     assert len(dataset) == expected  # one schema: math and code files concatenate
     items = [dataset[i] for i in range(len(dataset))]
@@ -79,11 +114,24 @@ def test_inspect_prints_the_column_summary_and_rows(prepared, capsys):
 
 
 def test_inspect_reports_rows_that_break_the_contract(tmp_path, capsys):
-    row = {"data_source": "math/x", "prompt": [{"role": "user", "content": "Solve it. We factor 36 as 4 times 9."}],
-           "ability": "math", "reward_model": {"style": "rule", "ground_truth": ""},
-           "extra_info": {"index": 0, "split": "train", "problem_id": "1", "problem": "Solve it.", "source": "x",
-                          "views": [{"name": "full", "text": "We factor 36 as 4 times 9."}, {"name": "hint", "text": "h"}],
-                          "public_tests": None, "time_limit_s": None, "memory_mb": None, "language": None}}
+    row = {
+        "data_source": "math/x",
+        "prompt": [{"role": "user", "content": "Solve it. We factor 36 as 4 times 9."}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": ""},
+        "extra_info": {
+            "index": 0,
+            "split": "train",
+            "problem_id": "1",
+            "problem": "Solve it.",
+            "source": "x",
+            "views": [{"name": "full", "text": "We factor 36 as 4 times 9."}, {"name": "hint", "text": "h"}],
+            "public_tests": None,
+            "time_limit_s": None,
+            "memory_mb": None,
+            "language": None,
+        },
+    }
     path = str(tmp_path / "bad.parquet")
     pq.write_table(pa.Table.from_pylist([row], schema=ROW_SCHEMA), path)
     assert main(["inspect", path]) == 0
@@ -108,7 +156,9 @@ def test_toy_rows_come_from_the_toy_task_and_are_deterministic(prepared, tmp_pat
         assert [view["name"] for view in row["extra_info"]["views"]] == ["full", "partial", "answer"]
         assert row["data_source"] == toy_task.DATA_SOURCE
         assert toy_task.compute_score(row["data_source"], problem.solution, row["reward_model"]["ground_truth"]) == 1.0
-    assert {row["extra_info"]["problem"] for row in train}.isdisjoint(row["extra_info"]["problem"] for row in validation)
+    assert {row["extra_info"]["problem"] for row in train}.isdisjoint(
+        row["extra_info"]["problem"] for row in validation
+    )
     again = str(tmp_path / "again")
     assert main(["toy", "--out", again, "--n-train", "40", "--n-val", "8", "--seed", "3"]) == 0
     for name in ("train.parquet", "validation.parquet"):
