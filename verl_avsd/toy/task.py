@@ -2,15 +2,18 @@
 
 A problem is a chain of operations on two-digit numbers, e.g. the prompt
 
-    Compute 37 + 48 - 19 + 6.
+    Compute 37+48-19+6.
 
 whose worked solution (the target the model learns to write) is one line per step and a final
 answer line:
 
-    37 + 48 = 85
-    85 - 19 = 66
-    66 + 6 = 72
+    37+48=85
+    85-19=66
+    66+6=72
     Answer: 72
+
+(no spaces inside expressions: the tokenizer gives a space its own token before a digit, and
+short sequences keep the CPU warm-up fast).
 
 The three views (AVSD.md, "Views"), in the contract format `[{"name", "text"}, ...]`:
   full    = the whole worked solution,
@@ -47,7 +50,7 @@ DEFAULT_MAX_OPERAND = 99  # operands are drawn from [10, max_operand]
 ANSWER_PREFIX = "Answer: "
 # A well-formed response ends with an "Answer: <integer>" line (trailing whitespace allowed).
 _ANSWER_LINE = re.compile(r"(?:^|\n)Answer: (-?\d+)\s*$")
-_NUMBER = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"\d+")  # totals are never negative, so "85-19" holds 85 and 19
 
 # How the teacher sees a view: the student's prompt, a blank line, a header naming the view,
 # and the view text, all inside the one user turn. See `teacher_user_message`.
@@ -58,8 +61,8 @@ TEACHER_TEMPLATE = "{prompt}\n\nReference ({view_name}):\n{view_text}"
 class Problem:
     """One toy problem: its prompt, worked solution and answer."""
 
-    prompt: str  # "Compute 37 + 48 - 19 + 6."
-    steps: tuple[str, ...]  # ("37 + 48 = 85", "85 - 19 = 66", "66 + 6 = 72")
+    prompt: str  # "Compute 37+48-19+6."
+    steps: tuple[str, ...]  # ("37+48=85", "85-19=66", "66+6=72")
     answer: int  # 72
 
     @property
@@ -90,9 +93,10 @@ def random_problem(rng: random.Random, num_steps: int = DEFAULT_NUM_STEPS, max_o
     """Draw one problem. Running totals never go negative (a '-' that would is turned into '+'),
     and a problem is redrawn if its answer appears as a number in the partial view, so the
     partial view never gives the answer away."""
-    if num_steps < 1 or max_operand < 10:
-        raise ValueError(f"need num_steps >= 1 and max_operand >= 10, got {num_steps=} {max_operand=}")
-    while True:
+    # One step has no "first half" without the answer, so a problem needs at least two.
+    if num_steps < 2 or max_operand < 10:
+        raise ValueError(f"need num_steps >= 2 and max_operand >= 10, got {num_steps=} {max_operand=}")
+    for _ in range(10_000):
         total = rng.randint(10, max_operand)
         prompt_parts = [str(total)]
         steps = []
@@ -102,12 +106,13 @@ def random_problem(rng: random.Random, num_steps: int = DEFAULT_NUM_STEPS, max_o
             if op == "-" and operand > total:
                 op = "+"
             new_total = total + operand if op == "+" else total - operand
-            prompt_parts.append(f"{op} {operand}")
-            steps.append(f"{total} {op} {operand} = {new_total}")
+            prompt_parts.append(f"{op}{operand}")
+            steps.append(f"{total}{op}{operand}={new_total}")
             total = new_total
-        problem = Problem(prompt="Compute " + " ".join(prompt_parts) + ".", steps=tuple(steps), answer=total)
+        problem = Problem(prompt="Compute " + "".join(prompt_parts) + ".", steps=tuple(steps), answer=total)
         if str(total) not in _NUMBER.findall(partial_view_text(problem.steps)):
             return problem
+    raise ValueError(f"no problem with {num_steps=} {max_operand=} keeps the answer out of its partial view")
 
 
 def generate_problems(
@@ -134,8 +139,8 @@ def generate_problems(
 def teacher_user_message(prompt_text: str, view_name: str, view_text: str) -> str:
     """The teacher's user turn: the student's prompt followed by one view.
 
-    `teacher_user_message("Compute 1 + 2.", "answer", "3")` ==
-    "Compute 1 + 2.\\n\\nReference (answer):\\n3". The warm-up trains view-conditioned examples
+    `teacher_user_message("Compute 1+2.", "answer", "3")` ==
+    "Compute 1+2.\\n\\nReference (answer):\\n3". The warm-up trains view-conditioned examples
     with exactly this text, so the teacher worker must build its context with this function (or
     with `TEACHER_TEMPLATE`, which it formats).
     """
