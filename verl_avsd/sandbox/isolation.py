@@ -2,10 +2,13 @@
 
 Two local isolations build the same sandbox from one mount plan (`mount_plan`):
 
-- `bwrap` (bubblewrap, preferred): `bwrap` runs the plan, creates the namespaces, and kills the
-  sandbox when it or its parent dies.
-- `unshare` (fallback, needs root): util-linux `unshare` creates the namespaces and
-  `_unshare_launcher.py` runs the plan with mount(2) before exec'ing the program.
+- `bwrap` (bubblewrap, preferred): `bwrap` runs the plan and creates the namespaces.
+- `unshare` (fallback, needs root): util-linux `unshare` creates the namespaces and the
+  sandbox's init runs the plan with mount(2).
+
+Either way `_sandbox_init.py` is pid 1 of the sandbox: it dies with its parent, so killing the
+wrapper ends every process the program started, and it reports the program's exact exit status
+and CPU time.
 
 What the program sees either way: the host's filesystem read-only; a private, size-limited,
 writable tmpfs at /tmp (its working directory, holding a read-only copy of its code); a private
@@ -42,7 +45,7 @@ DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout"
 THROWAWAY_UID_BASE = 1_500_000_000
 THROWAWAY_UID_SPAN = 1 << 24
 
-LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_unshare_launcher.py")
+SANDBOX_INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_init.py")
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": SANDBOX_CWD,
@@ -171,8 +174,14 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
     ]  # fmt: skip
 
 
-def bwrap_command(mounts: list[Mount], inner: list[str], *, status_fd: int, as_root: bool) -> list[str]:
-    """The bwrap command line that applies `mounts` and runs `inner` in fresh namespaces."""
+def init_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
+    """The sandbox's pid 1 (`_sandbox_init.py`), which applies `mounts` (if any) and runs `inner`."""
+    plan = json.dumps({"mounts": [asdict(m) for m in mounts], "cwd": SANDBOX_CWD})
+    return [sys.executable, "-I", "-S", SANDBOX_INIT, str(status_fd), f"{wall_limit_s:.3f}", plan, "--", *inner]
+
+
+def bwrap_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float, as_root: bool) -> list[str]:
+    """bwrap applies `mounts` and creates the namespaces; our init runs as pid 1 inside."""
     cmd = [_tool("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for m in mounts:
         if m.kind == "tmpfs":
@@ -194,17 +203,15 @@ def bwrap_command(mounts: list[Mount], inner: list[str], *, status_fd: int, as_r
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         cmd += ["--unshare-all"]  # with a user namespace, which is how bwrap works unprivileged
-    # --as-pid-1: the program itself is pid 1, so bwrap reaps it and its CPU time reaches us.
-    cmd += ["--as-pid-1", "--die-with-parent", "--new-session", "--chdir", SANDBOX_CWD, "--json-status-fd", str(status_fd)]
-    return cmd + ["--", *inner]
+    cmd += ["--as-pid-1", "--die-with-parent", "--new-session", "--chdir", SANDBOX_CWD]
+    return cmd + ["--", *init_command([], inner, status_fd=status_fd, wall_limit_s=wall_limit_s)]
 
 
-def unshare_command(mounts: list[Mount], inner: list[str], *, status_fd: int) -> list[str]:
-    """The unshare command line: namespaces from `unshare`, the filesystem from the launcher."""
-    plan = json.dumps({"mounts": [asdict(m) for m in mounts], "cwd": SANDBOX_CWD})
+def unshare_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
+    """unshare creates the namespaces; our init, pid 1 inside, applies `mounts` itself."""
     namespaces = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
-    launcher = [sys.executable, "-I", "-S", LAUNCHER, plan, str(status_fd), "--"]
-    return [_tool("unshare"), *namespaces, "--", *launcher, *inner]
+    init = init_command(mounts, inner, status_fd=status_fd, wall_limit_s=wall_limit_s)
+    return [_tool("unshare"), *namespaces, "--", *init]
 
 
 def _tool(name: str) -> str:

@@ -42,6 +42,8 @@ class Program:
 
 @dataclass(frozen=True)
 class TestSet:
+    __test__ = False  # not a pytest test class, despite the name
+
     inputs: list[str]
     outputs: list[str]
     fn_name: str | None = None

@@ -130,11 +130,12 @@ class LocalBackend:
             own_dev=self.isolation == "unshare",
         )
         inner = iso.inner_command(argv, limits, uid)
+        wall = limits.wall_limit_s
         if self.isolation == "bwrap":
             as_root = iso.running_as_root()
-            build = lambda status_fd: iso.bwrap_command(mounts, inner, status_fd=status_fd, as_root=as_root)  # noqa: E731
+            build = lambda fd: iso.bwrap_command(mounts, inner, status_fd=fd, wall_limit_s=wall, as_root=as_root)  # noqa: E731
         else:
-            build = lambda status_fd: iso.unshare_command(mounts, inner, status_fd=status_fd)  # noqa: E731
+            build = lambda fd: iso.unshare_command(mounts, inner, status_fd=fd, wall_limit_s=wall)  # noqa: E731
         return _spawn_and_collect(build, stdin_bytes, limits, self.isolation)
 
 
@@ -152,8 +153,9 @@ def _write(path: str, text: str, mode: int) -> None:
 def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolation: str) -> RunResult:
     """Run `build_command(status_fd)` and turn what happened into a RunResult.
 
-    The sandbox reports on `status_fd` once it is set up, which separates "the sandbox failed"
-    from "the program failed" without trusting anything the program prints.
+    The sandbox's init reports on `status_fd` ("ready" once set up, then the program's exact
+    wait status and CPU time), which separates "the sandbox failed" from "the program failed"
+    without trusting anything the program prints.
     """
     status_read, status_write = os.pipe()
     started = time.monotonic()
@@ -176,18 +178,24 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
     try:
         out, err, err_total, stop_reason = _communicate(proc, stdin_bytes, started + limits.wall_limit_s, limits)
     finally:
+        # Killing the wrapper kills the sandbox's init (parent-death signal), and with it, by
+        # the kernel's pid-namespace rule, every process the program started.
         _kill_group(proc.pid)
-        _, wait_status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(wait_status)  # so Popen never waits for it again
+        _, wrapper_status, wrapper_usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(wrapper_status)  # so Popen never waits for it again
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             try:
                 pipe.close()
             except OSError:
                 pass
-        status_report = _read_available(status_read)
+        report = _read_available(status_read).split("\n")
         os.close(status_read)
     wall = time.monotonic() - started
-    cpu = usage.ru_utime + usage.ru_stime  # the wrapper and every descendant it reaped
+    exit_line = next((line.split() for line in report if line.startswith("exit ")), None)
+    if exit_line is not None:  # the program ended on its own: its exact status and CPU time
+        wait_status, cpu = int(exit_line[1]), float(exit_line[2])
+    else:  # we killed it (or the sandbox broke): the wrapper's view, a lower bound on CPU time
+        wait_status, cpu = wrapper_status, wrapper_usage.ru_utime + wrapper_usage.ru_stime
     exit_code, sig = _exit_of(wait_status)
     stdout = out.decode("utf-8", errors="replace")
     stderr = err.decode("utf-8", errors="replace")
@@ -202,8 +210,10 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
         cpu_time_s=cpu,
         isolation=isolation,
     )
-    if not _sandbox_started(isolation, status_report) and stop_reason is None:
-        return RunResult(Status.SANDBOX_ERROR, **common, detail=f"the sandbox did not start: {status_report!r} {stderr[-500:]}")
+    if stop_reason is None and exit_line is None:
+        why = "did not start" if "ready" not in report else "ended without reporting the program's exit"
+        detail = f"the sandbox {why}: {' '.join(report).strip()!r} {stderr[-500:]}"
+        return RunResult(Status.SANDBOX_ERROR, **common, detail=detail)
     status, detail = _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits)
     return RunResult(status, **common, detail=detail)
 
@@ -289,21 +299,12 @@ def _read_available(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def _sandbox_started(isolation: str, report: str) -> bool:
-    # bwrap writes {"child-pid": N} once the sandbox is set up; the launcher writes "ready".
-    return '"child-pid"' in report if isolation == "bwrap" else report.startswith("ready")
-
-
 def _exit_of(wait_status: int) -> tuple[int, int | None]:
     """(exit code as a shell shows it, killing signal or None)."""
     if os.WIFSIGNALED(wait_status):
         sig = os.WTERMSIG(wait_status)
         return 128 + sig, sig
-    code = os.WEXITSTATUS(wait_status)
-    # bwrap reports a child killed by signal N as exit code 128 + N.
-    if 128 < code < 128 + signal.NSIG:
-        return code, code - 128
-    return code, None
+    return os.WEXITSTATUS(wait_status), None
 
 
 def _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits: Limits) -> tuple[Status, str]:

@@ -1,24 +1,33 @@
-"""Inside `unshare` (fallback isolation, root only): lay out the filesystem, then exec the program.
+"""Pid 1 of every sandbox: lay out the filesystem (unshare only), run the program, report.
 
-Run as `python -I -S _unshare_launcher.py PLAN_JSON STATUS_FD -- ARGV...` by
-`isolation.unshare_command`, as real root in fresh mount, network, pid, ipc and uts namespaces
-(`unshare` made every mount private, so nothing here reaches the host's mount table). It does
-what bubblewrap does for the bwrap isolation, from the same mount plan:
+Started by bwrap (`--as-pid-1`) or by `unshare --fork` as the first process of the sandbox's
+pid namespace, before the program drops to its throwaway user:
 
-1. every existing mount becomes read-only (a bind remount: only this namespace's view changes);
-2. the plan's steps run in order: private tmpfs mounts (/tmp, a fresh /dev with null, zero,
-   full, random and urandom, /dev/shm, hidden folders), directories, and bind mounts of the
-   program and the interpreter;
-3. it reports "ready" on STATUS_FD and execs ARGV (setpriv drops to the throwaway user, prlimit
-   sets the limits), so the program becomes pid 1 of the namespace: when it exits, the kernel
-   kills everything it left behind.
+    python -I -S _sandbox_init.py STATUS_FD WALL_LIMIT_S PLAN_JSON -- ARGV...
+
+1. It asks for SIGKILL when its parent (bwrap or unshare) dies, and arms its own wall-clock
+   alarm: either way it dies, and the kernel then kills every process of the namespace, however
+   the program hid them (new sessions, daemons). The program itself cannot keep this: the
+   kernel clears the parent-death signal when a process changes user.
+2. Under unshare (a non-empty plan; bwrap does this itself), as real root in fresh mount,
+   network, pid, ipc and uts namespaces whose mounts `unshare` made private: every existing
+   mount becomes read-only (a bind remount: only this namespace's view changes), then the
+   plan's steps run in order: private tmpfs mounts (/tmp, a fresh /dev with null, zero, full,
+   random and urandom, /dev/shm, hidden folders), directories, symlinks, and bind mounts of
+   the program and the interpreter.
+3. It writes "ready" on STATUS_FD, forks the program (ARGV: setpriv drops the user, prlimit sets
+   the limits), reaps every process until the program exits, and writes
+   "exit WAIT_STATUS CPU_SECONDS" -- the exact wait status and the CPU time of everything it
+   reaped, which the host cannot see through bwrap or unshare.
 
 Standard library only and no imports from the package: this file runs under `python -I -S`.
 """
 
 import ctypes
 import json
+import math
 import os
+import signal
 import sys
 
 MS_RDONLY = 0x1
@@ -30,6 +39,8 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
+
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -111,21 +122,41 @@ def apply_plan(plan):
 
 
 def main(argv):
-    plan_json, status_fd, separator, *program = argv
+    status_fd, wall_limit_s, plan_json, separator, *program = argv
     status_fd = int(status_fd)
     if separator != "--" or not program:
-        raise SystemExit("usage: _unshare_launcher.py PLAN_JSON STATUS_FD -- ARGV...")
+        raise SystemExit("usage: _sandbox_init.py STATUS_FD WALL_LIMIT_S PLAN_JSON -- ARGV...")
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(124))  # our own clock, if the host's fails
+    signal.alarm(math.ceil(float(wall_limit_s)) + 2)
     try:
         plan = json.loads(plan_json)
-        mount(None, "/", None, MS_REC | MS_PRIVATE)  # unshare did this already; never rely on it
-        apply_plan(plan["mounts"])
+        if plan["mounts"]:
+            mount(None, "/", None, MS_REC | MS_PRIVATE)  # unshare did this already; never rely on it
+            apply_plan(plan["mounts"])
         os.chdir(plan["cwd"])
-    except Exception as exc:  # reported to the parent as a sandbox error, never as the program's
+    except Exception as exc:  # reported to the host as a sandbox error, never as the program's
         os.write(status_fd, f"error {type(exc).__name__}: {exc}\n".encode())
         raise SystemExit(125)
+    os.set_inheritable(status_fd, False)  # the program never gets it
     os.write(status_fd, b"ready\n")
-    os.close(status_fd)
-    os.execve(program[0], program, os.environ)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execve(program[0], program, os.environ)
+        finally:
+            os._exit(127)
+    cpu = 0.0
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            raise SystemExit(125) from None  # cannot happen: the program is our child
+        cpu += usage.ru_utime + usage.ru_stime
+        if pid == child:
+            os.write(status_fd, f"exit {status} {cpu:.6f}\n".encode())
+            # Exiting ends the namespace: the kernel kills whatever the program left behind.
+            os._exit(os.waitstatus_to_exitcode(status) % 256)
 
 
 if __name__ == "__main__":
