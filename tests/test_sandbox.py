@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from verl_avsd.sandbox import ISOLATION_ENV, Limits, Sandbox, SandboxUnavailable, Status, run
-from verl_avsd.sandbox import _unshare_launcher, runner
+from verl_avsd.sandbox import _sandbox_init, runner
 from verl_avsd.sandbox import isolation as iso
 from verl_avsd.sandbox.fusion import result_from_response
 from verl_avsd.sandbox.runner import working_isolations
@@ -204,7 +204,7 @@ def test_bad_settings_are_clear_errors():
 
 
 def test_mountinfo_escapes_are_decoded():
-    assert _unshare_launcher._unescape(r"/mnt/with\040space\134x") == "/mnt/with space\\x"
+    assert _sandbox_init._unescape(r"/mnt/with\040space\134x") == "/mnt/with space\\x"
 
 
 def test_an_interpreter_under_a_private_folder_is_made_reachable():
