@@ -30,6 +30,18 @@ PLUGIN_MODULES = "verl_avsd.cpu_platform,verl_avsd.workers.hf_rollout"
 RUN_TIMEOUT_S = 900  # verl waits forever when Ray lacks resources; never let the test hang
 
 
+def digit_share_reward(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
+    """verl custom reward for this test: the share of the response's characters that are digits.
+
+    A random tiny model never solves a toy problem, so the toy's 0/1 `compute_score` would give
+    every rollout 0, every GRPO advantage 0 and a zero gradient. This score differs between the
+    samples of a group, so the actor really updates and the weight sync is really exercised.
+    """
+    if not isinstance(solution_str, str):
+        raise TypeError(f"digit_share_reward: solution_str must be a str, got {type(solution_str).__name__}")
+    return sum(char.isdigit() for char in solution_str) / max(1, len(solution_str))
+
+
 def build_tiny_model(model_dir: Path) -> None:
     """Toy tokenizer trained on toy problems, and a 2-layer, hidden-64 Qwen2 with random weights."""
     problems = toy_task.generate_problems(200, seed=1, split="train")
@@ -53,12 +65,10 @@ def grpo_overrides(model_dir: Path, data: dict[str, str], run_dir: Path, steps: 
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.actor.optim.lr=1e-2",  # large, so stale rollout weights would show at step 2
         "actor_rollout_ref.actor.use_kl_loss=false",
-        # pkg:// imports the module properly; a file path would exec it outside sys.modules, which
-        # breaks its dataclasses (verl/utils/import_utils.py:186-189)
-        "reward.custom_reward_function.path=pkg://verl_avsd.toy.task",
-        "reward.custom_reward_function.name=compute_score",
+        f"reward.custom_reward_function.path={Path(__file__).resolve()}",
+        "reward.custom_reward_function.name=digit_share_reward",
         f"trainer.total_training_steps={steps}",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
@@ -103,10 +113,18 @@ def test_main_ppo_runs_two_grpo_steps_on_cpu(tmp_path):
     steps = {record["step"]: record["data"] for record in records}
     assert sorted(steps) == [1, 2], f"expected metrics for steps 1 and 2, got {sorted(steps)}"
     for step, metrics in steps.items():
-        # the actor really updated, on the rollouts the hf server generated this step
-        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean"):
+        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean",
+                    "training/rollout_probs_diff_max"):
             assert key in metrics, f"step {step}: metric {key} missing; have {sorted(metrics)}"
         non_finite = {key: value for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)}
         assert not non_finite, f"step {step}: non-finite metrics {non_finite}"
         assert metrics["response_length/mean"] > 0
         assert 0.0 <= metrics["critic/score/mean"] <= 1.0
+        # the samples of a group scored differently, so the actor took a real gradient step
+        assert metrics["actor/grad_norm"] > 0, f"step {step}: zero gradient, the update did nothing"
+        # on-policy: the hf server's log-probs of its own samples equal the actor's old_log_prob
+        # (both float32). At step 2 this holds only if the step-1 update reached the server:
+        # with the weight sync switched off it measured 6.6e-3 here, with the sync 3e-9.
+        assert metrics["training/rollout_probs_diff_max"] < 1e-5, (
+            f"step {step}: rollout and actor disagree (max prob diff {metrics['training/rollout_probs_diff_max']})"
+        )
