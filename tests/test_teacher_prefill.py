@@ -161,9 +161,10 @@ def qwen2():
     return tiny_model("qwen2")
 
 
+@pytest.mark.parametrize("attn", ["sdpa_varlen", "sdpa_block"])
 @pytest.mark.parametrize("max_views", [1, 2, 3, 4])
 @pytest.mark.parametrize("token_budget", [40, 80, 4096])  # many micro-batches ... one
-def test_packed_matches_reference_ragged_views(qwen2, max_views, token_budget):
+def test_packed_matches_reference_ragged_views(qwen2, max_views, token_budget, attn):
     rng = random.Random(1000 * max_views + token_budget)
     torch.manual_seed(max_views)
     sequences = make_views_workload(rng, num_samples=6, max_views=max_views, missing_rate=0.25)
@@ -174,7 +175,7 @@ def test_packed_matches_reference_ragged_views(qwen2, max_views, token_budget):
     if token_budget < 4096:
         assert len(plan) > 1 and any(len(batch) > 1 for batch in plan)  # really packed, several batches
         assert max(fed) > token_budget or token_budget > 40
-    packed = packed_response_logprobs(qwen2, sequences, token_budget=token_budget, logprob_chunk_tokens=7)
+    packed = packed_response_logprobs(qwen2, sequences, token_budget=token_budget, logprob_chunk_tokens=7, attn=attn)
     assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
 
 
@@ -184,10 +185,19 @@ def test_packed_matches_reference_model_families(family, tie):
     model = tiny_model(family, tie=tie)
     if family == "gemma2":
         assert model.config.final_logit_softcapping == 2.0  # the soft-cap must be applied
+        # sliding window 8 < the sequences here, so a window that were ignored would show
+        assert "sliding_attention" in model.config.layer_types
     rng = random.Random(7)
     sequences = make_views_workload(rng, num_samples=5, max_views=3, missing_rate=0.0)
-    packed = packed_response_logprobs(model, sequences, token_budget=40, logprob_chunk_tokens=5)
+    packed = packed_response_logprobs(model, sequences, token_budget=40, logprob_chunk_tokens=5)  # auto
     assert_close_to_reference(packed, reference_logprobs(model, sequences))
+
+
+def test_sliding_window_models_refuse_cu_seqlens_backends():
+    model = tiny_model("gemma2")
+    good = [(torch.tensor([1, 2]), torch.tensor([3]))]
+    with pytest.raises(ValueError, match="does not do sliding-window layers"):
+        packed_response_logprobs(model, good, token_budget=8, attn="sdpa_varlen")
 
 
 def test_packed_is_not_fooled_by_neighbours(qwen2):
@@ -328,8 +338,9 @@ def test_bad_backend_and_chunk_and_cpu_flash(qwen2):
     good = [(torch.tensor([1, 2]), torch.tensor([3]))]
     with pytest.raises(ValueError, match="attn must be one of"):
         packed_response_logprobs(qwen2, good, token_budget=8, attn="paged")
-    with pytest.raises(ValueError, match="needs a CUDA model in float16/bfloat16"):
-        packed_response_logprobs(qwen2, good, token_budget=8, attn="varlen")
+    for flash_backend in ("varlen", "flash_attn"):
+        with pytest.raises(ValueError, match="needs a CUDA model in float16/bfloat16"):
+            packed_response_logprobs(qwen2, good, token_budget=8, attn=flash_backend)
     with pytest.raises(ValueError, match="logprob_chunk_tokens must be >= 1"):
         packed_response_logprobs(qwen2, good, token_budget=8, logprob_chunk_tokens=0)
     with pytest.raises(ValueError, match="token_budget"):

@@ -17,13 +17,18 @@ Attention backends for the packed row (`attn=`):
 - "sdpa_block": transformers' own sdpa path. With `attention_mask=None`, no cache and reset
   position ids, transformers 5.x detects the packed sequences
   (`masking_utils.find_packed_sequence_indices`) and builds the block-diagonal causal mask
-  itself. Runs anywhere; the mask is `[total, total]`, fine on CPU and for modest budgets.
-- "varlen": `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10, CUDA, fp16/bf16) fed with
-  the micro-batch's cu_seqlens through a registered transformers attention function.
-- "flash_attn": `flash_attn.flash_attn_varlen_func` through the same adapter.
+  itself. Runs anywhere and knows sliding windows, but the mask is `[total, total]` and sdpa
+  pays total^2 attention for it (about 2x slower than "sdpa_varlen" on CPU).
+- "sdpa_varlen": causal sdpa on each sequence's slice of the row, from the micro-batch's
+  cu_seqlens (any device, sum(L^2) attention, no mask).
+- "varlen": `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10, CUDA, fp16/bf16).
+- "flash_attn": `flash_attn.flash_attn_varlen_func` (needs the flash-attn package).
 - "flex": transformers' "flex_attention", which also detects the packed row from the position
-  ids and builds a block mask (compiles on first use; slow to start on CPU).
-- "auto": "varlen" on CUDA with a half-precision model, else "sdpa_block".
+  ids and builds a block mask (compiles on first use: about a minute on CPU).
+- "auto": "varlen" on CUDA with a half-precision model, else "sdpa_varlen"; "sdpa_block" for
+  models with sliding-window layers (Gemma 2/3, Mistral-style).
+The three cu_seqlens backends share one adapter registered as a transformers attention function
+(`AttentionInterface.register`); only the kernel call differs.
 
 Depends on torch and transformers only (no verl, no ray): the GPU benchmark machine has
 nothing else.
@@ -32,19 +37,25 @@ nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from typing import Callable, Sequence
 
 import torch
 import transformers
 
-ATTN_BACKENDS = ("auto", "sdpa_block", "varlen", "flash_attn", "flex")
+ATTN_BACKENDS = ("auto", "sdpa_block", "sdpa_varlen", "varlen", "flash_attn", "flex")
 
-# Names under which the cu_seqlens adapters are registered in transformers' AttentionInterface.
-# They must not contain "flash": transformers treats any such name as its own flash-attention
-# integration and tries to load a kernel for it.
-_VARLEN_ATTN_NAME = "avsd_packed_varlen"
-_FLASH_ATTN_NAME = "avsd_packed_fa_varlen"
+# The attention implementation each backend sets on the model. The cu_seqlens backends are our
+# adapters, registered in transformers' AttentionInterface under these names; the names must not
+# contain "flash" (transformers takes any such name for its own flash integration and tries to
+# load a kernel for it).
+_CU_SEQLENS_BACKENDS = {
+    "sdpa_varlen": "avsd_packed_sdpa_varlen",
+    "varlen": "avsd_packed_varlen",
+    "flash_attn": "avsd_packed_fa_varlen",
+}
+_TRANSFORMERS_ATTN_NAME = {"sdpa_block": "sdpa", "flex": "flex_attention", **_CU_SEQLENS_BACKENDS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +180,24 @@ def _torch_varlen_kernel(q, k, v, cu_seqlens, max_len, scale):
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
 
 
+def _sdpa_per_sequence_kernel(q, k, v, cu_seqlens, max_len, scale):
+    """Any device: causal sdpa on each sequence's slice of the packed row, no [T, T] mask.
+
+    Costs sum(L^2) attention like the varlen kernels (a block mask makes sdpa pay T^2), at the
+    price of one sdpa call per sequence and layer.
+    """
+    group = q.shape[1] // k.shape[1]
+    out = torch.empty_like(q)  # [T, Hq, D]
+    for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        # 4-D [1, H, L, D] inputs: with 3-D ones CPU sdpa falls back to its slow math kernel.
+        q_seq = q[None, start:end].transpose(1, 2)  # [1, Hq, L, D]
+        k_seq = k[None, start:end].transpose(1, 2).repeat_interleave(group, dim=1)  # [1, Hq, L, D], as repeat_kv
+        v_seq = v[None, start:end].transpose(1, 2).repeat_interleave(group, dim=1)
+        attended = torch.nn.functional.scaled_dot_product_attention(q_seq, k_seq, v_seq, is_causal=True, scale=scale)
+        out[start:end] = attended[0].transpose(0, 1)
+    return out
+
+
 def _flash_attn_kernel(q, k, v, cu_seqlens, max_len, scale):
     from flash_attn import flash_attn_varlen_func  # handles GQA itself
 
@@ -178,7 +207,11 @@ def _flash_attn_kernel(q, k, v, cu_seqlens, max_len, scale):
 
 
 # Looked up at call time (not bound at registration) so tests can substitute a CPU reference.
-_VARLEN_KERNELS: dict[str, Callable] = {"varlen": _torch_varlen_kernel, "flash_attn": _flash_attn_kernel}
+_VARLEN_KERNELS: dict[str, Callable] = {
+    "varlen": _torch_varlen_kernel,
+    "flash_attn": _flash_attn_kernel,
+    "sdpa_varlen": _sdpa_per_sequence_kernel,
+}
 
 
 def _packed_attention(
@@ -216,33 +249,28 @@ def _packed_attention(
     return out.unsqueeze(0), None
 
 
-def _register_packed_attention() -> None:
-    def varlen_adapter(*args, **kwargs):
-        return _packed_attention(*args, kernel_name="varlen", **kwargs)
-
-    def flash_adapter(*args, **kwargs):
-        return _packed_attention(*args, kernel_name="flash_attn", **kwargs)
-
-    transformers.AttentionInterface.register(_VARLEN_ATTN_NAME, varlen_adapter)
-    transformers.AttentionInterface.register(_FLASH_ATTN_NAME, flash_adapter)
+for _backend, _name in _CU_SEQLENS_BACKENDS.items():
+    transformers.AttentionInterface.register(_name, functools.partial(_packed_attention, kernel_name=_backend))
 
 
-_register_packed_attention()
-
-
-def _resolve_backend(attn: str, device: torch.device, dtype: torch.dtype) -> str:
+def _resolve_backend(attn: str, device: torch.device, dtype: torch.dtype, has_sliding_layers: bool) -> str:
     if attn not in ATTN_BACKENDS:
         raise ValueError(f"attn must be one of {ATTN_BACKENDS}, got {attn!r}")
     half = dtype in (torch.float16, torch.bfloat16)
     if attn == "auto":
-        has_varlen = _module_exists("torch.nn.attention.varlen")
-        return "varlen" if device.type == "cuda" and half and has_varlen else "sdpa_block"
+        if has_sliding_layers:  # only transformers' own masks know the window
+            return "sdpa_block"
+        if device.type == "cuda" and half and _module_exists("torch.nn.attention.varlen"):
+            return "varlen"
+        return "sdpa_varlen"
+    if attn in _CU_SEQLENS_BACKENDS and has_sliding_layers:
+        raise ValueError(f"attn={attn!r} does not do sliding-window layers; use attn='sdpa_block' or 'flex'")
     # The real flash kernels need CUDA + half precision (a test may swap in a CPU reference kernel).
     if attn in ("varlen", "flash_attn") and _VARLEN_KERNELS[attn] in (_torch_varlen_kernel, _flash_attn_kernel):
         if device.type != "cuda" or not half:
             raise ValueError(
                 f"attn={attn!r} runs flash kernels: needs a CUDA model in float16/bfloat16, "
-                f"got device {device} dtype {dtype}; use attn='sdpa_block'"
+                f"got device {device} dtype {dtype}; use attn='sdpa_varlen' or 'sdpa_block'"
             )
     return attn
 
@@ -254,14 +282,6 @@ def _module_exists(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:
         return False
-
-
-_TRANSFORMERS_ATTN_NAME = {
-    "sdpa_block": "sdpa",
-    "varlen": _VARLEN_ATTN_NAME,
-    "flash_attn": _FLASH_ATTN_NAME,
-    "flex": "flex_attention",
-}
 
 
 @contextlib.contextmanager
@@ -324,13 +344,14 @@ def packed_response_logprobs(
     The model runs in eval + inference mode; its attention implementation and train/eval mode
     are restored afterwards.
     """
-    vocab_size = getattr(model.config.get_text_config(), "vocab_size", None)
-    _check_sequences(sequences, vocab_size)
+    text_config = model.config.get_text_config()
+    _check_sequences(sequences, getattr(text_config, "vocab_size", None))
     if logprob_chunk_tokens < 1:
         raise ValueError(f"logprob_chunk_tokens must be >= 1, got {logprob_chunk_tokens}")
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
-    backend = _resolve_backend(attn, device, dtype)
+    has_sliding_layers = "sliding_attention" in (getattr(text_config, "layer_types", None) or [])
+    backend = _resolve_backend(attn, device, dtype, has_sliding_layers)
 
     # Tokens fed per sequence: context + response[:-1]. An empty response needs no forward pass.
     fed_lengths = [len(c) + len(r) - 1 if len(r) else 0 for c, r in sequences]
@@ -359,7 +380,7 @@ def packed_response_logprobs(
             targets = torch.cat(targets).to(device)  # [N]
 
             attn_kwargs = {}
-            if backend in ("varlen", "flash_attn"):
+            if backend in _CU_SEQLENS_BACKENDS:
                 lengths = torch.tensor([fed_lengths[i] for i in batch], dtype=torch.int32)
                 cu_seqlens = torch.zeros(len(batch) + 1, dtype=torch.int32)
                 cu_seqlens[1:] = lengths.cumsum(0)
