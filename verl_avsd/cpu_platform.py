@@ -26,6 +26,7 @@ the demo, the tests and the docs share one list.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -244,6 +245,42 @@ def _patch_process_group_backend() -> None:
 
 
 _patch_process_group_backend()
+
+
+def _warn_if_platform_chosen_too_early() -> None:
+    """verl picks its platform once per process, at the first `get_platform()` call; modules
+    such as verl/workers/engine/fsdp/transformer_impl.py:89 even cache the device name at
+    import. If that happened before this module registered "cpu", this process runs with
+    the wrong platform, so say so loudly (verl swallows plugin errors silently)."""
+    from verl.plugin.platform import platform_manager
+
+    chosen = platform_manager._current_platform
+    if chosen is not None and not isinstance(chosen, PlatformCPU) and PlatformCPU().is_platform_available():
+        logging.getLogger(__name__).warning(
+            "verl chose platform %r before verl_avsd.cpu_platform was imported, so this process "
+            "will not run on the CPU platform. Import verl_avsd.cpu_platform before anything that "
+            "imports verl.workers (first line of the plugin, or first in VERL_USE_EXTERNAL_MODULES).",
+            chosen.device_name,
+        )
+
+
+_warn_if_platform_chosen_too_early()
+
+
+def _patch_pin_memory() -> None:
+    """Page-locked memory exists only for an accelerator; with none, pinning is a no-op.
+
+    verl's FSDP2 reference model (forward only) always uses `CPUOffloadPolicy(pin_memory=True)`
+    (verl/workers/engine/fsdp/transformer_impl.py:459), and torch's FSDP2 then calls
+    `Tensor.pin_memory()`, which raises "Cannot access accelerator device" when there is none.
+    On a host with any accelerator this does nothing.
+    """
+    if _has_nvidia_gpu() or torch.accelerator.is_available():
+        return
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
+
+
+_patch_pin_memory()
 
 
 def cpu_overrides() -> list[str]:
