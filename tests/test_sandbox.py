@@ -187,6 +187,23 @@ def test_a_broken_interpreter_fails_the_probe_clearly(name):
         Sandbox(name, python_executable="/nonexistent/bin/python3")
 
 
+def test_without_pidfds_the_exit_is_polled(sandbox, monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open")  # as on Linux < 5.3
+    done = sandbox.run("import time\ntime.sleep(0.2)\nprint('late')", time_limit_s=5)
+    assert done.status is Status.OK and done.stdout == "late\n" and done.wall_time_s < 2
+    stuck = sandbox.run("import time\ntime.sleep(60)", time_limit_s=1, wall_time_limit_s=1.5)
+    assert stuck.status is Status.TIMEOUT and stuck.wall_time_s < 3.5
+
+
+def test_too_old_bubblewrap_is_refused(monkeypatch):
+    if "bwrap" not in WORKING:  # nothing to refuse here: bwrap is already unavailable, and says why
+        assert "bwrap" in ISOLATION_REPORT
+        return
+    monkeypatch.setattr(iso, "bwrap_version", lambda: (0, 6, 1))
+    with pytest.raises(SandboxUnavailable, match=r"bubblewrap 0.6.1 is too old: 0.7.0 or newer"):
+        Sandbox("bwrap")
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="isolation must be one of"):
         Sandbox("docker")

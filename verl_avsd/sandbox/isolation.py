@@ -37,6 +37,7 @@ from verl_avsd.sandbox.result import MIB, Limits
 LOCAL_ISOLATIONS = ("bwrap", "unshare")
 SANDBOX_CWD = "/tmp"  # the private tmpfs: working directory, HOME and TMPDIR of the program
 SHM_BYTES = 16 * MIB
+MIN_BWRAP_VERSION = (0, 7, 0)  # --size: without it a tmpfs may grow to half the machine's memory
 SAFE_DEVICES = ("null", "zero", "full", "random", "urandom")
 DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
@@ -219,6 +220,14 @@ def _tool(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} is not installed (needed by the code sandbox)")
     return path
+
+
+def bwrap_version() -> tuple[int, ...]:
+    """bubblewrap's version, e.g. (0, 8, 0)."""
+    import subprocess
+
+    out = subprocess.run([_tool("bwrap"), "--version"], capture_output=True, text=True, timeout=10).stdout
+    return tuple(int(part) for part in out.split()[-1].split(".") if part.isdigit())
 
 
 def missing_tools(isolation: str) -> list[str]:

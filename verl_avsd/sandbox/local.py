@@ -27,6 +27,7 @@ from verl_avsd.sandbox.result import COMPILE_LIMITS, Limits, RunResult, Status
 
 PIPE_CHUNK = 64 * 1024
 DRAIN_GRACE_S = 0.5  # after the program exits, how long to keep reading what it left in the pipes
+EXIT_POLL_S = 0.02  # how often to check for the exit where pidfds are missing (Linux < 5.3)
 MEMORY_ERROR_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
 
 DEFAULT_PYTHON_FLAGS = ("-I", "-S")  # isolated mode, no site-packages: standard library only
@@ -62,6 +63,9 @@ class LocalBackend:
         missing = iso.missing_tools(isolation)
         if missing:
             raise FileNotFoundError(f"the {isolation} isolation needs {', '.join(missing)}, not found on PATH")
+        if isolation == "bwrap" and iso.bwrap_version() < iso.MIN_BWRAP_VERSION:
+            found, needed = (".".join(map(str, v)) for v in (iso.bwrap_version(), iso.MIN_BWRAP_VERSION))
+            raise ValueError(f"bubblewrap {found} is too old: {needed} or newer bounds the sandbox's /tmp (--size)")
         self.isolation = isolation
         # The base interpreter, not a venv's symlink: with -S it needs only its own prefix.
         self.python = os.path.realpath(python_executable or sys.executable)
@@ -227,8 +231,11 @@ def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
     out, err = bytearray(), bytearray()
     total, err_total = 0, 0
     sel = selectors.DefaultSelector()
-    pidfd = os.pidfd_open(proc.pid)
-    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    try:
+        pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    except (AttributeError, OSError):  # Linux < 5.3: poll for the exit instead
+        pidfd = None
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
     sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
     stdin_view = memoryview(stdin_bytes)
@@ -247,6 +254,10 @@ def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
             if exited_at is not None and (not readers or now >= exited_at + DRAIN_GRACE_S):
                 return out, err, err_total, None
             wait = deadline - now if exited_at is None else min(deadline, exited_at + DRAIN_GRACE_S) - now
+            if pidfd is None and exited_at is None:
+                if _has_exited(proc.pid):
+                    exited_at = now
+                wait = min(wait, EXIT_POLL_S)
             for key, _ in sel.select(max(wait, 0.0)):
                 if key.data == "exit":
                     exited_at = time.monotonic()
@@ -255,9 +266,9 @@ def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
                     try:
                         written = os.write(key.fd, stdin_view[:PIPE_CHUNK])
                         stdin_view = stdin_view[written:]
-                    except (BrokenPipeError, BlockingIOError) as exc:
-                        if isinstance(exc, BlockingIOError):
-                            continue
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
                         stdin_view = stdin_view[:0]  # the program closed its input: stop feeding
                     if not stdin_view:
                         sel.unregister(key.fileobj)
@@ -278,7 +289,13 @@ def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
                         return out, err, err_total, "output"
     finally:
         sel.close()
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether `pid` has exited, without reaping it (wait4 later still gets its status)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _kill_group(pgid: int) -> None:
