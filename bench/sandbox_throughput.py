@@ -66,7 +66,9 @@ def measure_runs(sandbox: Sandbox, code: str, language: str, count: int) -> dict
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(sandbox.max_concurrent) as pool:
-            results = list(pool.map(lambda p: sandbox.run_tests(p[0], [p[1]], language="cpp", limits=LIMITS)[0], programs))
+            results = list(
+                pool.map(lambda p: sandbox.run_tests(p[0], [p[1]], language="cpp", limits=LIMITS)[0], programs)
+            )
     wall = time.monotonic() - started
     failed = [r for r in results if not r.ok]
     if failed:
@@ -98,7 +100,9 @@ def measure_feedback(sandbox: Sandbox, batch: int) -> dict:
 def measure_bare_python(count: int) -> dict:
     started = time.monotonic()
     for i in range(count):
-        subprocess.run([sys.executable, "-I", "-S", "-c", HELLO], input=str(i), capture_output=True, text=True, check=True)
+        subprocess.run(
+            [sys.executable, "-I", "-S", "-c", HELLO], input=str(i), capture_output=True, text=True, check=True
+        )
     wall = time.monotonic() - started
     return {"programs": count, "wall_s": round(wall, 3), "programs_per_s": round(count / wall, 2)}
 

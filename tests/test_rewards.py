@@ -60,7 +60,12 @@ def test_different_math_answers_score_zero(response, ground_truth):
 
 
 def test_a_response_without_an_answer_says_so():
-    assert math_score("I am not sure how to proceed.", "4") == {"score": 0.0, "acc": 0.0, "pass_rate": 0.0, "status": "no_answer"}
+    assert math_score("I am not sure how to proceed.", "4") == {
+        "score": 0.0,
+        "acc": 0.0,
+        "pass_rate": 0.0,
+        "status": "no_answer",
+    }
 
 
 # -- code ----------------------------------------------------------------------------------
@@ -79,7 +84,12 @@ def test_wrong_program_fails():
 def test_partial_program_gets_the_share_or_nothing():
     code = fenced("a, b = map(int, input().split())\nprint(a + b if b > 0 else 0)")
     share = code_score(code, ADD_TESTS, ROW)
-    assert share == {"score": pytest.approx(2 / 3), "acc": 0.0, "pass_rate": pytest.approx(2 / 3), "status": "wrong_answer"}
+    assert share == {
+        "score": pytest.approx(2 / 3),
+        "acc": 0.0,
+        "pass_rate": pytest.approx(2 / 3),
+        "status": "wrong_answer",
+    }
     strict = code_score(code, ADD_TESTS, ROW, all_or_nothing=True)
     assert strict["score"] == 0.0 and strict["acc"] == 0.0 and strict["status"] == "wrong_answer"
 

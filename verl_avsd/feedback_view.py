@@ -42,7 +42,16 @@ MAX_LINES = 20  # per quoted block (input, expected, actual, error output)
 MAX_CHARS = 800
 COMPILER_LINES = 10
 NO_VIEW_STATUSES = ("no_program", "no_tests", "unsupported_language", "sandbox_error")
-FEEDBACK_STATUSES = ("ok", WRONG_ANSWER, "compile_error", "runtime_error", "timeout", "memory_limit", "output_limit", *NO_VIEW_STATUSES)
+FEEDBACK_STATUSES = (
+    "ok",
+    WRONG_ANSWER,
+    "compile_error",
+    "runtime_error",
+    "timeout",
+    "memory_limit",
+    "output_limit",
+    *NO_VIEW_STATUSES,
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +100,19 @@ def run_feedback(
     if len(public_tests) != n:
         raise ValueError(f"build_feedback_views: {n} responses but {len(public_tests)} public test sets")
     names = list(row_names) if row_names is not None else [f"batch sample {i}" for i in range(n)]
-    times, memories, langs = _per_row(time_limit_s, n, "time_limit_s"), _per_row(memory_mb, n, "memory_mb"), _per_row(languages, n, "languages")
+    times, memories, langs = (
+        _per_row(time_limit_s, n, "time_limit_s"),
+        _per_row(memory_mb, n, "memory_mb"),
+        _per_row(languages, n, "languages"),
+    )
     # Read every row before running anything, so bad data fails fast and names its row.
     jobs = []
     for i in range(n):
-        tests = None if public_tests[i] is None else parse_tests(public_tests[i], where=f"{names[i]}: field extra_info.public_tests")
+        tests = (
+            None
+            if public_tests[i] is None
+            else parse_tests(public_tests[i], where=f"{names[i]}: field extra_info.public_tests")
+        )
         limits = limits_of_row(times[i], memories[i], where=names[i])
         jobs.append((responses[i], tests, limits, langs[i] or "python"))
     sandbox = sandbox or get_sandbox()
@@ -103,7 +120,9 @@ def run_feedback(
         feedbacks = list(pool.map(lambda job: _feedback_for(*job, sandbox=sandbox), jobs))
     sandbox_errors = sum(f.status == Status.SANDBOX_ERROR.value for f in feedbacks)
     if sandbox_errors:
-        logger.warning("feedback view: the sandbox failed on %d of %d rollouts (no feedback view for them)", sandbox_errors, n)
+        logger.warning(
+            "feedback view: the sandbox failed on %d of %d rollouts (no feedback view for them)", sandbox_errors, n
+        )
     return feedbacks
 
 
@@ -152,7 +171,9 @@ def feedback_text(report: JudgeReport, tests: TestSet, limits: Limits) -> str:
         return f"{where}: the program exceeds the memory limit ({limits.memory_mb} MB).\n{test_input}"
     if failure.status == Status.OUTPUT_LIMIT.value:
         return f"{where}: the program prints more than {limits.max_output_bytes} bytes of output.\n{test_input}"
-    return f"{where}: the program crashes ({result.detail}).\n{test_input}\nError output:\n" + _block(result.stderr, keep="tail")
+    return f"{where}: the program crashes ({result.detail}).\n{test_input}\nError output:\n" + _block(
+        result.stderr, keep="tail"
+    )
 
 
 def _block(text: str, max_lines: int = MAX_LINES, keep: str = "head") -> str:

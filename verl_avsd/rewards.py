@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
-from verl_avsd.sandbox import Limits, Sandbox, get_sandbox
+from verl_avsd.sandbox import Sandbox, get_sandbox
 from verl_avsd.sandbox.judge import MalformedTests, extract_program, judge, limits_of_row, parse_tests
 
 REWARD_KEYS = ("score", "acc", "pass_rate", "status")
@@ -165,7 +165,9 @@ def code_score(
     program = extract_program(solution_str, default_language=extra_info.get("language") or "python")
     if program is None:
         return _score(0.0, "no_program", pass_rate=0.0)
-    report = judge(program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing)
+    report = judge(
+        program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing
+    )
     acc = 1.0 if report.all_passed else 0.0
     return _score(acc if all_or_nothing else report.pass_rate, report.status, acc=acc, pass_rate=report.pass_rate)
 

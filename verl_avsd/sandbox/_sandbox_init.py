@@ -137,7 +137,7 @@ def main(argv):
         os.chdir(plan["cwd"])
     except Exception as exc:  # reported to the host as a sandbox error, never as the program's
         os.write(status_fd, f"error {type(exc).__name__}: {exc}\n".encode())
-        raise SystemExit(125)
+        raise SystemExit(125) from None
     os.set_inheritable(status_fd, False)  # the program never gets it
     os.write(status_fd, b"ready\n")
     child = os.fork()

@@ -39,7 +39,12 @@ SANDBOX_CWD = "/tmp"  # the private tmpfs: working directory, HOME and TMPDIR of
 SHM_BYTES = 16 * MIB
 MIN_BWRAP_VERSION = (0, 7, 0)  # --size: without it a tmpfs may grow to half the machine's memory
 SAFE_DEVICES = ("null", "zero", "full", "random", "urandom")
-DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+DEV_SYMLINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
 
 # Each run as root gets its own uid from this range: no real account uses it, and a fresh uid
 # has no processes, so RLIMIT_NPROC counts exactly the run's own processes and threads.
@@ -181,7 +186,9 @@ def init_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_
     return [sys.executable, "-I", "-S", SANDBOX_INIT, str(status_fd), f"{wall_limit_s:.3f}", plan, "--", *inner]
 
 
-def bwrap_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float, as_root: bool) -> list[str]:
+def bwrap_command(
+    mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float, as_root: bool
+) -> list[str]:
     """bwrap applies `mounts` and creates the namespaces; our init runs as pid 1 inside."""
     cmd = [_tool("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for m in mounts:

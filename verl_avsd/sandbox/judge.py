@@ -84,7 +84,9 @@ def parse_tests(value: Any, *, where: str) -> TestSet:
             raise MalformedTests(f"{where}: {key!r} must be a list, got {type(value[key]).__name__}")
         for i, item in enumerate(value[key]):
             if not isinstance(item, str):
-                raise MalformedTests(f"{where}: {key}[{i}] must be a string, got {type(item).__name__} ({str(item)[:40]!r})")
+                raise MalformedTests(
+                    f"{where}: {key}[{i}] must be a string, got {type(item).__name__} ({str(item)[:40]!r})"
+                )
     inputs, outputs = value["inputs"], value["outputs"]
     if len(inputs) != len(outputs):
         raise MalformedTests(f"{where}: {len(inputs)} inputs but {len(outputs)} outputs")
@@ -97,7 +99,10 @@ def parse_tests(value: Any, *, where: str) -> TestSet:
 def limits_of_row(time_limit_s, memory_mb, *, where: str) -> Limits:
     """Run limits from a row's `extra_info.time_limit_s` / `memory_mb`; null means the default."""
     values = {}
-    for field, value, default in (("time_limit_s", time_limit_s, DEFAULT_TIME_LIMIT_S), ("memory_mb", memory_mb, DEFAULT_MEMORY_MB)):
+    for field, value, default in (
+        ("time_limit_s", time_limit_s, DEFAULT_TIME_LIMIT_S),
+        ("memory_mb", memory_mb, DEFAULT_MEMORY_MB),
+    ):
         value = default if value is None else value
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
             raise MalformedTests(f"{where}: field extra_info.{field}: expected a positive number, got {value!r}")
@@ -168,7 +173,9 @@ class JudgeReport:
         return next((outcome for outcome in self.outcomes if not outcome.passed), None)
 
 
-def judge(program: Program, tests: TestSet, *, sandbox: Sandbox, limits: Limits, stop_on_first_failure: bool = False) -> JudgeReport:
+def judge(
+    program: Program, tests: TestSet, *, sandbox: Sandbox, limits: Limits, stop_on_first_failure: bool = False
+) -> JudgeReport:
     """Run `program` on every test (in order) and compare its stdout with the expected output."""
     if not len(tests):
         return JudgeReport(0, [], "no_tests")

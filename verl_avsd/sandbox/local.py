@@ -87,6 +87,9 @@ class LocalBackend:
     # -- preparing ------------------------------------------------------------------------
 
     def prepare(self, code: str, language: str) -> PreparedProgram:
+        if language not in self.languages:
+            needs = " (it needs a C++ compiler, g++, which this machine lacks)" if language == "cpp" else ""
+            raise ValueError(f"unsupported language {language!r}{needs}; supported here: {', '.join(self.languages)}")
         host_dir = tempfile.mkdtemp(dir=self.base_dir)
         if language == "python":
             path = os.path.join(host_dir, "main.py")
@@ -95,8 +98,6 @@ class LocalBackend:
                 language, host_dir, [self.python, *self.python_flags, "/tmp/main.py"], [(path, "/tmp/main.py")]
             )
         if language == "cpp":
-            if self.cxx is None:
-                raise ValueError("language 'cpp' needs a C++ compiler (g++), which this machine lacks")
             _write(os.path.join(host_dir, "main.cpp"), code, 0o644)
             build = "/tmp/build"
             compile_argv = [self.cxx, *self.cxx_flags, "-o", f"{build}/main", f"{build}/main.cpp"]
@@ -111,7 +112,7 @@ class LocalBackend:
             detail = f"compilation failed ({result.status.value}: {result.detail})"
             failed = replace(result, status=status, detail=detail)
             return PreparedProgram(language, host_dir, [], [], failed)
-        raise ValueError(f"unsupported language {language!r} (supported here: {', '.join(self.languages)})")
+        raise AssertionError(f"language {language!r} is listed but not prepared")  # cannot happen
 
     def release(self, program: PreparedProgram) -> None:
         shutil.rmtree(program.host_dir, ignore_errors=True)
@@ -121,7 +122,9 @@ class LocalBackend:
     def run(self, program: PreparedProgram, stdin: str, limits: Limits) -> RunResult:
         if program.compile_result is not None and program.compile_result.status is not Status.OK:
             return program.compile_result
-        return self._execute(program.argv, stdin.encode(), limits, files=program.files, writable=[], uid=iso.throwaway_uid())
+        return self._execute(
+            program.argv, stdin.encode(), limits, files=program.files, writable=[], uid=iso.throwaway_uid()
+        )
 
     def _execute(self, argv, stdin_bytes, limits, *, files, writable, uid) -> RunResult:
         mounts = iso.mount_plan(

@@ -22,6 +22,7 @@ from verl_avsd.sandbox.result import Limits, RunResult, Status
 logger = logging.getLogger(__name__)
 
 ISOLATIONS = ("auto", "bwrap", "unshare", "sandbox_fusion")
+DEFAULT_LIMITS = Limits()
 ISOLATION_ENV = "VERL_AVSD_SANDBOX_ISOLATION"  # overrides "auto", e.g. to force the fallback
 PROBE_CODE = "import sys; print(sum(range(10)), sys.version_info[0])"
 PROBE_OUTPUT = "45 3"
@@ -31,7 +32,9 @@ HOW_TO_ISOLATE = (
     "or set sandbox_fusion_url to a SandboxFusion server"
 )
 DESCRIPTIONS = {
-    "bwrap": "bubblewrap: read-only root, private /tmp, no network, own pid namespace, throwaway user when root, rlimits",
+    "bwrap": (
+        "bubblewrap: read-only root, private /tmp, no network, own pid namespace, throwaway user when root, rlimits"
+    ),
     "unshare": (
         "FALLBACK unshare + rlimits: mount/net/pid namespaces, read-only remount, private /tmp, throwaway user "
         "(bubblewrap is the stronger default: apt-get install bubblewrap)"
@@ -98,7 +101,7 @@ class Sandbox:
         stdins: Sequence[str],
         *,
         language: str = "python",
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
         keep_going: Callable[[int, RunResult], bool] | None = None,
     ) -> list[RunResult]:
         """Run one program on several inputs, in order, compiling it once.
@@ -125,10 +128,12 @@ class Sandbox:
             self.backend.release(program)
 
     def run_many(self, programs: Sequence[tuple[str, str]], *, language: str = "python",
-                 limits: Limits = Limits()) -> list[RunResult]:  # fmt: skip
+                 limits: Limits = DEFAULT_LIMITS) -> list[RunResult]:  # fmt: skip
         """Run many (code, stdin) pairs concurrently (bounded by max_concurrent); results in order."""
         with ThreadPoolExecutor(max_workers=self.max_concurrent) as pool:
-            futures = [pool.submit(self.run_tests, code, [stdin], language=language, limits=limits) for code, stdin in programs]
+            futures = [
+                pool.submit(self.run_tests, code, [stdin], language=language, limits=limits) for code, stdin in programs
+            ]
             return [future.result()[0] for future in futures]
 
 
@@ -189,7 +194,9 @@ _shared: dict[tuple, Sandbox] = {}
 _shared_lock = threading.Lock()
 
 
-def get_sandbox(isolation: str = "auto", *, max_concurrent: int | None = None, sandbox_fusion_url: str | None = None) -> Sandbox:
+def get_sandbox(
+    isolation: str = "auto", *, max_concurrent: int | None = None, sandbox_fusion_url: str | None = None
+) -> Sandbox:
     """One shared Sandbox per process and setting (the probe and the log line happen once)."""
     key = (isolation, max_concurrent, sandbox_fusion_url)
     with _shared_lock:
