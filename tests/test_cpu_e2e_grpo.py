@@ -23,10 +23,10 @@ from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
 
-# Plugins verl imports at `import verl` in the driver and (through the inherited environment)
-# in every Ray worker. The `verl.plugins` entry point (verl_avsd.plugin) does the same once it
-# imports these modules; naming them here keeps the test independent of that wiring.
-PLUGIN_MODULES = "verl_avsd.cpu_platform,verl_avsd.workers.hf_rollout"
+# verl imports the `verl.plugins` entry point (verl_avsd.plugin: CPU platform, hf rollout, ...)
+# at `import verl` in every process, but swallows its errors. Naming the same module in
+# VERL_USE_EXTERNAL_MODULES (inherited by the Ray workers) imports it first and loudly.
+PLUGIN_MODULES = "verl_avsd.plugin"
 RUN_TIMEOUT_S = 900  # verl waits forever when Ray lacks resources; never let the test hang
 
 

@@ -294,3 +294,8 @@ def cpu_overrides() -> list[str]:
     if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
         raise ValueError(f"{CPU_OVERRIDES_FILE}: field 'overrides' must be a list of 'key=value' strings")
     return list(overrides)
+
+
+if __name__ == "__main__":
+    # For shell scripts: python -m verl.trainer.main_ppo $(python -m verl_avsd.cpu_platform) key=value ...
+    print("\n".join(cpu_overrides()))

@@ -53,9 +53,17 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 HF_ROLLOUT_NAME = "hf"
 
-_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-                 "fp16": torch.float16, "half": torch.float16, "float32": torch.float32,
-                 "fp32": torch.float32, "float": torch.float32}
+# `actor_rollout_ref.rollout.dtype` spellings verl accepts elsewhere
+_TORCH_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
 
 
 def server_actor_name(replica_rank: int, role: str = "", name_suffix: str = "") -> str:
