@@ -13,6 +13,7 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -196,6 +197,30 @@ def test_without_pidfds_the_exit_is_polled(sandbox, monkeypatch):
     assert done.status is Status.OK and done.stdout == "late\n" and done.wall_time_s < 2
     stuck = sandbox.run("import time\ntime.sleep(60)", time_limit_s=1, wall_time_limit_s=1.5)
     assert stuck.status is Status.TIMEOUT and stuck.wall_time_s < 3.5
+
+
+def test_results_survive_another_thread_reaping_our_children(sandbox):
+    # Libraries sometimes call waitpid(-1): the init's own report must still give the status.
+    stop = threading.Event()
+
+    def reap_everything():
+        while not stop.is_set():
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.001)
+
+    reaper = threading.Thread(target=reap_everything)
+    reaper.start()
+    try:
+        echoed = [sandbox.run("print(input())", str(i), time_limit_s=5) for i in range(4)]
+        failed = sandbox.run("raise SystemExit(3)", time_limit_s=5)
+    finally:
+        stop.set()
+        reaper.join()
+    assert [r.stdout for r in echoed] == ["0\n", "1\n", "2\n", "3\n"]
+    assert failed.status is Status.RUNTIME_ERROR and failed.exit_code == 3
 
 
 def test_too_old_bubblewrap_is_refused(monkeypatch):

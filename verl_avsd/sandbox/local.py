@@ -188,7 +188,11 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
         # Killing the wrapper kills the sandbox's init (parent-death signal), and with it, by
         # the kernel's pid-namespace rule, every process the program started.
         _kill_group(proc.pid)
-        _, wrapper_status, wrapper_usage = os.wait4(proc.pid, 0)
+        try:
+            _, wrapper_status, wrapper_usage = os.wait4(proc.pid, 0)
+            wrapper_cpu = wrapper_usage.ru_utime + wrapper_usage.ru_stime
+        except ChildProcessError:  # something else in this process reaped it (a waitpid(-1) elsewhere)
+            wrapper_status, wrapper_cpu = signal.SIGKILL, 0.0  # unknown; the init's report still counts
         proc.returncode = os.waitstatus_to_exitcode(wrapper_status)  # so Popen never waits for it again
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             try:
@@ -202,7 +206,7 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
     if exit_line is not None:  # the program ended on its own: its exact status and CPU time
         wait_status, cpu = int(exit_line[1]), float(exit_line[2])
     else:  # we killed it (or the sandbox broke): the wrapper's view, a lower bound on CPU time
-        wait_status, cpu = wrapper_status, wrapper_usage.ru_utime + wrapper_usage.ru_stime
+        wait_status, cpu = wrapper_status, wrapper_cpu
     exit_code, sig = _exit_of(wait_status)
     stdout = out.decode("utf-8", errors="replace")
     stderr = err.decode("utf-8", errors="replace")
@@ -298,7 +302,10 @@ def _communicate(proc, stdin_bytes: bytes, deadline: float, limits: Limits):
 
 def _has_exited(pid: int) -> bool:
     """Whether `pid` has exited, without reaping it (wait4 later still gets its status)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped by someone else: certainly gone
+        return True
 
 
 def _kill_group(pgid: int) -> None:
