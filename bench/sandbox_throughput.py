@@ -60,15 +60,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure_runs(sandbox: Sandbox, code: str, language: str, count: int) -> dict:
     programs = [(code, str(i)) for i in range(count)]
     started = time.monotonic()
-    if language == "python":
-        results = sandbox.run_many(programs, limits=LIMITS)
-    else:  # run_many is Python-only; compile + run each C++ program through the same pool
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(sandbox.max_concurrent) as pool:
-            results = list(
-                pool.map(lambda p: sandbox.run_tests(p[0], [p[1]], language="cpp", limits=LIMITS)[0], programs)
-            )
+    results = sandbox.run_many(programs, language=language, limits=LIMITS)  # C++: compile + run each
     wall = time.monotonic() - started
     failed = [r for r in results if not r.ok]
     if failed:

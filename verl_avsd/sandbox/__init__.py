@@ -5,9 +5,10 @@
     result.status, result.stdout   # Status.OK, "cba\n"
 
 Modules, in reading order: `result` (Limits, RunResult, Status), `isolation` (what a sandboxed
-program can see and do), `local` (running it here under bwrap or unshare), `fusion` (running it
-on a SandboxFusion server), `runner` (choosing the isolation, bounding concurrency), `judge`
-(finding the program in a response and checking it against tests).
+program can see and do), `_sandbox_init` (pid 1 inside every sandbox), `local` (running it here
+under bwrap or unshare), `fusion` (running it on a SandboxFusion server), `runner` (choosing the
+isolation, bounding concurrency), `judge` (finding the program in a response and checking it
+against tests).
 """
 
 from verl_avsd.sandbox.result import Limits, RunResult, Status
