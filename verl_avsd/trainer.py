@@ -18,6 +18,8 @@ Only three things differ from verl's `sync` trainer:
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import numpy as np
@@ -36,6 +38,11 @@ from verl_avsd.config import avsd_config
 from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.metrics import credit_metrics, signal_metrics
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
+
+
+def _rows(value) -> list:
+    """A per-sample non-tensor field from TransferQueue (NonTensorStack, LinkedList, ...) as a list."""
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def _lora_enabled(config) -> bool:
@@ -88,12 +95,12 @@ class AvsdTrainer(PPOTrainerSync):
     # ---- the teacher step ----
 
     def _compute_view_log_probs(self, batch, metrics: dict):
+        chat_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
         batch.extra_info.update(
             {
                 "avsd_config": OmegaConf.to_container(self.avsd, resolve=True),
-                "avsd_chat_template_kwargs": OmegaConf.to_container(
-                    self.config.data.get("apply_chat_template_kwargs", {}) or {}, resolve=True
-                ),
+                # the same chat template arguments (e.g. enable_thinking) as the student's prompt
+                "avsd_chat_template_kwargs": dict(OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs),
                 # the student's old_log_prob is at the rollout temperature; score the teacher alike
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
             }
@@ -106,7 +113,7 @@ class AvsdTrainer(PPOTrainerSync):
             keys=batch.keys,
             partition_id=batch.partition_id,
             select_fields=["avsd_view_tokens", "avsd_view_truncated"],
-        )
+        ).to_padded_tensor()  # TransferQueue hands per-sample fields back nested
         teacher_tokens = int(stats["avsd_view_tokens"].sum())
         metrics.update(
             {
@@ -131,8 +138,8 @@ class AvsdTrainer(PPOTrainerSync):
         fields = ["uid", "response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         response_mask_nested = data["response_mask"]
-        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
-        padded = data.select("response_mask", "rm_scores", "old_log_probs", "avsd_view_logq").to_padded_tensor()
+        uids = _rows(data["uid"])
+        padded = data.select("response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask").to_padded_tensor()
         response_mask = padded["response_mask"]  # [B, T]
         rewards = padded["rm_scores"]  # [B, T]
         view_logq = padded["avsd_view_logq"].permute(0, 2, 1)  # [B, T, M] -> [B, M, T]
@@ -141,7 +148,7 @@ class AvsdTrainer(PPOTrainerSync):
             self.config.algorithm,
             student_logp=padded["old_log_probs"],
             view_logq=view_logq,
-            view_mask=data["avsd_view_mask"].bool(),
+            view_mask=padded["avsd_view_mask"].bool(),  # [B, M]
             response_mask=response_mask,
             token_level_rewards=rewards,
             index=np.array(uids, dtype=object),
@@ -157,15 +164,45 @@ class AvsdTrainer(PPOTrainerSync):
         if self.config.actor_rollout_ref.rollout.n > 1:
             metrics["grpo/groups_without_signal"] = groups_without_signal(rewards[real].sum(-1), [u for u, r in zip(uids, real) if r])
 
+        if self.avsd.dump_rollouts_dir:
+            self._dump_rollouts(batch, padded, view_logq, padded["avsd_view_mask"], advantages, signals.gate)
+
         out = {name: response_to_nested(advantages, response_mask_nested) for name in ("advantages", "returns")}
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(out, batch_size=len(batch)))
+
+    def _dump_rollouts(self, batch, padded, view_logq, view_mask, advantages, gate) -> None:
+        """One JSON line per rollout with its token-level signals (`algorithm.avsd.dump_rollouts_dir`)."""
+        extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info", "responses"])
+        extra_infos = _rows(extra["extra_info"])
+        os.makedirs(self.avsd.dump_rollouts_dir, exist_ok=True)
+        path = os.path.join(self.avsd.dump_rollouts_dir, f"rollouts_step{self.global_steps}.jsonl")
+        with open(path, "a") as f:
+            for b, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
+                info = extra_infos[b] if isinstance(extra_infos[b], dict) else {}
+                row = {
+                    "step": self.global_steps,
+                    "key": key,
+                    "is_padding": bool(tag.get("is_padding", False)),
+                    "index": info.get("index"),
+                    "estimator": self.estimator,
+                    "views": list(self.avsd.views),
+                    "reward": float(padded["rm_scores"][b].sum()),
+                    "response_ids": extra["responses"][b].tolist(),
+                    "response_mask": padded["response_mask"][b].tolist(),
+                    "student_logp": padded["old_log_probs"][b].tolist(),
+                    "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
+                    "view_mask": view_mask[b].tolist(),
+                    "advantage": advantages[b].tolist(),
+                    "gate": gate[b].tolist(),
+                }
+                f.write(json.dumps(row) + "\n")
 
     def _comparison_metrics(self, batch, metrics: dict) -> None:
         """Credit reliability and GRPO signal share for estimators without a teacher."""
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask", "rm_scores", "advantages"]
         )
-        uids = data["uid"].tolist() if hasattr(data["uid"], "tolist") else list(data["uid"])
+        uids = _rows(data["uid"])
         padded = data.select("response_mask", "rm_scores", "advantages").to_padded_tensor()
         real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         reward = padded["rm_scores"][real].sum(-1)

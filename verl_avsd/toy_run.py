@@ -1,0 +1,167 @@
+"""A training run of the toy task through verl's real trainer, on the CPU.
+
+This is the one recipe the demo, the end-to-end tests and the toy-scale study share:
+
+    python -m verl.trainer.main_ppo  <CPU overrides>  <toy model + data>  <estimator>
+
+run in a subprocess under `timeout` (verl waits forever when Ray lacks resources), with verl's
+file logger writing one JSON line per step, which this module tails to report progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from verl_avsd.cpu_platform import cpu_overrides
+from verl_avsd.estimators import TEACHER_ESTIMATORS
+from verl_avsd.toy import task as toy_task
+
+SHIPPED_TOY_MODEL = Path(__file__).parent / "assets" / "toy_model"
+# The toy warm-up taught the model to read views in exactly this wording (toy.task.TEACHER_TEMPLATE).
+TOY_VIEW_TEMPLATE = toy_task.TEACHER_TEMPLATE.replace("{view_text}", "{view}").replace("\n", "\\n")
+
+
+@dataclass
+class ToyRun:
+    """What one toy run trains, on which data, for how long."""
+
+    model_dir: str
+    train_file: str
+    val_file: str
+    run_dir: str
+    estimator: str = "avsd"
+    steps: int = 10
+    prompts_per_step: int = 8
+    rollouts_per_prompt: int | None = None  # default: 1 for teacher estimators, 4 for grpo/rlsd
+    views: tuple[str, ...] = ("full", "partial", "answer")
+    max_response_length: int = 48
+    lr: float = 1e-4
+    temperature: float = 1.0
+    seed: int = 0
+    save_freq: int = -1
+    resume: bool = False
+    dump_rollouts: bool = False
+    extra_overrides: list[str] = field(default_factory=list)
+
+    def overrides(self) -> list[str]:
+        teacher = self.estimator in TEACHER_ESTIMATORS
+        n = self.rollouts_per_prompt or (4 if self.estimator in ("grpo", "rlsd") else 1)
+        run_dir = Path(self.run_dir)
+        views = "[" + ",".join(self.views) + "]"
+        out = cpu_overrides() + [
+            f"actor_rollout_ref.model.path={self.model_dir}",
+            f"data.train_files={self.train_file}",
+            f"data.val_files={self.val_file}",
+            f"data.train_batch_size={self.prompts_per_step}",
+            "data.max_prompt_length=96",
+            f"data.max_response_length={self.max_response_length}",
+            f"data.seed={self.seed}",
+            "trainer.v1.trainer_mode=avsd_sync",
+            f"algorithm.adv_estimator={self.estimator}",
+            f"+algorithm.avsd.views={views}",
+            f"+algorithm.avsd.opsd_view={self.views[0]}",
+            f"+algorithm.avsd.view_template='{TOY_VIEW_TEMPLATE}'",
+            f"actor_rollout_ref.rollout.n={n}",
+            f"actor_rollout_ref.rollout.temperature={self.temperature}",
+            # one on-policy update per batch: the PPO ratio is 1 and the loss is -advantage * log p
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
+            "actor_rollout_ref.actor.ppo_epochs=1",
+            # the whole (tiny) batch in one micro-batch; verl requires the batch to divide evenly
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={self.prompts_per_step * n}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={self.prompts_per_step * n}",
+            f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={self.prompts_per_step * n}",
+            f"actor_rollout_ref.actor.optim.lr={self.lr}",
+            "actor_rollout_ref.actor.use_kl_loss=false",
+            "actor_rollout_ref.actor.entropy_coeff=0",
+            # pkg:// imports the module normally (a file path would be executed outside sys.modules)
+            "reward.custom_reward_function.path=pkg://verl_avsd.toy.task",
+            "reward.custom_reward_function.name=compute_score",
+            f"trainer.total_training_steps={self.steps}",
+            "trainer.val_before_train=false",
+            "trainer.test_freq=-1",
+            f"trainer.save_freq={self.save_freq}",
+            f"trainer.resume_mode={'auto' if self.resume else 'disable'}",
+            "trainer.logger=[console,file]",
+            "trainer.project_name=verl_avsd_toy",
+            f"trainer.experiment_name={self.estimator}",
+            f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+        ]
+        if self.dump_rollouts:
+            out.append(f"+algorithm.avsd.dump_rollouts_dir={run_dir / 'rollouts'}")
+        if not teacher:
+            out = [o for o in out if not o.startswith(("+algorithm.avsd.view_template", "+algorithm.avsd.opsd_view"))]
+        return out + list(self.extra_overrides)
+
+
+def toy_data(out_dir: str, n_train: int = 256, n_val: int = 64, seed: int = 0) -> dict[str, str]:
+    """Toy parquet files (train/val) with views in extra_info.views."""
+    return toy_task.write_parquet(out_dir, n_train=n_train, n_val=n_val, seed=seed)
+
+
+def read_metrics(path: str | os.PathLike) -> dict[int, dict]:
+    """verl's file logger lines `{"step": N, "data": {...}}` as {step: metrics}."""
+    steps: dict[int, dict] = {}
+    p = Path(path)
+    if p.exists():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                steps[int(record["step"])] = record["data"]
+    return steps
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    seconds: float
+    metrics: dict[int, dict]
+    log_file: Path
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_file.read_text(errors="replace")[-n:] if self.log_file.exists() else ""
+
+
+def run_main_ppo(
+    overrides: list[str],
+    run_dir: str | os.PathLike,
+    timeout_s: int = 1800,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> RunResult:
+    """Run `python -m verl.trainer.main_ppo` with these overrides; verl's output goes to
+    RUN_DIR/train.log, per-step metrics to RUN_DIR/verl_metrics.jsonl (and to `on_step`)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file, log_file = run_dir / "verl_metrics.jsonl", run_dir / "train.log"
+    env = dict(
+        os.environ,
+        VERL_FILE_LOGGER_PATH=str(metrics_file),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAY_DEDUP_LOGS="0",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    command = ["timeout", "-k", "30", str(timeout_s), sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+    start, seen = time.monotonic(), set()
+    with open(log_file, "a") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            time.sleep(1.0)
+            if on_step:
+                for step, metrics in sorted(read_metrics(metrics_file).items()):
+                    if step not in seen:
+                        seen.add(step)
+                        on_step(step, metrics)
+    metrics = read_metrics(metrics_file)
+    if on_step:
+        for step in sorted(set(metrics) - seen):
+            on_step(step, metrics[step])
+    return RunResult(process.returncode, time.monotonic() - start, metrics, log_file)
