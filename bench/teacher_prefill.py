@@ -60,21 +60,38 @@ packed_response_logprobs = teacher_prefill.packed_response_logprobs
 
 def qwen3_config(size: str) -> transformers.Qwen3Config:
     if size == "qwen3-1.7b":  # the shape of Qwen/Qwen3-1.7B
-        shape = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                     num_key_value_heads=8, head_dim=128, vocab_size=151936)
+        shape = {
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+        }
     elif size == "tiny":  # small enough for a 2-core CPU, same structure
-        shape = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=32, vocab_size=4096)
+        shape = {
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "vocab_size": 4096,
+        }
     else:
         raise ValueError(f"unknown --model {size!r}")
-    return transformers.Qwen3Config(max_position_embeddings=40960, rope_theta=1_000_000.0,
-                                    tie_word_embeddings=True, rms_norm_eps=1e-6, **shape)
+    return transformers.Qwen3Config(
+        max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True, rms_norm_eps=1e-6, **shape
+    )
 
 
 def build_model(size: str, device: torch.device, dtype: torch.dtype) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(qwen3_config(size), dtype=dtype, attn_implementation="sdpa")
+        model = transformers.AutoModelForCausalLM.from_config(
+            qwen3_config(size), dtype=dtype, attn_implementation="sdpa"
+        )
     return model.eval()
 
 
@@ -99,8 +116,12 @@ def make_workload(rollouts: int, views: int, target_tokens: int, vocab: int, see
     sequences = []
     for context, response in rows:
         context, response = max(1, round(context * scale)), max(1, round(response * scale))
-        sequences.append((torch.randint(0, vocab, (context,), generator=generator),
-                          torch.randint(0, vocab, (response,), generator=generator)))
+        sequences.append(
+            (
+                torch.randint(0, vocab, (context,), generator=generator),
+                torch.randint(0, vocab, (response,), generator=generator),
+            )
+        )
     return sequences
 
 
@@ -198,7 +219,9 @@ def run_dense(model, sequences, token_budget, chunk_tokens, device, **_):
 
 def run_packed(model, sequences, token_budget, chunk_tokens, attn="auto", **_):
     """(d) the project's packed path."""
-    out = packed_response_logprobs(model, sequences, token_budget=token_budget, logprob_chunk_tokens=chunk_tokens, attn=attn)
+    out = packed_response_logprobs(
+        model, sequences, token_budget=token_budget, logprob_chunk_tokens=chunk_tokens, attn=attn
+    )
     return out, sum(fed_length(s) for s in sequences)
 
 
@@ -268,8 +291,13 @@ def measure(method: str, repeats: int, **kwargs) -> dict:
             wall.append(time.perf_counter() - start_wall)
             cpu.append(time.process_time() - start_cpu)
     peak = torch.cuda.max_memory_allocated() - weights if cuda else (rss.above_start)
-    return {"out": out, "processed": processed, "seconds": statistics.median(wall),
-            "cpu_seconds": statistics.median(cpu), "peak_memory_bytes": peak}
+    return {
+        "out": out,
+        "processed": processed,
+        "seconds": statistics.median(wall),
+        "cpu_seconds": statistics.median(cpu),
+        "peak_memory_bytes": peak,
+    }
 
 
 def _measure_child(setup: dict, method: str, repeats: int, overrides: dict, queue) -> None:
@@ -281,7 +309,7 @@ def _measure_child(setup: dict, method: str, repeats: int, overrides: dict, queu
         # numpy, not tensors: a tensor would travel as a shared-memory handle that dies with us
         result["out"] = None if result["out"] is None else [t.numpy() for t in result["out"]]
         queue.put(result)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any failure goes back to the parent, which re-raises it
         queue.put(error)
 
 
@@ -303,8 +331,9 @@ def build_setup(setup: dict):
     """Deterministic model + workload from plain settings (so a child process rebuilds them)."""
     device = torch.device(setup["device"])
     model = build_model(setup["model"], device, getattr(torch, setup["dtype"]))
-    sequences = make_workload(setup["rollouts"], setup["views"], setup["target_tokens"], model.config.vocab_size,
-                              setup["seed"])
+    sequences = make_workload(
+        setup["rollouts"], setup["views"], setup["target_tokens"], model.config.vocab_size, setup["seed"]
+    )
     return model, sequences
 
 
@@ -328,12 +357,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--logprob-chunk-tokens", type=int, default=4096)
     parser.add_argument("--attn", default="auto", help="backend of the packed method (d); default auto")
     parser.add_argument("--repeats", type=int, help="timed runs after one warm-up; default 3 on cuda, 2 on cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads on --device cpu (default 1: stabler on a shared box)")
-    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
-                        help="then sweep chunk size, token budget and attention backends of the packed path")
-    parser.add_argument("--sweep-attn", help="comma-separated backends to sweep; default "
-                        "varlen,sdpa_varlen,sdpa_block,flash_attn,flex on cuda (flex last: it compiles), "
-                        "sdpa_varlen,sdpa_block on cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads on --device cpu (default 1: stabler on a shared box)"
+    )
+    parser.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then sweep chunk size, token budget and attention backends of the packed path",
+    )
+    parser.add_argument(
+        "--sweep-attn",
+        help="comma-separated backends to sweep; default "
+        "varlen,sdpa_varlen,sdpa_block,flash_attn,flex on cuda (flex last: it compiles), "
+        "sdpa_varlen,sdpa_block on cpu",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
@@ -342,45 +380,77 @@ def main(argv=None) -> dict:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
     setup = {
-        "device": args.device, "model": args.model or ("qwen3-1.7b" if cuda else "tiny"),
-        "dtype": "bfloat16" if cuda else "float32", "rollouts": args.rollouts or (64 if cuda else 12),
-        "views": args.views, "target_tokens": args.target_tokens or (287_000 if cuda else 12_000),
-        "seed": args.seed, "threads": args.threads,
+        "device": args.device,
+        "model": args.model or ("qwen3-1.7b" if cuda else "tiny"),
+        "dtype": "bfloat16" if cuda else "float32",
+        "rollouts": args.rollouts or (64 if cuda else 12),
+        "views": args.views,
+        "target_tokens": args.target_tokens or (287_000 if cuda else 12_000),
+        "seed": args.seed,
+        "threads": args.threads,
     }
     budget = args.token_budget or (32768 if cuda else 2048)
     chunk = args.logprob_chunk_tokens
     repeats = args.repeats or (3 if cuda else 2)
-    sweep_attn = (args.sweep_attn or ("varlen,sdpa_varlen,sdpa_block,flash_attn,flex" if cuda
-                                      else "sdpa_varlen,sdpa_block")).split(",")
+    sweep_attn = (
+        args.sweep_attn or ("varlen,sdpa_varlen,sdpa_block,flash_attn,flex" if cuda else "sdpa_varlen,sdpa_block")
+    ).split(",")
     if not cuda:
         torch.set_num_threads(args.threads)
 
     model, sequences = build_setup(setup)
     attn = teacher_prefill.resolve_attn_backend(model, args.attn)
-    setup["common"] = dict(views=args.views, token_budget=budget, chunk_tokens=chunk, attn=attn)
+    setup["common"] = {"views": args.views, "token_budget": budget, "chunk_tokens": chunk, "attn": attn}
     useful = sum(fed_length(s) for s in sequences)
     fed = [fed_length(s) for s in sequences]
-    print(f"{setup['model']} {setup['dtype']} on {args.device}: {len(sequences)} sequences ({setup['rollouts']} rollouts "
-          f"x {args.views} views), {useful} useful tokens, lengths {min(fed)}..{max(fed)}, budget {budget}, "
-          f"chunk {chunk}, packed attn {attn}", flush=True)
+    print(
+        f"{setup['model']} {setup['dtype']} on {args.device}: {len(sequences)} sequences ({setup['rollouts']} rollouts "
+        f"x {args.views} views), {useful} useful tokens, lengths {min(fed)}..{max(fed)}, budget {budget}, "
+        f"chunk {chunk}, packed attn {attn}",
+        flush=True,
+    )
 
     def run_measurement(method: str, repeats: int, **overrides) -> dict:
         if cuda:  # in this process: CUDA memory stats are per measurement already
-            return measure(method, repeats, model=model, sequences=sequences, device=torch.device("cuda"),
-                           **{**setup["common"], **overrides})
+            return measure(
+                method,
+                repeats,
+                model=model,
+                sequences=sequences,
+                device=torch.device("cuda"),
+                **{**setup["common"], **overrides},
+            )
         return measure_in_fresh_process(setup, method, repeats, overrides)
 
     report = {
         "summary": None,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version(), "cuda": torch.version.cuda,
-                     "gpu": torch.cuda.get_device_name() if cuda else None,
-                     "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        "config": {**{k: v for k, v in setup.items() if k != "common"}, "token_budget": budget,
-                   "logprob_chunk_tokens": chunk, "packed_attn": attn, "repeats": repeats},
-        "workload": {"sequences": len(sequences), "useful_tokens": useful, "scored_tokens": sum(len(r) for _, r in sequences),
-                     "min_length": min(fed), "max_length": max(fed), "mean_length": useful / len(sequences)},
-        "methods": {}, "max_abs_diff": {}, "sweeps": {},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+            "cpu_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        },
+        "config": {
+            **{k: v for k, v in setup.items() if k != "common"},
+            "token_budget": budget,
+            "logprob_chunk_tokens": chunk,
+            "packed_attn": attn,
+            "repeats": repeats,
+        },
+        "workload": {
+            "sequences": len(sequences),
+            "useful_tokens": useful,
+            "scored_tokens": sum(len(r) for _, r in sequences),
+            "min_length": min(fed),
+            "max_length": max(fed),
+            "mean_length": useful / len(sequences),
+        },
+        "methods": {},
+        "max_abs_diff": {},
+        "sweeps": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"teacher_prefill_{args.device}.json"
@@ -392,12 +462,18 @@ def main(argv=None) -> dict:
     for name in METHODS:
         result = run_measurement(name, repeats)
         outputs[name] = result.pop("out")
-        methods[name] = {**result, "useful_tokens_per_s": useful / result["seconds"],
-                         "useful_tokens_per_cpu_s": useful / result["cpu_seconds"],
-                         "padding_fraction": 1 - useful / result["processed"] if name != "dense" else 0.0}
-        print(f"  {name:7s} {result['seconds']:8.3f} s (cpu {result['cpu_seconds']:7.3f} s) "
-              f"{useful / result['seconds']:10.0f} useful tok/s  processed {result['processed']}  "
-              f"peak {result['peak_memory_bytes'] / 2**20:8.1f} MiB", flush=True)
+        methods[name] = {
+            **result,
+            "useful_tokens_per_s": useful / result["seconds"],
+            "useful_tokens_per_cpu_s": useful / result["cpu_seconds"],
+            "padding_fraction": 1 - useful / result["processed"] if name != "dense" else 0.0,
+        }
+        print(
+            f"  {name:7s} {result['seconds']:8.3f} s (cpu {result['cpu_seconds']:7.3f} s) "
+            f"{useful / result['seconds']:10.0f} useful tok/s  processed {result['processed']}  "
+            f"peak {result['peak_memory_bytes'] / 2**20:8.1f} MiB",
+            flush=True,
+        )
         save()
     for r in methods.values():
         for rate in ("useful_tokens_per_s", "useful_tokens_per_cpu_s"):
@@ -405,13 +481,18 @@ def main(argv=None) -> dict:
             r["ratio_vs_dense" + suffix] = r[rate] / methods["dense"][rate]
             r["ratio_vs_naive" + suffix] = r[rate] / methods["naive"][rate]
     diffs = report["max_abs_diff"]
-    diffs.update(packed_vs_naive=max_abs_diff(outputs["packed"], outputs["naive"]),
-                 packed_vs_sorted=max_abs_diff(outputs["packed"], outputs["sorted"]),
-                 sorted_vs_naive=max_abs_diff(outputs["sorted"], outputs["naive"]))
+    diffs.update(
+        packed_vs_naive=max_abs_diff(outputs["packed"], outputs["naive"]),
+        packed_vs_sorted=max_abs_diff(outputs["packed"], outputs["sorted"]),
+        sorted_vs_naive=max_abs_diff(outputs["sorted"], outputs["naive"]),
+    )
     print(f"  max |log p| diff: {diffs}", flush=True)
     # On a shared CPU the wall clock mostly measures the neighbours: compare process CPU time there.
-    rate, ratio, clock = (("useful_tokens_per_s", "ratio_vs_{}", "wall") if cuda
-                          else ("useful_tokens_per_cpu_s", "ratio_vs_{}_cpu_time", "process CPU time"))
+    rate, ratio, clock = (
+        ("useful_tokens_per_s", "ratio_vs_{}", "wall")
+        if cuda
+        else ("useful_tokens_per_cpu_s", "ratio_vs_{}_cpu_time", "process CPU time")
+    )
     p, d, n = methods["packed"], methods["dense"], methods["naive"]
     report["summary"] = (
         f"teacher prefill ({args.device}, {setup['model']}, {setup['dtype']}, {setup['rollouts']}x{args.views} views, "
@@ -420,27 +501,33 @@ def main(argv=None) -> dict:
         f"packed[{attn}] {p[ratio.format('dense')]:.2f}x of dense ({p[ratio.format('naive')]:.2f}x naive); "
         f"peak MiB dense/naive/sorted/packed "
         + "/".join(f"{methods[m]['peak_memory_bytes'] / 2**20:.0f}" for m in METHODS)
-        + f"; max |diff| packed vs unpacked {diffs['packed_vs_naive']:.1e}")
+        + f"; max |diff| packed vs unpacked {diffs['packed_vs_naive']:.1e}"
+    )
     save()
     (args.out / f"teacher_prefill_{args.device}.md").write_text(report["summary"] + "\n")
     print(report["summary"], flush=True)
 
     if args.sweep:
         sweep_repeats = max(1, repeats - 1)
-        grid = [("logprob_chunk_tokens", c, dict(chunk_tokens=c)) for c in (1024, 4096, 16384)]
-        grid += [("token_budget", b, dict(token_budget=b)) for b in (budget // 4, budget // 2, budget, budget * 2)]
-        grid += [("attn", a, dict(attn=a)) for a in sweep_attn]
+        grid = [("logprob_chunk_tokens", c, {"chunk_tokens": c}) for c in (1024, 4096, 16384)]
+        grid += [("token_budget", b, {"token_budget": b}) for b in (budget // 4, budget // 2, budget, budget * 2)]
+        grid += [("attn", a, {"attn": a}) for a in sweep_attn]
         for knob, value, override in grid:
             entry = {"value": value}
             try:
                 result = run_measurement("packed", sweep_repeats, **override)
-                entry.update({k: v for k, v in result.items() if k != "out"},
-                             useful_tokens_per_s=useful / result["seconds"],
-                             useful_tokens_per_cpu_s=useful / result["cpu_seconds"])
-                print(f"  sweep {knob}={value}: {entry['useful_tokens_per_s']:10.0f} tok/s "
-                      f"({entry['useful_tokens_per_cpu_s']:.0f} per CPU s)  "
-                      f"peak {entry['peak_memory_bytes'] / 2**20:8.1f} MiB", flush=True)
-            except Exception as error:  # e.g. flash-attn not installed: record it, keep sweeping
+                entry.update(
+                    {k: v for k, v in result.items() if k != "out"},
+                    useful_tokens_per_s=useful / result["seconds"],
+                    useful_tokens_per_cpu_s=useful / result["cpu_seconds"],
+                )
+                print(
+                    f"  sweep {knob}={value}: {entry['useful_tokens_per_s']:10.0f} tok/s "
+                    f"({entry['useful_tokens_per_cpu_s']:.0f} per CPU s)  "
+                    f"peak {entry['peak_memory_bytes'] / 2**20:8.1f} MiB",
+                    flush=True,
+                )
+            except Exception as error:  # noqa: BLE001 - e.g. flash-attn missing, OOM: record it, keep sweeping
                 entry["error"] = f"{type(error).__name__}: {error}"[:300]
                 print(f"  sweep {knob}={value}: {entry['error']}", flush=True)
                 if cuda:

@@ -15,7 +15,6 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
-
 from verl_avsd.workers import teacher_prefill
 from verl_avsd.workers.teacher_prefill import packed_response_logprobs, plan_microbatches
 
@@ -23,16 +22,16 @@ VOCAB = 211  # prime, unlike every other dimension, so a tensor with last dim VO
 
 
 def tiny_model(family: str = "qwen2", tie: bool = True, seed: int = 0) -> transformers.PreTrainedModel:
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention, as in the real Qwen models
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-    )
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # grouped-query attention, as in the real Qwen models
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": tie,
+    }
     torch.manual_seed(seed)
     if family == "qwen2":
         config = transformers.Qwen2Config(**common)
@@ -144,7 +143,12 @@ def _considered_before(lengths, i, j) -> bool:
 
 @pytest.mark.parametrize(
     "lengths, budget, message",
-    [([3, 4], 0, "token_budget"), ([3, 4], 2.5, "token_budget"), ([3, -1], 8, r"lengths\[1\]"), ([3, 1.5], 8, r"lengths\[1\]")],
+    [
+        ([3, 4], 0, "token_budget"),
+        ([3, 4], 2.5, "token_budget"),
+        ([3, -1], 8, r"lengths\[1\]"),
+        ([3, 1.5], 8, r"lengths\[1\]"),
+    ],
 )
 def test_plan_microbatches_rejects_bad_input(lengths, budget, message):
     with pytest.raises(ValueError, match=message):
@@ -280,7 +284,10 @@ def test_varlen_adapter_feeds_cu_seqlens_to_the_kernel(qwen2, monkeypatch):
 
 
 class LargestLogitsTensor(TorchDispatchMode):
-    """Records the most rows of any tensor an op produces whose last dim is the vocab size."""
+    """Records the most rows of any new tensor an op produces whose last dim is the vocab size.
+
+    Views of an op's inputs (e.g. `lm_head.weight.t()`, [H, V]) allocate nothing and are skipped.
+    """
 
     def __init__(self):
         super().__init__()
@@ -288,10 +295,14 @@ class LargestLogitsTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        input_storages = {a.untyped_storage().data_ptr() for a in inputs}
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[-1] == VOCAB and t.is_floating_point():
-                rows = t.numel() // VOCAB
-                self.max_rows[t.dtype] = max(self.max_rows.get(t.dtype, 0), rows)
+            if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[-1] != VOCAB or not t.is_floating_point():
+                continue
+            if t.untyped_storage().data_ptr() in input_storages:
+                continue  # a view
+            self.max_rows[t.dtype] = max(self.max_rows.get(t.dtype, 0), t.numel() // VOCAB)
         return out
 
 
@@ -346,3 +357,9 @@ def test_bad_backend_and_chunk_and_cpu_flash(qwen2):
     with pytest.raises(ValueError, match="token_budget"):
         packed_response_logprobs(qwen2, good, token_budget=0)
     assert qwen2.config._attn_implementation == "sdpa"
+
+
+def test_auto_backend_choice_on_cpu(qwen2):
+    assert teacher_prefill.resolve_attn_backend(qwen2) == "sdpa_varlen"  # no [T, T] mask on CPU
+    assert teacher_prefill.resolve_attn_backend(tiny_model("gemma2")) == "sdpa_block"  # sliding windows
+    assert teacher_prefill.resolve_attn_backend(qwen2, "flex") == "flex"

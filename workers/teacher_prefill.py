@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import transformers
@@ -125,8 +125,12 @@ def chunked_token_logprobs(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     chunk_tokens: int,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """log softmax(lm_head(hidden))[targets], `chunk_tokens` rows at a time, in float32.
+    """log softmax(lm_head(hidden) / temperature)[targets], `chunk_tokens` rows at a time, in float32.
+
+    `temperature` matches verl's log-probs of a rollout sampled at that temperature (verl
+    divides the logits by it), so teacher and student log-probs compare like with like.
 
     hidden: [N, H] final hidden states (after the backbone's last norm), model dtype.
     targets: [N] token ids that each row predicts.
@@ -144,6 +148,8 @@ def chunked_token_logprobs(
     for start in range(0, targets.shape[0], chunk_tokens):
         end = min(start + chunk_tokens, targets.shape[0])
         logits = to_final_logits(output_embedding(hidden[start:end]).float())  # [n, V] float32
+        if temperature != 1.0:
+            logits = logits / temperature
         # log_softmax(x)[y] = x[y] - logsumexp(x): avoids a second [n, V] tensor for log_softmax.
         target_logit = logits.gather(1, targets[start:end, None]).squeeze(1)  # [n]
         out[start:end] = target_logit - torch.logsumexp(logits, dim=-1)
@@ -237,9 +243,7 @@ def _packed_attention(
     if query.shape[0] != 1:
         raise RuntimeError(f"attention '{kernel_name}' expects one packed row, got batch {query.shape[0]}")
     if sliding_window is not None:
-        raise NotImplementedError(
-            f"attention '{kernel_name}' does not do sliding-window layers; use attn='sdpa_block'"
-        )
+        raise NotImplementedError(f"attention '{kernel_name}' does not do sliding-window layers; use attn='sdpa_block'")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     q = query[0].transpose(0, 1)  # [T, Hq, D]
@@ -266,13 +270,20 @@ def _resolve_backend(attn: str, device: torch.device, dtype: torch.dtype, has_sl
     if attn in _CU_SEQLENS_BACKENDS and has_sliding_layers:
         raise ValueError(f"attn={attn!r} does not do sliding-window layers; use attn='sdpa_block' or 'flex'")
     # The real flash kernels need CUDA + half precision (a test may swap in a CPU reference kernel).
-    if attn in ("varlen", "flash_attn") and _VARLEN_KERNELS[attn] in (_torch_varlen_kernel, _flash_attn_kernel):
-        if device.type != "cuda" or not half:
-            raise ValueError(
-                f"attn={attn!r} runs flash kernels: needs a CUDA model in float16/bfloat16, "
-                f"got device {device} dtype {dtype}; use attn='sdpa_varlen' or 'sdpa_block'"
-            )
+    real_flash_kernel = _VARLEN_KERNELS.get(attn) in (_torch_varlen_kernel, _flash_attn_kernel)
+    if real_flash_kernel and (device.type != "cuda" or not half):
+        raise ValueError(
+            f"attn={attn!r} runs flash kernels: needs a CUDA model in float16/bfloat16, "
+            f"got device {device} dtype {dtype}; use attn='sdpa_varlen' or 'sdpa_block'"
+        )
     return attn
+
+
+def resolve_attn_backend(model: transformers.PreTrainedModel, attn: str = "auto") -> str:
+    """The backend `packed_response_logprobs(model, ..., attn=attn)` will use (for logs and benchmarks)."""
+    parameter = next(model.parameters())
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+    return _resolve_backend(attn, parameter.device, parameter.dtype, "sliding_attention" in layer_types)
 
 
 def _module_exists(name: str) -> bool:
@@ -293,7 +304,9 @@ def _inference_setup(model: transformers.PreTrainedModel, attn_implementation: s
         model.set_attn_implementation(attn_implementation)
     model.eval()
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: FSDP2's unshard bumps parameter version counters, which
+        # inference tensors do not have ("Inference tensors do not track version counter").
+        with torch.no_grad():
             yield
     finally:
         if attn_implementation != before:
@@ -321,7 +334,9 @@ def _check_sequences(sequences: Sequence, vocab_size: int | None) -> None:
                     f"min {int(ids.min())}, max {int(ids.max())}"
                 )
         if item[0].numel() == 0:
-            raise ValueError(f"sequences[{i}].context_ids is empty: the first response token needs a context to predict it")
+            raise ValueError(
+                f"sequences[{i}].context_ids is empty: the first response token needs a context to predict it"
+            )
 
 
 def packed_response_logprobs(
@@ -332,6 +347,7 @@ def packed_response_logprobs(
     logprob_chunk_tokens: int = 4096,
     attn: str = "auto",
     out_device: torch.device | str = "cpu",
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """Log-prob of every response token of every (context_ids, response_ids) pair.
 
@@ -341,17 +357,14 @@ def packed_response_logprobs(
     Each micro-batch of at most `token_budget` tokens runs as one packed row [1, total] with
     position ids reset per sequence and attention confined to each sequence. The last response
     token is never fed (nothing is predicted from it), so a sequence costs Lc + R - 1 tokens.
-    The model runs in eval + inference mode; its attention implementation and train/eval mode
+    The model runs in eval + no-grad mode; its attention implementation and train/eval mode
     are restored afterwards.
     """
-    text_config = model.config.get_text_config()
-    _check_sequences(sequences, getattr(text_config, "vocab_size", None))
+    _check_sequences(sequences, getattr(model.config.get_text_config(), "vocab_size", None))
     if logprob_chunk_tokens < 1:
         raise ValueError(f"logprob_chunk_tokens must be >= 1, got {logprob_chunk_tokens}")
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    has_sliding_layers = "sliding_attention" in (getattr(text_config, "layer_types", None) or [])
-    backend = _resolve_backend(attn, device, dtype, has_sliding_layers)
+    backend = resolve_attn_backend(model, attn)
+    device = next(model.parameters()).device
 
     # Tokens fed per sequence: context + response[:-1]. An empty response needs no forward pass.
     fed_lengths = [len(c) + len(r) - 1 if len(r) else 0 for c, r in sequences]
@@ -396,16 +409,16 @@ def packed_response_logprobs(
             hidden = backbone(
                 input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False, **attn_kwargs
             ).last_hidden_state[0]  # [total, H]
-            logprobs = chunked_token_logprobs(model, hidden[predict_at], targets, logprob_chunk_tokens)  # [N]
+            logprobs = chunked_token_logprobs(
+                model, hidden[predict_at], targets, logprob_chunk_tokens, temperature
+            )  # [N]
             del hidden
 
             batch_logprobs.append(logprobs.to(out_device))  # one transfer per micro-batch
 
-    # Split outside inference mode, through a clone: inference tensors cannot be updated in
-    # place or saved for backward later, which would surprise the caller.
     results = [torch.empty(0, dtype=torch.float32, device=out_device) for _ in sequences]
     for batch, logprobs in zip(plan, batch_logprobs):
-        per_sequence = logprobs.clone().split([len(sequences[i][1]) for i in batch])
+        per_sequence = logprobs.split([len(sequences[i][1]) for i in batch])
         for i, sequence_logprobs in zip(batch, per_sequence):
             results[i] = sequence_logprobs
     return results
