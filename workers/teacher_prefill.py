@@ -246,9 +246,10 @@ def _packed_attention(
         raise NotImplementedError(f"attention '{kernel_name}' does not do sliding-window layers; use attn='sdpa_block'")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    q = query[0].transpose(0, 1)  # [T, Hq, D]
-    k = key[0].transpose(0, 1)  # [T, Hkv, D]
-    v = value[0].transpose(0, 1)  # [T, Hkv, D]
+    # Kernels want token-major, contiguous [T, H, D] (as transformers' own flash path makes them).
+    q = query[0].transpose(0, 1).contiguous()  # [T, Hq, D]
+    k = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
+    v = value[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
     out = _VARLEN_KERNELS[kernel_name](q, k, v, cu_seq_lens_q, max_length_q, scaling)  # [T, Hq, D]
     return out.unsqueeze(0), None
 
