@@ -363,3 +363,19 @@ def test_auto_backend_choice_on_cpu(qwen2):
     assert teacher_prefill.resolve_attn_backend(qwen2) == "sdpa_varlen"  # no [T, T] mask on CPU
     assert teacher_prefill.resolve_attn_backend(tiny_model("gemma2")) == "sdpa_block"  # sliding windows
     assert teacher_prefill.resolve_attn_backend(qwen2, "flex") == "flex"
+
+
+def test_temperature_divides_the_logits(qwen2):
+    """Log-probs at temperature tau are those of logits / tau, as verl scores a rollout sampled at tau."""
+    sequences = make_views_workload(random.Random(13), num_samples=3, max_views=2, missing_rate=0.0)
+    tau = 0.7
+    packed = packed_response_logprobs(qwen2, sequences, token_budget=30, temperature=tau)
+    reference = []
+    with torch.no_grad():
+        for context, response in sequences:
+            logits = qwen2(torch.cat([context, response])[None]).logits[0].double() / tau
+            logprobs = torch.log_softmax(logits, dim=-1)
+            reference.append(logprobs[torch.arange(len(context) - 1, len(context) - 1 + len(response)), response])
+    assert_close_to_reference(packed, reference)
+    plain = packed_response_logprobs(qwen2, sequences, token_budget=30)
+    assert max(float((a - b).abs().max()) for a, b in zip(packed, plain)) > 1e-2  # the knob does something
