@@ -100,6 +100,17 @@ class ToyRun:
         return out + list(self.extra_overrides)
 
 
+def random_toy_model(out_dir: str) -> str:
+    """The toy tokenizer and a 2-layer, hidden-64 Qwen2 with random weights (for mechanics tests;
+    the demo uses the warmed-up model shipped in verl_avsd/assets/toy_model)."""
+    from verl_avsd.toy.tiny_model import build_model, build_tokenizer
+
+    problems = toy_task.generate_problems(200, seed=1, split="train")
+    tokenizer = build_tokenizer([p.prompt + "\n" + p.solution for p in problems], out_dir=out_dir)
+    build_model(tokenizer, out_dir=out_dir, hidden=64, layers=2, heads=4, kv_heads=2, max_positions=256)
+    return out_dir
+
+
 def toy_data(out_dir: str, n_train: int = 256, n_val: int = 64, seed: int = 0) -> dict[str, str]:
     """Toy parquet files (train/val) with views in extra_info.views."""
     return toy_task.write_parquet(out_dir, n_train=n_train, n_val=n_val, seed=seed)
