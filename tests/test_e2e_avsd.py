@@ -6,7 +6,7 @@ trainer.v1.trainer_mode=avsd_sync) with a tiny random model on the toy task.
   with the plain HF model (no row got another row's teacher values through verl's balancing,
   TransferQueue or the packed prefill), and the advantage equals the signal core on them.
 - Killed after step 2, a run resumes at step 3 on the same prompts as the uninterrupted run.
-- OPSD runs 2 steps on one view.
+- `verl-avsd demo` runs OPSD for 2 steps and writes metrics, config and plots.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_avsd.config import avsd_config
@@ -124,9 +126,19 @@ def test_resume_after_kill_continues_at_next_step_with_same_data(toy, avsd_run):
 
 
 @pytest.mark.slow
-def test_opsd_two_steps(toy):
-    _, result = _run(toy, "opsd", estimator="opsd", steps=2)
-    assert sorted(result.metrics) == [1, 2]
-    for m in result.metrics.values():
-        assert m["avsd/views_valid_mean"] == 1.0  # OPSD reads the full view only
-        assert m["avsd/residual_mean"] == 0.0 and math.isfinite(m["actor/pg_loss"])
+def test_demo_command_runs_opsd_and_writes_metrics_config_and_plots(tmp_path):
+    """`verl-avsd demo` as a user runs it (here with OPSD and 2 short steps)."""
+    out = tmp_path / "demo"
+    cmd = ["verl-avsd", "demo", "--output", str(out), "--estimator", "opsd", "--steps", "2", "--prompts-per-step", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step   2/2" in proc.stdout  # progress lines
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["avsd/views_valid_mean"] == 1.0  # OPSD reads the full view only
+        assert r["avsd/residual_mean"] == 0.0 and math.isfinite(r["actor/pg_loss"])
+    config = OmegaConf.load(out / "config.yaml")
+    assert config.algorithm.adv_estimator == "opsd" and config.trainer.v1.trainer_mode == "avsd_sync"
+    for png in ("reward.png", "gate.png", "credit.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -17,8 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["demo", "signals", "prep"])
     args = parser.parse_args(argv[:1])
     rest = argv[1:]  # the sub-command parses its own options
-    if args.command in ("signals", "demo"):
-        # Until the AVSD trainer lands, `demo` is the signal demo and says so.
+    if args.command == "demo":
+        from verl_avsd.demo import main as run
+
+        return run(rest)
+    if args.command == "signals":
         from verl_avsd.signal_demo import main as run
 
         return run()

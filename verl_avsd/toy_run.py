@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform before verl picks one
 from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
 from verl_avsd.toy import task as toy_task
