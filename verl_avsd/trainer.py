@@ -32,17 +32,39 @@ from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_to_nested
 
 from verl_avsd.config import avsd_config
 from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
+from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
+from verl_avsd.sandbox import get_sandbox
+from verl_avsd.workers.teacher_context import row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 
 
 def _rows(value) -> list:
     """A per-sample non-tensor field from TransferQueue (NonTensorStack, LinkedList, ...) as a list."""
     return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def feedback_for_rollouts(response_texts: list[str], extra_infos: list[dict], cfg) -> tuple[list[str], dict]:
+    """The `feedback` view text of each rollout ("" = none: no program, or a row without public
+    tests) and the feedback metrics. Runs the programs in the sandbox."""
+    infos = [e if isinstance(e, dict) else {} for e in extra_infos]
+    feedbacks = run_feedback(
+        response_texts,
+        [e.get("public_tests") for e in infos],
+        time_limit_s=[e.get("time_limit_s") for e in infos],
+        memory_mb=[e.get("memory_mb") for e in infos],
+        languages=[e.get("language") for e in infos],
+        row_names=[row_name(e, b) for b, e in enumerate(infos)],
+        sandbox=get_sandbox(
+            cfg.sandbox_isolation, max_concurrent=cfg.sandbox_max_concurrent, sandbox_fusion_url=cfg.sandbox_fusion_url
+        ),
+    )
+    return [f.text or "" for f in feedbacks], feedback_metrics(feedbacks)
 
 
 def _lora_enabled(config) -> bool:
@@ -124,6 +146,19 @@ class AvsdTrainer(PPOTrainerSync):
         )
         return batch
 
+    def _build_feedback_views(self, batch, metrics: dict) -> None:
+        """Run every rollout's program on its row's public tests; the teacher worker reads the
+        result (field `avsd_feedback`) as that rollout's `feedback` view."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "extra_info"])
+        texts = self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True)
+        views, feedback_stats = feedback_for_rollouts(texts, _rows(data["extra_info"]), self.avsd)
+        metrics.update(feedback_stats)
+        tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=list_of_dict_to_tensordict([{"avsd_feedback": v} for v in views]),
+        )
+
     # ---- the advantage step ----
 
     def _compute_advantage(self, batch, metrics: dict):
@@ -132,6 +167,9 @@ class AvsdTrainer(PPOTrainerSync):
             self._comparison_metrics(batch, metrics)
             return batch
 
+        if "feedback" in self.avsd.views:
+            with marked_timer("feedback_view", self.timing_raw, color="olive"):
+                self._build_feedback_views(batch, metrics)
         with marked_timer("teacher_views", self.timing_raw, color="olive"):
             batch = self._compute_view_log_probs(batch, metrics)
 

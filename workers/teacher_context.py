@@ -61,6 +61,15 @@ def views_of_row(extra_info, names: list[str], b: int) -> list[str | None]:
     return [by_name[n] if (by_name.get(n) or "").strip() else None for n in names]
 
 
+def with_rollout_view(extra_info, name: str, text: str | None):
+    """The row's extra_info with a view built for this rollout (e.g. `feedback`) added; the row
+    itself is shared by the prompt's other rollouts, so it is copied, never changed."""
+    if not text or not isinstance(extra_info, dict):
+        return extra_info
+    views = [v for v in (extra_info.get("views") or []) if not (isinstance(v, dict) and v.get("name") == name)]
+    return {**extra_info, "views": views + [{"name": name, "text": text}]}
+
+
 def teacher_messages(messages: list[dict], view_name: str, view_text: str, cfg) -> list[dict]:
     """The student's chat messages with the view put into the last user turn."""
     messages = [dict(m) for m in messages]
