@@ -66,6 +66,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _common_options(args: argparse.Namespace, default_prompt: str) -> dict:
+    """The options dataclass fields of the options `_add_common` adds."""
+    return {
+        "out_dir": args.out,
+        "name": args.name,
+        "evals": args.eval,
+        "tokenizer": args.tokenizer,
+        "max_problem_tokens": args.max_problem_tokens,
+        "max_view_tokens": args.max_view_tokens,
+        "dedupe": args.dedupe,
+        "decontaminate": args.decontaminate,
+        "val_size": args.val_size,
+        "seed": args.seed,
+        "limit": args.limit,
+        "prompt_template": args.prompt_template or default_prompt,
+        "system_prompt": args.system_prompt,
+        "skip_bad_rows": args.skip_bad_rows,
+        "progress": not args.quiet,
+    }
+
+
 def _math_parser(subparsers) -> None:
     parser = subparsers.add_parser("math", help="math problems with worked solutions -> full/partial/answer views")
     parser.add_argument("inputs", nargs="+", help="local parquet/JSONL/JSON files")
@@ -130,9 +151,7 @@ def _run_math(args: argparse.Namespace, argv: list[str]) -> dict:
 
     options = MathOptions(
         inputs=args.inputs,
-        out_dir=args.out,
         format=args.format,
-        name=args.name,
         problem_key=args.problem_key,
         solution_key=args.solution_key,
         answer_key=args.answer_key,
@@ -142,21 +161,9 @@ def _run_math(args: argparse.Namespace, argv: list[str]) -> dict:
         solution_source=args.solution_source,
         domains=args.domains,
         sources=args.sources,
-        evals=args.eval,
         eval_problem_key=args.eval_problem_key,
         eval_answer_key=args.eval_answer_key,
-        tokenizer=args.tokenizer,
-        max_problem_tokens=args.max_problem_tokens,
-        max_view_tokens=args.max_view_tokens,
-        dedupe=args.dedupe,
-        decontaminate=args.decontaminate,
-        val_size=args.val_size,
-        seed=args.seed,
-        limit=args.limit,
-        prompt_template=args.prompt_template or DEFAULT_MATH_PROMPT,
-        system_prompt=args.system_prompt,
-        skip_bad_rows=args.skip_bad_rows,
-        progress=not args.quiet,
+        **_common_options(args, DEFAULT_MATH_PROMPT),
     )
     return prepare_math(options, argv)
 
@@ -166,9 +173,7 @@ def _run_code(args: argparse.Namespace, argv: list[str]) -> dict:
 
     options = CodeOptions(
         problems=args.problems,
-        out_dir=args.out,
         format=args.format,
-        name=args.name,
         solutions=args.solutions,
         solutions_format=args.solutions_format,
         solution_id_key=args.solution_id_key,
@@ -187,19 +192,7 @@ def _run_code(args: argparse.Namespace, argv: list[str]) -> dict:
         max_hidden_tests=args.max_hidden_tests,
         default_time_limit_s=args.default_time_limit,
         default_memory_mb=args.default_memory_mb,
-        evals=args.eval,
-        tokenizer=args.tokenizer,
-        max_problem_tokens=args.max_problem_tokens,
-        max_view_tokens=args.max_view_tokens,
-        dedupe=args.dedupe,
-        decontaminate=args.decontaminate,
-        val_size=args.val_size,
-        seed=args.seed,
-        limit=args.limit,
-        prompt_template=args.prompt_template or DEFAULT_CODE_PROMPT,
-        system_prompt=args.system_prompt,
-        skip_bad_rows=args.skip_bad_rows,
-        progress=not args.quiet,
+        **_common_options(args, DEFAULT_CODE_PROMPT),
     )
     return prepare_code(options, argv)
 

@@ -15,8 +15,7 @@ Hidden tests go to `reward_model.ground_truth` only; the statement's examples go
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from verl_avsd.data_prep.code_hint import describe_code
 from verl_avsd.data_prep.code_readers import (
@@ -37,8 +36,8 @@ from verl_avsd.data_prep.code_readers import (
     read_submission,
 )
 from verl_avsd.data_prep.contract import CODE_ABILITY, chat_prompt, make_row, tests_json
-from verl_avsd.data_prep.filters import Deduplicator, EvalOverlap, LengthFilter, TokenCounter
-from verl_avsd.data_prep.pipeline import PrepRun
+from verl_avsd.data_prep.filters import TrainingFilters
+from verl_avsd.data_prep.pipeline import PrepRun, dataset_name
 
 CODE_VIEW_NAMES = ("reference", "hint", "feedback")
 LANGUAGE_NAMES = {"python": "Python 3", "cpp": "C++17", "java": "Java"}
@@ -116,22 +115,31 @@ def _tests_fields(options: CodeOptions, problem: CodeProblem) -> dict:
     }
 
 
+def _unscorable(problem: CodeProblem) -> str | None:
+    """The drop reason of a problem that cannot be scored by output (no statement, no hidden tests), or None.
+
+    Only the training readers set `unusable`; LiveCodeBench eval problems never carry one.
+    """
+    if not problem.description:
+        return "empty_problem"
+    if problem.unusable is not None:
+        return problem.unusable
+    if not problem.hidden_tests:
+        return "no_hidden_tests"
+    return None
+
+
 def _prepare_evals(run: PrepRun, options: CodeOptions) -> tuple[dict[str, list[dict]], list[str]]:
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
     for name, path in options.evals:
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
-        records = run.records(path, f"eval:{name}", tally, required_columns=(LIVECODEBENCH_COLUMNS, "livecodebench"))
-        for record in records:
-            problem = run.guarded(record, tally, read_livecodebench)
-            if problem is None:
-                continue
-            if not problem.description:
-                tally.drop("empty_problem")
-                continue
-            if not problem.hidden_tests:
-                tally.drop("no_hidden_tests")
+        required = (LIVECODEBENCH_COLUMNS, "livecodebench")
+        for problem in run.items(path, f"eval:{name}", tally, read_livecodebench, required_columns=required):
+            reason = _unscorable(problem)
+            if reason is not None:
+                tally.drop(reason)
                 continue
             eval_problems += [problem.problem, problem.description]
             fields = _tests_fields(options, problem)
@@ -238,39 +246,21 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
     if "{problem}" not in options.prompt_template:
         raise ValueError("--prompt-template must contain {problem}")
     read, columns, required = _problem_reader(options)
-    counter = TokenCounter(options.tokenizer) if options.tokenizer else None
-    length_filter = LengthFilter(counter, options.max_problem_tokens, options.max_view_tokens)
-    run = PrepRun(
-        "code",
-        options.out_dir,
-        asdict(options),
-        skip_bad_rows=options.skip_bad_rows,
-        progress=options.progress,
-        limit=options.limit,
-    )
+    filters = TrainingFilters(options)
+    run = PrepRun.for_options("code", options)
     eval_rows, eval_problems = _prepare_evals(run, options)
     references = _best_solutions(run, options)
-    overlap = EvalOverlap(eval_problems) if options.decontaminate else None
-    deduplicator = Deduplicator() if options.dedupe else None
-    name = options.name or (
-        options.format if options.format != "generic" else os.path.basename(options.problems[0]).split(".")[0]
-    )
+    filters.decontaminate_against(eval_problems)
+    name = dataset_name(options.name, options.format, options.problems)
 
     tally = run.tally("train")
     rows: list[dict] = []
     for path in options.problems:
-        for record in run.records(path, "train", tally, columns=columns, required_columns=(required, options.format)):
-            problem = run.guarded(record, tally, read)
-            if problem is None:
-                continue
-            if not problem.description:
-                tally.drop("empty_problem")
-                continue
-            if problem.unusable is not None:
-                tally.drop(problem.unusable)
-                continue
-            if not problem.hidden_tests:
-                tally.drop("no_hidden_tests")
+        problems = run.items(path, "train", tally, read, columns=columns, required_columns=(required, options.format))
+        for problem in problems:
+            reason = _unscorable(problem)
+            if reason is not None:
+                tally.drop(reason)
                 continue
             reference = problem.reference or references.get(problem.problem_id)
             if reference is None and not options.keep_without_reference:
@@ -278,17 +268,10 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
                 continue
             views = code_views(reference)
             user_text = _student_prompt(options, problem)
-            if deduplicator is not None and deduplicator.seen_before(problem.description):
-                tally.filter("duplicate_problem")
-                continue
-            if overlap is not None:
-                kind = overlap.match(problem.problem) or overlap.match(problem.description)
-                if kind is not None:
-                    tally.filter(kind)
-                    continue
-            too_long = length_filter.reason(user_text, views)
-            if too_long is not None:
-                tally.filter(too_long)
+            # a repeat is the same main text, e.g. a problem shared by a Div. 1 and a Div. 2 round
+            filtered = filters.reason(problem.description, (problem.problem, problem.description), user_text, views)
+            if filtered is not None:
+                tally.filter(filtered)
                 continue
             fields = _tests_fields(options, problem)
             rows.append(

@@ -91,3 +91,36 @@ class LengthFilter:
                 if self.counter.count(view["text"]) > self.max_view_tokens:
                     return f"view_too_long:{view['name']}"
         return None
+
+
+class TrainingFilters:
+    """The filters of a training row, in the order they apply: repeats, evaluation overlap, length.
+
+    Built from a dataset command's options (`tokenizer`, `max_problem_tokens`, `max_view_tokens`,
+    `dedupe`, `decontaminate`) before any input is read, so bad length options fail first; the
+    evaluation problems are given once the evaluation sets are read (`decontaminate_against`).
+    """
+
+    def __init__(self, options):
+        counter = TokenCounter(options.tokenizer) if options.tokenizer else None
+        self.length_filter = LengthFilter(counter, options.max_problem_tokens, options.max_view_tokens)
+        self.deduplicator = Deduplicator() if options.dedupe else None
+        self.decontaminate = options.decontaminate
+        self.overlap: EvalOverlap | None = None
+
+    def decontaminate_against(self, eval_problems: list[str]) -> None:
+        self.overlap = EvalOverlap(eval_problems) if self.decontaminate else None
+
+    def reason(self, dedupe_text: str, eval_texts: tuple[str, ...], prompt_text: str, views: list[dict]) -> str | None:
+        """Why the row is filtered (`duplicate_problem`, an eval overlap kind, a length reason), or None.
+
+        `dedupe_text` is remembered as seen when it is new; `eval_texts` are matched in order.
+        """
+        if self.deduplicator is not None and self.deduplicator.seen_before(dedupe_text):
+            return "duplicate_problem"
+        if self.overlap is not None:
+            for text in eval_texts:
+                kind = self.overlap.match(text)
+                if kind is not None:
+                    return kind
+        return self.length_filter.reason(prompt_text, views)

@@ -15,12 +15,11 @@ Evaluation sets (`--eval NAME=FILE`) become `eval_NAME.parquet` rows without vie
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from verl_avsd.data_prep.boxed import last_boxed_answer
 from verl_avsd.data_prep.contract import MATH_ABILITY, chat_prompt, make_row
-from verl_avsd.data_prep.filters import Deduplicator, EvalOverlap, LengthFilter, TokenCounter
+from verl_avsd.data_prep.filters import TrainingFilters
 from verl_avsd.data_prep.math_readers import (
     DAPO_COLUMNS,
     OPENTHOUGHTS_COLUMNS,
@@ -31,7 +30,7 @@ from verl_avsd.data_prep.math_readers import (
     read_openthoughts,
 )
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
-from verl_avsd.data_prep.pipeline import PrepRun
+from verl_avsd.data_prep.pipeline import PrepRun, dataset_name
 
 DEFAULT_MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -112,25 +111,18 @@ def _final_answer(item: MathItem) -> tuple[str | None, str | None]:
     return None, "empty_answer"
 
 
-def _dataset_name(options: MathOptions) -> str:
-    if options.name:
-        return options.name
-    if options.format == "generic":
-        return os.path.basename(options.inputs[0]).split(".")[0]
-    return options.format
-
-
 def _prepare_evals(run: PrepRun, options: MathOptions) -> tuple[dict[str, list[dict]], list[str]]:
     """Rows of every evaluation set, and all their problems (for decontamination)."""
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
+
+    def read(record):
+        return read_eval(record, options.eval_problem_key, options.eval_answer_key)
+
     for name, path in options.evals:
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
-        for record in run.records(path, f"eval:{name}", tally):
-            item = run.guarded(record, tally, lambda r: read_eval(r, options.eval_problem_key, options.eval_answer_key))
-            if item is None:
-                continue
+        for item in run.items(path, f"eval:{name}", tally, read):
             if not item.problem.strip():
                 tally.drop("empty_problem")
                 continue
@@ -161,31 +153,19 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
     if options.format == "openthoughts" and options.domains is None:
         options.domains = ["math"]  # the paper trains on OpenThoughts' math subset
     read, columns, required = _reader(options)
-    counter = TokenCounter(options.tokenizer) if options.tokenizer else None
-    length_filter = LengthFilter(counter, options.max_problem_tokens, options.max_view_tokens)
-    run = PrepRun(
-        "math",
-        options.out_dir,
-        asdict(options),
-        skip_bad_rows=options.skip_bad_rows,
-        progress=options.progress,
-        limit=options.limit,
-    )
+    filters = TrainingFilters(options)
+    run = PrepRun.for_options("math", options)
     eval_rows, eval_problems = _prepare_evals(run, options)
-    overlap = EvalOverlap(eval_problems) if options.decontaminate else None
-    deduplicator = Deduplicator() if options.dedupe else None
+    filters.decontaminate_against(eval_problems)
     domains = {d.lower() for d in options.domains} if options.domains else None
     sources = set(options.sources) if options.sources else None
-    data_source = f"math/{_dataset_name(options)}"
+    name = dataset_name(options.name, options.format, options.inputs)
     expects_solution = options.format == "openthoughts" or bool(options.format == "generic" and options.solution_key)
 
     tally = run.tally("train")
     rows: list[dict] = []
     for path in options.inputs:
-        for record in run.records(path, "train", tally, columns=columns, required_columns=(required, options.format)):
-            item = run.guarded(record, tally, read)
-            if item is None:
-                continue
+        for item in run.items(path, "train", tally, read, columns=columns, required_columns=(required, options.format)):
             if domains is not None and item.domain.lower() not in domains:
                 tally.filter("domain")
                 continue
@@ -204,26 +184,19 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
                 continue
             views = math_views(item.solution, answer)
             user_text = options.prompt_template.format(problem=item.problem)
-            if deduplicator is not None and deduplicator.seen_before(item.problem):
-                tally.filter("duplicate_problem")
-                continue
-            overlap_kind = overlap.match(item.problem) if overlap is not None else None
-            if overlap_kind is not None:
-                tally.filter(overlap_kind)
-                continue
-            too_long = length_filter.reason(user_text, views)
-            if too_long is not None:
-                tally.filter(too_long)
+            filtered = filters.reason(item.problem, (item.problem,), user_text, views)
+            if filtered is not None:
+                tally.filter(filtered)
                 continue
             rows.append(
                 make_row(
-                    data_source=data_source,
+                    data_source=f"math/{name}",
                     ability=MATH_ABILITY,
                     prompt=chat_prompt(user_text, options.system_prompt),
                     ground_truth=answer,
                     problem=item.problem,
                     problem_id=item.problem_id,
-                    source=item.source or _dataset_name(options),
+                    source=item.source or name,
                     views=views,
                 )
             )

@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -20,6 +21,15 @@ from verl_avsd.data_prep.summary import Tally, view_counts
 
 BAD_ROW = "bad_row"
 Item = TypeVar("Item")
+
+
+def dataset_name(name: str | None, format: str, inputs: list[str]) -> str:
+    """`--name`, else the format; for `generic` the first input's file name without extensions."""
+    if name:
+        return name
+    if format == "generic":
+        return os.path.basename(inputs[0]).split(".")[0]
+    return format
 
 
 def _package_version() -> str | None:
@@ -50,6 +60,18 @@ class PrepRun:
         self.limit = limit
         self.inputs: list[dict] = []
         self.tallies: dict[str, Tally] = {}
+
+    @classmethod
+    def for_options(cls, task: str, options) -> PrepRun:
+        """The run of a dataset command's options dataclass (all of it is recorded in the manifest)."""
+        return cls(
+            task,
+            options.out_dir,
+            asdict(options),
+            skip_bad_rows=options.skip_bad_rows,
+            progress=options.progress,
+            limit=options.limit,
+        )
 
     def tally(self, name: str) -> Tally:
         if name not in self.tallies:
@@ -91,6 +113,22 @@ class PrepRun:
                     tally.read += 1
                 bar.update(1)
                 yield record
+
+    def items(
+        self,
+        path: str,
+        role: str,
+        tally: Tally,
+        read: Callable[[Record], Item],
+        *,
+        columns: list[str] | None = None,
+        required_columns: tuple[list[str], str] | None = None,
+    ) -> Iterator[Item]:
+        """`read` of each record of one input file (see `records`), bad rows `guarded`."""
+        for record in self.records(path, role, tally, columns=columns, required_columns=required_columns):
+            item = self.guarded(record, tally, read)
+            if item is not None:
+                yield item
 
     def guarded(self, record: Record, tally: Tally, read: Callable[[Record], Item]) -> Item | None:
         """`read(record)`, or None after counting the row as `bad_row` when bad rows are skipped."""
