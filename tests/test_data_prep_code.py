@@ -34,10 +34,15 @@ def manifest_of(out):
         return json.load(handle)
 
 
+def prep_code(out, *args):
+    """`prep code ARGS --out OUT --quiet --val-size 0`, which must succeed; returns OUT."""
+    assert main(["code", *args, "--out", out, "--quiet", "--val-size", "0"]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def code_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("code"))
-    assert main(["code", PROBLEMS, *SOLUTIONS, *LCB, "--out", out, "--quiet", "--val-size", "0"]) == 0
+    out = prep_code(str(tmp_path_factory.mktemp("code")), PROBLEMS, *SOLUTIONS, *LCB)
     rows = {row["extra_info"]["problem_id"]: row for row in rows_in(out, "train.parquet")}
     return out, manifest_of(out), rows
 
@@ -121,54 +126,18 @@ def test_livecodebench_eval_rows(code_run):
 
 
 def test_without_solutions_problems_are_dropped_or_kept_viewless(tmp_path):
-    out = str(tmp_path / "o")
-    assert main(["code", PROBLEMS, "--out", out, "--quiet", "--val-size", "0", "--no-decontaminate"]) == 0
+    out = prep_code(str(tmp_path / "o"), PROBLEMS, "--no-decontaminate")
     train = manifest_of(out)["summary"]["train"]
     assert train["dropped"]["no_reference_solution"] == 6 and train["kept"] == 0
     assert not os.path.exists(os.path.join(out, "train.parquet"))
-    out2 = str(tmp_path / "o2")
-    assert (
-        main(
-            [
-                "code",
-                PROBLEMS,
-                "--out",
-                out2,
-                "--quiet",
-                "--val-size",
-                "0",
-                "--no-decontaminate",
-                "--keep-without-reference",
-            ]
-        )
-        == 0
-    )
+    out2 = prep_code(str(tmp_path / "o2"), PROBLEMS, "--no-decontaminate", "--keep-without-reference")
     rows = rows_in(out2, "train.parquet")
     assert len(rows) == 5 and all(row["extra_info"]["views"] == [] for row in rows)
     assert all(json.loads(row["extra_info"]["public_tests"])["inputs"] for row in rows)  # feedback still possible
 
 
 def test_max_hidden_tests_and_cpp_students(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "code",
-                PROBLEMS,
-                *SOLUTIONS,
-                "--out",
-                out,
-                "--quiet",
-                "--val-size",
-                "0",
-                "--max-hidden-tests",
-                "1",
-                "--language",
-                "cpp",
-            ]
-        )
-        == 0
-    )
+    out = prep_code(str(tmp_path / "o"), PROBLEMS, *SOLUTIONS, "--max-hidden-tests", "1", "--language", "cpp")
     rows = {row["extra_info"]["problem_id"]: row for row in rows_in(out, "train.parquet")}
     assert json.loads(rows["1900/A"]["reward_model"]["ground_truth"])["inputs"] == ["3\n1 2 3\n"]
     assert rows["1900/B"]["extra_info"]["views"][0]["text"].startswith("```cpp\n#include")  # C++ now preferred
@@ -214,38 +183,12 @@ def test_generic_problems_with_inline_reference_and_code_contests_solutions(tmp_
             }
         )
     )
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "code",
-                str(problems),
-                "--format",
-                "generic",
-                "--problem-key",
-                "statement",
-                "--tests-key",
-                "hidden",
-                "--public-tests-key",
-                "public",
-                "--id-key",
-                "pid",
-                "--reference-key",
-                "ref",
-                "--time-limit-key",
-                "tl",
-                "--memory-key",
-                "mem",
-                "--solutions",
-                str(solutions),
-                "--out",
-                out,
-                "--quiet",
-                "--val-size",
-                "0",
-            ]
-        )
-        == 0
+    out = prep_code(
+        str(tmp_path / "o"),
+        str(problems),
+        *["--format", "generic", "--problem-key", "statement", "--tests-key", "hidden", "--public-tests-key", "public"],
+        *["--id-key", "pid", "--reference-key", "ref", "--time-limit-key", "tl", "--memory-key", "mem"],
+        *["--solutions", str(solutions)],
     )
     rows = {row["extra_info"]["problem_id"]: row for row in rows_in(out, "train.parquet")}
     assert rows["7/A"]["extra_info"]["views"][0]["text"] == "```python\nprint(2 * int(input()))\n```"

@@ -25,6 +25,13 @@ def file_with_lines(tmp_path, name, lines):
     return str(path)
 
 
+def train_summary_skipping_bad_rows(out, *args):
+    """`prep ARGS --out OUT --quiet --skip-bad-rows --val-size 0`, which must succeed; the train tally."""
+    assert main([*args, "--out", out, "--quiet", "--skip-bad-rows", "--val-size", "0"]) == 0
+    with open(os.path.join(out, "manifest.json")) as handle:
+        return json.load(handle)["summary"]["train"]
+
+
 def run_failing(argv, capsys):
     code = main(argv)
     error = capsys.readouterr().err
@@ -52,10 +59,8 @@ def test_each_bad_math_row_stops_the_run_naming_row_and_field(tmp_path, capsys, 
 
 def test_skip_bad_rows_counts_them_and_lists_the_first(tmp_path, capsys):
     out = str(tmp_path / "o")
-    assert main(["math", BAD_MATH, "--out", out, "--quiet", "--skip-bad-rows", "--val-size", "0"]) == 0
+    train = train_summary_skipping_bad_rows(out, "math", BAD_MATH)
     printed = capsys.readouterr().out
-    with open(os.path.join(out, "manifest.json")) as handle:
-        train = json.load(handle)["summary"]["train"]
     assert train["read"] == 6 and train["kept"] == 2 and train["dropped"] == {"bad_row": 4}
     assert [message.split(": ")[1] for message in train["bad_rows_first"]] == [
         "row 1 (line 2)",
@@ -147,26 +152,8 @@ def test_each_bad_code_row_stops_the_run_naming_row_and_field(tmp_path, capsys, 
 
 
 def test_bad_code_rows_can_be_skipped(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "code",
-                BAD_CODE,
-                "--solutions",
-                f"{FIXTURES}/codeforces_bad_rows_submissions.jsonl",
-                "--out",
-                out,
-                "--quiet",
-                "--skip-bad-rows",
-                "--val-size",
-                "0",
-            ]
-        )
-        == 0
-    )
-    with open(os.path.join(out, "manifest.json")) as handle:
-        train = json.load(handle)["summary"]["train"]
+    solutions = f"{FIXTURES}/codeforces_bad_rows_submissions.jsonl"
+    train = train_summary_skipping_bad_rows(str(tmp_path / "o"), "code", BAD_CODE, "--solutions", solutions)
     assert train["read"] == 5 and train["kept"] == 2 and train["dropped"] == {"bad_row": 3}
 
 

@@ -39,13 +39,21 @@ def views_of(row):
     return {view["name"]: view["text"] for view in row["extra_info"]["views"]}
 
 
+def manifest_of(out):
+    with open(os.path.join(out, "manifest.json")) as handle:
+        return json.load(handle)
+
+
+def prep_math(out, *args):
+    """`prep math ARGS --out OUT --quiet`, which must succeed; returns OUT."""
+    assert main(["math", *args, "--out", out, "--quiet"]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def openthoughts_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ot"))
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", *EVALS]) == 0
-    with open(os.path.join(out, "manifest.json")) as handle:
-        manifest = json.load(handle)
-    return out, manifest, prepared_rows(out)
+    out = prep_math(str(tmp_path_factory.mktemp("ot")), OPENTHOUGHTS, *EVALS)
+    return out, manifest_of(out), prepared_rows(out)
 
 
 def test_summary_counts_every_row_by_reason(openthoughts_run):
@@ -153,8 +161,7 @@ def test_validation_split_is_seeded_and_indexes_are_positions(openthoughts_run, 
     assert [row["extra_info"]["index"] for row in train] == list(range(6))
     assert {row["extra_info"]["split"] for row in train} == {"train"}
     assert validation[0]["extra_info"]["split"] == "validation"
-    again = str(tmp_path / "again")
-    assert main(["math", OPENTHOUGHTS, "--out", again, "--quiet", *EVALS]) == 0
+    again = prep_math(str(tmp_path / "again"), OPENTHOUGHTS, *EVALS)
     assert read_rows(os.path.join(again, "validation.parquet")) == validation  # same seed, same split
     assert pq.read_table(os.path.join(out, "train.parquet")).schema.equals(ROW_SCHEMA)
 
@@ -177,44 +184,24 @@ def test_parquet_input_gives_the_same_rows_as_jsonl(openthoughts_run, tmp_path):
         records = [json.loads(line) for line in handle]
     parquet_input = str(tmp_path / "openthoughts_metadata.parquet")
     pq.write_table(pa.Table.from_pylist(records), parquet_input)
-    parquet_out = str(tmp_path / "from_parquet")
-    assert main(["math", parquet_input, "--out", parquet_out, "--quiet", *EVALS]) == 0
+    parquet_out = prep_math(str(tmp_path / "from_parquet"), parquet_input, *EVALS)
     assert prepared_rows(parquet_out) == prepared_rows(out)
 
 
 def test_domain_and_source_filters(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "math",
-                OPENTHOUGHTS,
-                "--out",
-                out,
-                "--quiet",
-                "--domain",
-                "math",
-                "--domain",
-                "code",
-                "--source",
-                "synthetic_math",
-                "--no-dedupe",
-            ]
-        )
-        == 0
+    out = prep_math(
+        str(tmp_path / "o"),
+        OPENTHOUGHTS,
+        *["--domain", "math", "--domain", "code", "--source", "synthetic_math", "--no-dedupe"],
     )
-    with open(os.path.join(out, "manifest.json")) as handle:
-        train = json.load(handle)["summary"]["train"]
+    train = manifest_of(out)["summary"]["train"]
     # rows of other domains (1) and other sources (13) are filtered before their content is judged
     assert train["filtered"] == {"domain": 1, "source": 13}
     assert train["kept"] == 3 and {row["extra_info"]["source"] for row in prepared_rows(out)} == {"synthetic_math"}
 
 
 def test_deepseek_solution_source_builds_views_from_it(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(["math", OPENTHOUGHTS, "--out", out, "--quiet", "--solution-source", "deepseek", "--val-size", "0"]) == 0
-    )
+    out = prep_math(str(tmp_path / "o"), OPENTHOUGHTS, "--solution-source", "deepseek", "--val-size", "0")
     rows = {row["extra_info"]["problem"]: row for row in prepared_rows(out)}
     row = rows["A fair coin is tossed twice. What is the probability of exactly one head?"]
     assert views_of(row)["full"] == "**Final Answer**\n\\boxed{\\dfrac{1}{2}}"
@@ -224,27 +211,12 @@ def test_deepseek_solution_source_builds_views_from_it(tmp_path):
 
 
 def test_dapo_rows_get_only_the_answer_view_and_lose_dapos_wrapper(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "math",
-                f"{FIXTURES}/dapo_math.jsonl",
-                "--format",
-                "dapo",
-                "--out",
-                out,
-                "--quiet",
-                "--val-size",
-                "0",
-                "--eval",
-                f"aime2025={FIXTURES}/aime2025.jsonl",
-            ]
-        )
-        == 0
+    out = prep_math(
+        str(tmp_path / "o"),
+        f"{FIXTURES}/dapo_math.jsonl",
+        *["--format", "dapo", "--val-size", "0", "--eval", f"aime2025={FIXTURES}/aime2025.jsonl"],
     )
-    with open(os.path.join(out, "manifest.json")) as handle:
-        train = json.load(handle)["summary"]["train"]
+    train = manifest_of(out)["summary"]["train"]
     assert train == {
         "read": 5,
         "kept": 2,
@@ -266,32 +238,11 @@ def test_dapo_rows_get_only_the_answer_view_and_lose_dapos_wrapper(tmp_path):
 
 
 def test_generic_reader_with_named_columns(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "math",
-                f"{FIXTURES}/generic_math.jsonl",
-                "--format",
-                "generic",
-                "--problem-key",
-                "question",
-                "--solution-key",
-                "worked",
-                "--answer-key",
-                "final",
-                "--id-key",
-                "qid",
-                "--name",
-                "mine",
-                "--out",
-                out,
-                "--quiet",
-                "--val-size",
-                "0",
-            ]
-        )
-        == 0
+    out = prep_math(
+        str(tmp_path / "o"),
+        f"{FIXTURES}/generic_math.jsonl",
+        *["--format", "generic", "--problem-key", "question", "--solution-key", "worked", "--answer-key", "final"],
+        *["--id-key", "qid", "--name", "mine", "--val-size", "0"],
     )
     rows = {row["extra_info"]["problem_id"]: row for row in prepared_rows(out)}
     assert rows["g1"]["reward_model"]["ground_truth"] == "144"
@@ -304,26 +255,11 @@ def test_generic_reader_with_named_columns(tmp_path):
 
 
 def test_custom_prompt_template_and_system_prompt(tmp_path):
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "math",
-                OPENTHOUGHTS,
-                "--out",
-                out,
-                "--quiet",
-                "--val-size",
-                "0",
-                "--limit",
-                "1",
-                "--prompt-template",
-                "Problem: {problem}\nAnswer in \\boxed{{}}.",
-                "--system-prompt",
-                "Be brief.",
-            ]
-        )
-        == 0
+    out = prep_math(
+        str(tmp_path / "o"),
+        OPENTHOUGHTS,
+        *["--val-size", "0", "--limit", "1"],
+        *["--prompt-template", "Problem: {problem}\nAnswer in \\boxed{{}}.", "--system-prompt", "Be brief."],
     )
     (row,) = prepared_rows(out)
     assert row["prompt"] == [
@@ -352,60 +288,26 @@ def test_token_length_filters(tmp_path, openthoughts_run, tiny_tokenizer):
 
     prompt_tokens = sorted(count(row["prompt"][0]["content"]) for row in rows)
     limit = prompt_tokens[-2]  # only the longest prompt (the farmer story) is over it
-    out = str(tmp_path / "o")
-    assert (
-        main(
-            [
-                "math",
-                OPENTHOUGHTS,
-                "--out",
-                out,
-                "--quiet",
-                *EVALS,
-                "--tokenizer",
-                folder,
-                "--max-problem-tokens",
-                str(limit),
-            ]
-        )
-        == 0
+    out = prep_math(
+        str(tmp_path / "o"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-problem-tokens", str(limit)
     )
-    with open(os.path.join(out, "manifest.json")) as handle:
-        assert json.load(handle)["summary"]["train"]["filtered"]["problem_too_long"] == 1
+    assert manifest_of(out)["summary"]["train"]["filtered"]["problem_too_long"] == 1
     assert max(count(row["prompt"][0]["content"]) for row in prepared_rows(out)) <= limit
 
     longest_view = sorted(max(count(v["text"]) for v in row["extra_info"]["views"]) for row in rows)
     view_limit = longest_view[len(rows) // 2]
     expected = sum(1 for n in longest_view if n > view_limit)
     assert 0 < expected < len(rows)
-    out2 = str(tmp_path / "o2")
-    assert (
-        main(
-            [
-                "math",
-                OPENTHOUGHTS,
-                "--out",
-                out2,
-                "--quiet",
-                *EVALS,
-                "--tokenizer",
-                folder,
-                "--max-view-tokens",
-                str(view_limit),
-            ]
-        )
-        == 0
+    out2 = prep_math(
+        str(tmp_path / "o2"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-view-tokens", str(view_limit)
     )
-    with open(os.path.join(out2, "manifest.json")) as handle:
-        filtered = json.load(handle)["summary"]["train"]["filtered"]
+    filtered = manifest_of(out2)["summary"]["train"]["filtered"]
     assert sum(n for reason, n in filtered.items() if reason.startswith("view_too_long:")) == expected
     for row in prepared_rows(out2):
         assert all(count(view["text"]) <= view_limit for view in row["extra_info"]["views"])
 
 
 def test_decontamination_and_dedupe_can_be_turned_off(tmp_path):
-    out = str(tmp_path / "o")
-    assert main(["math", OPENTHOUGHTS, "--out", out, "--quiet", *EVALS, "--no-dedupe", "--no-decontaminate"]) == 0
-    with open(os.path.join(out, "manifest.json")) as handle:
-        train = json.load(handle)["summary"]["train"]
+    out = prep_math(str(tmp_path / "o"), OPENTHOUGHTS, *EVALS, "--no-dedupe", "--no-decontaminate")
+    train = manifest_of(out)["summary"]["train"]
     assert train["filtered"] == {"domain": 2} and train["kept"] == 10
