@@ -5,6 +5,8 @@
 # flash-attn, which bring verl's CUDA torch). Anywhere else torch==2.13.0 is installed first
 # and then held there with a constraints file, so resolving verl never pulls CUDA wheels.
 # TORCH_INSTALL_ARGS adds pip options for that first step (e.g. an index with CPU wheels).
+# constraints/cpu.txt pins every other package to versions known to work together, so pip
+# does not spend minutes backtracking through verl's dependency tree.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +24,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[install] into $(VENV) ($(if $(HAS_GPU),GPU: gpu extra,CPU: torch==$(TORCH_VERSION)))"
 ifeq ($(HAS_GPU),1)
@@ -30,7 +32,7 @@ ifeq ($(HAS_GPU),1)
 else
 	$(PIP) install -q $(TORCH_INSTALL_ARGS) "torch==$(TORCH_VERSION)"
 	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -c constraints/cpu.txt -e ".[test]"
 endif
 	@# bubblewrap isolates the code sandbox; without it the sandbox falls back to rlimits +
 	@# namespaces and says so. Installed only where we are root and apt is there.
