@@ -28,7 +28,7 @@ def evaluate_left_to_right(prompt: str) -> int:
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 10**6), num_steps=st.integers(2, 6), max_operand=st.integers(10, 999))
+@given(seed=st.integers(0, 10**6), num_steps=st.integers(2, 6), max_operand=st.integers(2, 999))
 def test_problems_are_consistent_and_partial_never_holds_the_answer(seed, num_steps, max_operand):
     import random
 
@@ -37,12 +37,14 @@ def test_problems_are_consistent_and_partial_never_holds_the_answer(seed, num_st
     views = problem.views()
     assert [v["name"] for v in views] == list(VIEW_NAMES)
     full, partial, answer = (v["text"] for v in views)
-    assert full == problem.solution and full.endswith(f"Answer: {problem.answer}")
-    assert answer == str(problem.answer)
+    assert full == problem.solution and full.endswith(f"Answer: {answer}")
+    assert int(answer) == problem.answer
+    # fixed-width numbers: every problem of this size has the same layout
+    assert answer == f"{problem.answer:0{len(str(max_operand * (num_steps + 1)))}d}"
     # partial: the first half of the step lines, and the answer appears nowhere in it
     assert partial.splitlines() == list(problem.steps[: max(1, num_steps // 2)])
     assert "Answer" not in partial
-    assert str(problem.answer) not in re.findall(r"\d+", partial)
+    assert problem.answer not in [int(n) for n in re.findall(r"\d+", partial)]
     # every step line is true arithmetic, chained from the previous total
     previous = None
     for line in problem.steps:
@@ -73,6 +75,7 @@ def test_checker_accepts_right_and_rejects_wrong_or_malformed():
     assert compute_score(DATA_SOURCE, problem.solution, truth) == 1.0
     assert compute_score(DATA_SOURCE, problem.solution + "\n", truth, extra_info={"views": []}) == 1.0
     assert compute_score(DATA_SOURCE, f"Answer: {truth}", truth) == 1.0  # outcome reward: steps not checked
+    assert compute_score(DATA_SOURCE, f"Answer: 000{truth}", truth) == 1.0  # zero padding is the format
     wrong = problem.solution.rsplit(" ", 1)[0] + f" {problem.answer + 1}"
     assert wrong != problem.solution
     assert compute_score(DATA_SOURCE, wrong, truth) == 0.0
@@ -97,8 +100,8 @@ def test_checker_errors_name_the_bad_field():
         compute_score(DATA_SOURCE, "Answer: 1", "one")
 
 
-def test_teacher_message_is_prompt_then_named_view():
-    assert teacher_user_message("Compute 1+2.", "answer", "3") == "Compute 1+2.\n\nReference (answer):\n3"
+def test_teacher_message_is_named_view_then_prompt():
+    assert teacher_user_message("Compute 1+2.", "answer", "3") == "Reference (answer):\n3\n\nCompute 1+2."
     with pytest.raises(ValueError, match="view_name"):
         teacher_user_message("p", "", "v")
     with pytest.raises(TypeError, match="view_text"):
@@ -123,5 +126,5 @@ def test_parquet_rows_follow_the_contract(tmp_path):
             assert row["extra_info"]["index"] == i and row["extra_info"]["split"] == split
             truth = row["reward_model"]["ground_truth"]
             assert compute_score(row["data_source"], views[0]["text"], truth) == 1.0
-            assert views[2]["text"] == truth
+            assert int(views[2]["text"]) == int(truth)
     assert not set(train["prompt"].map(lambda m: m[0]["content"])) & set(val["prompt"].map(lambda m: m[0]["content"]))

@@ -2,23 +2,24 @@
 
 A problem is a chain of operations on two-digit numbers, e.g. the prompt
 
-    Compute 37+48-19+6.
+    Compute 37+48-19+06.
 
 whose worked solution (the target the model learns to write) is one line per step and a final
 answer line:
 
-    37+48=85
-    85-19=66
-    66+6=72
-    Answer: 72
+    037+48=085
+    085-19=066
+    066+06=072
+    Answer: 072
 
-(no spaces inside expressions: the tokenizer gives a space its own token before a digit, and
-short sequences keep the CPU warm-up fast).
+Numbers are zero-padded to a fixed width (see `random_problem`), and there are no spaces inside
+expressions (the tokenizer gives a space its own token before a digit; short sequences keep
+the CPU warm-up fast).
 
 The three views (AVSD.md, "Views"), in the contract format `[{"name", "text"}, ...]`:
   full    = the whole worked solution,
   partial = the first half of the step lines (at least one), never the final answer,
-  answer  = only the final answer ("72").
+  answer  = only the final answer as the solution writes it ("072").
 
 Everything is seeded and deterministic. Problems are assigned to a split by a hash of their
 prompt, so the `val` problems (used for held-out measurement) can never appear in `train`
@@ -45,37 +46,42 @@ SPLITS = ("train", "val")
 # Difficulty defaults, tuned with the warm-up so that the tiny model's view-free sampled
 # accuracy starts between 10% and 60% (see verl_avsd/assets/toy_model/warmup_metrics.json).
 DEFAULT_NUM_STEPS = 3  # operations per problem (operands = steps + 1)
-DEFAULT_MAX_OPERAND = 99  # operands are drawn from [10, max_operand]
+DEFAULT_MAX_OPERAND = 99  # operands are drawn from [1, max_operand]
 
 ANSWER_PREFIX = "Answer: "
 # A well-formed response ends with an "Answer: <integer>" line (trailing whitespace allowed).
 _ANSWER_LINE = re.compile(r"(?:^|\n)Answer: (-?\d+)\s*$")
 _NUMBER = re.compile(r"\d+")  # totals are never negative, so "85-19" holds 85 and 19
 
-# How the teacher sees a view: the student's prompt, a blank line, a header naming the view,
-# and the view text, all inside the one user turn. See `teacher_user_message`.
-TEACHER_TEMPLATE = "{prompt}\n\nReference ({view_name}):\n{view_text}"
+# How the teacher sees a view, all inside the one user turn: a header naming the view, the view
+# text, a blank line, then the student's prompt. The view comes first so that the prompt sits
+# right before the assistant turn exactly as in the student's context: a tiny model finds the
+# operands by their distance back from the answer, and a view placed between prompt and answer
+# moved them (measured: with the view after the prompt, the answer view lowered greedy accuracy
+# from 52% to 1% and the full view gave no gain at all).
+TEACHER_TEMPLATE = "Reference ({view_name}):\n{view_text}\n\n{prompt}"
 
 
 @dataclass(frozen=True)
 class Problem:
     """One toy problem: its prompt, worked solution and answer."""
 
-    prompt: str  # "Compute 37+48-19+6."
-    steps: tuple[str, ...]  # ("37+48=85", "85-19=66", "66+6=72")
+    prompt: str  # "Compute 37+48-19+06."
+    steps: tuple[str, ...]  # ("037+48=085", "085-19=066", "066+06=072")
     answer: int  # 72
+    answer_text: str  # "072": the answer as the solution writes it (fixed width)
 
     @property
     def solution(self) -> str:
         """The worked solution: step lines then the answer line (what the model must write)."""
-        return "\n".join(self.steps) + "\n" + ANSWER_PREFIX + str(self.answer)
+        return "\n".join(self.steps) + "\n" + ANSWER_PREFIX + self.answer_text
 
     def views(self) -> list[dict[str, str]]:
         """The three views in the contract order (full, partial, answer)."""
         return [
             {"name": "full", "text": self.solution},
             {"name": "partial", "text": partial_view_text(self.steps)},
-            {"name": "answer", "text": str(self.answer)},
+            {"name": "answer", "text": self.answer_text},
         ]
 
 
@@ -90,27 +96,41 @@ def split_of_prompt(prompt: str) -> str:
 
 
 def random_problem(rng: random.Random, num_steps: int = DEFAULT_NUM_STEPS, max_operand: int = DEFAULT_MAX_OPERAND) -> Problem:
-    """Draw one problem. Running totals never go negative (a '-' that would is turned into '+'),
-    and a problem is redrawn if its answer appears as a number in the partial view, so the
-    partial view never gives the answer away."""
+    """Draw one problem: operands uniform in [1, max_operand], each op '+' or '-'.
+
+    Numbers are written zero-padded to a fixed width (operands to the width of `max_operand`,
+    running totals to the width of the largest possible total), so every problem of a given
+    size has the same token layout. That is what lets a tiny model learn in minutes to line a
+    view up with its own answer and the digits of two numbers with each other.
+    Running totals never go negative (a '-' that would is turned into '+'), and a problem is
+    redrawn if its answer appears as a number in the partial view, so the partial view never
+    gives the answer away.
+    """
     # One step has no "first half" without the answer, so a problem needs at least two.
-    if num_steps < 2 or max_operand < 10:
-        raise ValueError(f"need num_steps >= 2 and max_operand >= 10, got {num_steps=} {max_operand=}")
+    if num_steps < 2 or max_operand < 2:
+        raise ValueError(f"need num_steps >= 2 and max_operand >= 2, got {num_steps=} {max_operand=}")
+    operand_width = len(str(max_operand))
+    total_width = len(str(max_operand * (num_steps + 1)))
     for _ in range(10_000):
-        total = rng.randint(10, max_operand)
-        prompt_parts = [str(total)]
+        total = rng.randint(1, max_operand)
+        prompt_parts = [f"{total:0{operand_width}d}"]
         steps = []
         for _ in range(num_steps):
-            operand = rng.randint(10, max_operand)
+            operand = rng.randint(1, max_operand)
             op = rng.choice("+-")
             if op == "-" and operand > total:
                 op = "+"
             new_total = total + operand if op == "+" else total - operand
-            prompt_parts.append(f"{op}{operand}")
-            steps.append(f"{total}{op}{operand}={new_total}")
+            prompt_parts.append(f"{op}{operand:0{operand_width}d}")
+            steps.append(f"{total:0{total_width}d}{op}{operand:0{operand_width}d}={new_total:0{total_width}d}")
             total = new_total
-        problem = Problem(prompt="Compute " + "".join(prompt_parts) + ".", steps=tuple(steps), answer=total)
-        if str(total) not in _NUMBER.findall(partial_view_text(problem.steps)):
+        problem = Problem(
+            prompt="Compute " + "".join(prompt_parts) + ".",
+            steps=tuple(steps),
+            answer=total,
+            answer_text=f"{total:0{total_width}d}",
+        )
+        if total not in [int(number) for number in _NUMBER.findall(partial_view_text(problem.steps))]:
             return problem
     raise ValueError(f"no problem with {num_steps=} {max_operand=} keeps the answer out of its partial view")
 
@@ -137,10 +157,10 @@ def generate_problems(
 
 
 def teacher_user_message(prompt_text: str, view_name: str, view_text: str) -> str:
-    """The teacher's user turn: the student's prompt followed by one view.
+    """The teacher's user turn: one view, then the student's prompt.
 
     `teacher_user_message("Compute 1+2.", "answer", "3")` ==
-    "Compute 1+2.\\n\\nReference (answer):\\n3". The warm-up trains view-conditioned examples
+    "Reference (answer):\\n3\\n\\nCompute 1+2.". The warm-up trains view-conditioned examples
     with exactly this text, so the teacher worker must build its context with this function (or
     with `TEACHER_TEMPLATE`, which it formats).
     """
