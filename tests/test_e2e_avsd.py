@@ -77,36 +77,64 @@ def test_avsd_metrics_present_and_in_range(avsd_run):
 
 @pytest.mark.slow
 def test_estimator_saw_exactly_the_teacher_values_of_each_rollout(toy, avsd_run):
-    root, model_dir, data = toy
+    _, model_dir, data = toy
     run, _ = avsd_run
-    rows = pd.read_parquet(data["train"]).set_index(pd.read_parquet(data["train"])["extra_info"].map(lambda e: e["index"]))
+    # teacher = frozen ref = the initial weights, at every step; the student equals them at step 1
+    teacher_diff, student_diff = _teacher_and_student_vs_model(model_dir, data["train"], _dumps(run.run_dir, 1))
+    assert teacher_diff < 1e-4 and student_diff < 1e-4, (teacher_diff, student_diff)
+    teacher_diff, _ = _teacher_and_student_vs_model(model_dir, data["train"], _dumps(run.run_dir, 3))
+    assert teacher_diff < 1e-4, teacher_diff
+    # and the estimator's advantage is the signal core applied to exactly these values
+    dumps = [d for step in (1, 2, 3) for d in _dumps(run.run_dir, step) if not d["is_padding"]]
+    assert len(dumps) >= 12
+    for d in dumps:
+        view_logq = [[x if x is not None else float("nan") for x in v] for v in d["view_logq"]]
+        s = avsd_signals(torch.tensor([d["student_logp"]]), torch.tensor([view_logq]), torch.tensor([d["view_mask"]]),
+                         torch.tensor([d["response_mask"]]))
+        assert torch.allclose(s.advantage[0], torch.tensor(d["advantage"]), atol=1e-6)
+
+
+def _teacher_and_student_vs_model(model_dir, data_file, dumps) -> tuple[float, float]:
+    """Max |difference| of the dumped teacher (all views) and student log-probs from a plain,
+    one-sequence-at-a-time HF computation with the model in `model_dir`."""
+    df = pd.read_parquet(data_file)
+    rows = {e["index"]: r for e, (_, r) in zip(df["extra_info"], df.iterrows())}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()  # teacher = ref = initial weights
-    cfg = avsd_config({"avsd": {"views": ["full", "partial", "answer"], "view_template": TOY_VIEW_TEMPLATE}})
-    checked = 0
-    for step in (1, 3):
-        for d in _dumps(run.run_dir, step):
-            if d["is_padding"]:
-                continue
-            row = rows.loc[d["index"]]
-            ctx = build_teacher_contexts(tokenizer, [list(row["prompt"])], [row["extra_info"]], cfg)
-            response = torch.tensor(d["response_ids"])
-            T = len(response)
-            for m in range(3):
-                assert d["view_mask"][m] and ctx.view_mask[0, m]
-                ids = torch.cat([ctx.context_ids[0][m], response])[None]
-                with torch.no_grad():
-                    logp = torch.log_softmax(model(ids).logits[0].double(), -1)
-                want = logp[len(ctx.context_ids[0][m]) - 1 : -1].gather(1, response[:, None])[:, 0]
-                got = torch.tensor(d["view_logq"][m][:T], dtype=torch.float64)
-                assert torch.allclose(got, want, atol=1e-4), (step, d["index"], m, (got - want).abs().max())
-            # and the estimator's advantage is the signal core applied to these dumped values
-            mask = torch.tensor(d["response_mask"])
-            s = avsd_signals(torch.tensor([d["student_logp"]]), torch.tensor([[[x if x is not None else float("nan") for x in v] for v in d["view_logq"]]]),
-                             torch.tensor([d["view_mask"]]), mask[None])
-            assert torch.allclose(s.advantage[0], torch.tensor(d["advantage"]), atol=1e-6)
-            checked += 1
-    assert checked >= 8
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    cfg = avsd_config({"avsd": {"view_template": TOY_VIEW_TEMPLATE}})
+
+    def logp(context, response):
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.cat([context, response])[None]).logits[0].double(), -1)
+        return lp[len(context) - 1 : -1].gather(1, response[:, None])[:, 0]
+
+    teacher_diff = student_diff = 0.0
+    for d in dumps:
+        if d["is_padding"]:
+            continue
+        row = rows[d["index"]]
+        response = torch.tensor(d["response_ids"])
+        ctx = build_teacher_contexts(tokenizer, [list(row["prompt"])], [row["extra_info"]], cfg)
+        for m in range(3):
+            got = torch.tensor(d["view_logq"][m][: len(response)], dtype=torch.float64)
+            teacher_diff = max(teacher_diff, (got - logp(ctx.context_ids[0][m], response)).abs().max().item())
+        prompt = tokenizer.apply_chat_template(list(row["prompt"]), add_generation_prompt=True, tokenize=True)
+        prompt = torch.tensor(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        got = torch.tensor(d["student_logp"][: len(response)], dtype=torch.float64)
+        student_diff = max(student_diff, (got - logp(prompt, response)).abs().max().item())
+    return teacher_diff, student_diff
+
+
+@pytest.mark.slow
+def test_lora_teacher_is_the_base_model_with_the_adapter_off(toy):
+    """With LoRA there is no separate ref model: the `ref` teacher is the actor's base model with
+    its adapter disabled. After one update the student has moved, the teacher has not."""
+    root, model_dir, data = toy
+    run, _ = _run(toy, "lora", estimator="avsd", steps=2, dump_rollouts=True, lr=1e-3,
+                  extra_overrides=["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=True"])
+    teacher_diff, student_diff = _teacher_and_student_vs_model(model_dir, data["train"], _dumps(run.run_dir, 2))
+    assert teacher_diff < 1e-4, teacher_diff
+    assert student_diff > 1e-3, student_diff  # the LoRA update changed the student
 
 
 @pytest.mark.slow
