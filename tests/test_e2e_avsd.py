@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,7 @@ def test_resume_after_kill_continues_at_next_step_with_same_data(toy, avsd_run):
 def test_demo_command_runs_opsd_and_writes_metrics_config_and_plots(tmp_path):
     """`verl-avsd demo` as a user runs it (here with OPSD and 2 short steps)."""
     out = tmp_path / "demo"
-    cmd = ["verl-avsd", "demo", "--output", str(out), "--estimator", "opsd", "--steps", "2", "--prompts-per-step", "4"]
+    cmd = [sys.executable, "-m", "verl_avsd.cli", "demo", "--output", str(out), "--estimator", "opsd", "--steps", "2", "--prompts-per-step", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step   2/2" in proc.stdout  # progress lines

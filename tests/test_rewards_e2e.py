@@ -1,4 +1,5 @@
-"""End to end: the code reward runs inside verl's trainer (CPU, 2 GRPO steps) on a code toy task.
+"""End to end: the code reward and the feedback view inside verl's trainer (CPU, 2 AVSD steps on
+the views reference, hint and feedback) on a code toy task.
 
 The toy task: "read an integer n and print 2n", with its own hidden tests per row, in the data
 contract's code row format (hidden tests in `reward_model.ground_truth`,
@@ -7,7 +8,8 @@ reference program, so that its sampled rollouts are fenced Python programs (most
 sampled typo makes one wrong). Then `verl.trainer.main_ppo`
 runs with `reward.custom_reward_function.path=pkg://verl_avsd.rewards`: every rollout's program
 runs in the sandbox of verl's reward worker, and the dumped generations carry the reward's
-`acc`, `pass_rate` and `status` for every rollout.
+`acc`, `pass_rate` and `status` for every rollout. After each rollout the AVSD trainer runs the
+program on the row's public tests in the sandbox, and the teacher scores that feedback as a view.
 """
 
 from __future__ import annotations
@@ -129,7 +131,10 @@ def test_code_reward_runs_inside_the_cpu_trainer(tmp_path):
         trainer__validation_data_dir=str(dumps / "val"),
         trainer__rollout_data_dir=str(dumps / "train"),
         trainer__experiment_name="code_reward",
-    )
+        # trained with AVSD on the code views, including the rollout-dependent feedback view
+        trainer__v1__trainer_mode="avsd_sync",
+        algorithm__adv_estimator="avsd",
+    ) + ["+algorithm.avsd.views=[reference,hint,feedback]", "+algorithm.avsd.opsd_view=reference"]
 
     process, metrics_file, seconds = run_main_ppo(overrides, run_dir)
 
@@ -140,6 +145,13 @@ def test_code_reward_runs_inside_the_cpu_trainer(tmp_path):
     metrics = {key: value for record in records for key, value in record["data"].items()}
     assert {1, 2} <= {record["step"] for record in records}
     assert f"val-core/{DATA_SOURCE}/acc/mean@1" in metrics and f"val-aux/{DATA_SOURCE}/pass_rate/mean@1" in metrics
+    # the feedback view was built in the sandbox for the rollouts that wrote a program, and the
+    # teacher scored it as a third view for them (reference and hint exist for every row)
+    steps = {record["step"]: record["data"] for record in records}
+    for step in (1, 2):
+        m = steps[step]
+        assert m["timing_s/feedback_view"] > 0 and 0.0 < m["feedback/view_rate"] <= 1.0, m
+        assert 2.0 < m["avsd/views_valid_mean"] <= 3.0, m["avsd/views_valid_mean"]
 
     def read(folder: str) -> list[dict]:
         return [

@@ -146,14 +146,15 @@ class AvsdTrainer(PPOTrainerSync):
         )
         return batch
 
-    def _build_feedback_views(self, batch, metrics: dict) -> None:
+    def _build_feedback_views(self, batch, metrics: dict):
         """Run every rollout's program on its row's public tests; the teacher worker reads the
         result (field `avsd_feedback`) as that rollout's `feedback` view."""
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "extra_info"])
         texts = self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True)
         views, feedback_stats = feedback_for_rollouts(texts, _rows(data["extra_info"]), self.avsd)
         metrics.update(feedback_stats)
-        tq.kv_batch_put(
+        # the returned batch meta lists the new field, so the teacher worker receives it
+        return tq.kv_batch_put(
             keys=batch.keys,
             partition_id=batch.partition_id,
             fields=list_of_dict_to_tensordict([{"avsd_feedback": v} for v in views]),
@@ -169,7 +170,7 @@ class AvsdTrainer(PPOTrainerSync):
 
         if "feedback" in self.avsd.views:
             with marked_timer("feedback_view", self.timing_raw, color="olive"):
-                self._build_feedback_views(batch, metrics)
+                batch = self._build_feedback_views(batch, metrics)
         with marked_timer("teacher_views", self.timing_raw, color="olive"):
             batch = self._compute_view_log_probs(batch, metrics)
 
