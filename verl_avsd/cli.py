@@ -3,31 +3,33 @@
     verl-avsd demo      a real AVSD training run of a tiny local model on a toy task (CPU)
     verl-avsd signals   the per-token signal table (no model)
     verl-avsd prep ...  datasets -> verl parquet with privileged views
+    verl-avsd eval ...  Avg@k / pass@k (math) and pass@1 (code) of a model or checkpoint
+    verl-avsd report RUN_DIR [RUN_DIR ...]   plots and a markdown summary of runs
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# sub-command -> module whose `main(argv) -> int` runs it (imported only when chosen)
+COMMANDS = {
+    "demo": "verl_avsd.demo",
+    "signals": "verl_avsd.signal_demo",
+    "prep": "verl_avsd.data_prep.cli",
+    "eval": "verl_avsd.evaluate",
+    "report": "verl_avsd.report",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="verl-avsd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["demo", "signals", "prep"])
+    parser.add_argument("command", choices=list(COMMANDS))
     args = parser.parse_args(argv[:1])
     rest = argv[1:]  # the sub-command parses its own options
-    if args.command == "demo":
-        from verl_avsd.demo import main as run
-
-        return run(rest)
-    if args.command == "signals":
-        from verl_avsd.signal_demo import main as run
-
-        return run()
-    from verl_avsd.data_prep.cli import main as run
-
-    return run(rest)
+    return importlib.import_module(COMMANDS[args.command]).main(rest)
 
 
 if __name__ == "__main__":

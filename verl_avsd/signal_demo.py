@@ -26,7 +26,7 @@ VIEWS = {
 }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logp = torch.tensor([STUDENT], dtype=torch.float64)  # [B=1, T]
     logq = torch.tensor([list(VIEWS.values())], dtype=torch.float64)  # [B=1, M=3, T]
     view_mask = torch.ones(1, 3, dtype=torch.bool)

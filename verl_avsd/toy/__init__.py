@@ -6,3 +6,8 @@
 - `warmup`: the supervised warm-up that teaches the tiny model to read views, and the
   measurement (accuracies, teacher check) shipped with the checkpoint.
 """
+
+import os
+
+# The shipped warmed-up checkpoint (model + tokenizer + warmup_metrics.json), package data.
+TOY_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "toy_model")

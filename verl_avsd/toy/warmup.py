@@ -6,7 +6,8 @@ noise. The warm-up teaches both roles at once on a mix of examples:
     view-free        user: prompt                                  -> worked solution
     view-conditioned user: teacher_user_message(prompt, view)      -> worked solution
 
-(the loss covers only the assistant's tokens, including the closing `<|im_end|>`). Training is
+(the loss covers only the assistant's tokens, including the closing `<|im_end|>`), with views
+only in the first `views_only_steps` steps, so the model learns to read them first. Training is
 kept short, so that the model solves the task alone only sometimes (view-free accuracy between
 10% and 60%: room for RL) while it reads a view well (full view close to 100%).
 
@@ -73,6 +74,10 @@ class WarmupConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     view_free_share: float = 0.4  # the rest is split evenly over the views
+    # Curriculum: the first steps show a view in every example. A tiny model otherwise locks
+    # into whichever skill it picks up first; if that is the arithmetic, it never learns to
+    # read views (measured: full view no better than none after 400 steps).
+    views_only_steps: int = 100
     seed: int = 0
     # measurement
     n_eval: int = 256
@@ -150,7 +155,7 @@ def lr_at(step: int, cfg: WarmupConfig) -> float:
 
 
 def train(cfg: WarmupConfig, work_dir: str, log_every: int = 50):
-    """Build tokenizer + model and run the warm-up; returns (model, tokenizer, train_seconds)."""
+    """Build tokenizer + model and run the warm-up; returns (model, tokenizer, train_seconds, losses)."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(tokenizer_corpus(cfg), work_dir, vocab_size=cfg.vocab_size)
     model = build_model(tokenizer, None, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, kv_heads=cfg.kv_heads, seed=cfg.seed)
@@ -158,12 +163,14 @@ def train(cfg: WarmupConfig, work_dir: str, log_every: int = 50):
     rng = random.Random(f"{cfg.seed}/warmup")
     stream = train_problem_stream(rng, cfg)
     model.train()
+    losses = []
     start = time.time()
     for step in range(cfg.train_steps):
         examples = []
         for _ in range(cfg.batch_size):
             problem = next(stream)
-            view = None if rng.random() < cfg.view_free_share else view_by_name(problem, rng.choice(VIEW_NAMES))
+            view_free_share = 0.0 if step < cfg.views_only_steps else cfg.view_free_share
+            view = None if rng.random() < view_free_share else view_by_name(problem, rng.choice(VIEW_NAMES))
             examples.append((prompt_ids(tokenizer, user_text(problem, view)), response_ids(tokenizer, problem)))
         input_ids, attention_mask, labels = collate(examples, tokenizer.pad_token_id)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
@@ -174,10 +181,11 @@ def train(cfg: WarmupConfig, work_dir: str, log_every: int = 50):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        losses.append(loss.item())
         if step % log_every == 0 or step == cfg.train_steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step, cfg):.2e}  {time.time() - start:.0f}s", flush=True)
     model.eval()
-    return model, tokenizer, time.time() - start
+    return model, tokenizer, time.time() - start, losses
 
 
 # ----------------------------------------------------------------------------------------
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = WarmupConfig(**{field: getattr(args, field) for field in asdict(defaults)})
     torch.set_num_threads(cfg.threads)
 
-    model, tokenizer, train_seconds = train(cfg, args.out)
+    model, tokenizer, train_seconds, losses = train(cfg, args.out)
     start = time.time()
     held_out = generate_problems(cfg.n_eval, cfg.seed, "val", cfg.num_steps, cfg.max_operand)
     metrics = measure(model, tokenizer, held_out, seed=cfg.seed)
@@ -309,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         config=asdict(cfg),
         parameters=sum(p.numel() for p in model.parameters()),
         train_seconds=round(train_seconds, 1),
+        final_loss_mean_last_20=round(sum(losses[-20:]) / len(losses[-20:]), 4),
         measure_seconds=round(time.time() - start, 1),
         torch_version=torch.__version__,
     )
