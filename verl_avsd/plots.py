@@ -21,25 +21,71 @@ RUN_PLOTS = [
     ),
 ]
 
+# Not logged by verl: `verl-avsd report` adds it to every step that has both timings.
+TEACHER_SHARE = "report/teacher_share"  # timing_s/teacher_views / timing_s/step
 
-def plot_metrics(runs: dict[str, dict[int, dict]], out_dir: str | Path, plots=RUN_PLOTS) -> list[Path]:
+# `verl-avsd report`: the demo's figures plus the signals, the teacher's cost and GRPO's dead groups.
+# The reward figure is built by `report_plots`, since the validation keys depend on the data sources.
+REPORT_PLOTS = [
+    RUN_PLOTS[1],
+    (
+        "signals.png",
+        "AVSD residual and alignment",
+        [("avsd/residual_mean", "residual J (mean)"), ("avsd/alignment_mean", "alignment C (mean)")],
+    ),
+    RUN_PLOTS[2],
+    (
+        "teacher_share.png",
+        "Teacher share of the step time",
+        [(TEACHER_SHARE, "timing_s/teacher_views / timing_s/step")],
+    ),
+    ("grpo_signal.png", "GRPO groups without signal", [("grpo/groups_without_signal", "groups whose rollouts tie")]),
+]
+
+
+def report_plots(validation_keys: list[str]) -> list:
+    """The report's figures; the reward figure also draws each validation accuracy the runs logged
+    (verl: `val-core/<data_source>/<acc|reward>/mean@N`)."""
+    reward = [("critic/score/mean", "train reward")] + [
+        (k, "val " + k.removeprefix("val-core/")) for k in validation_keys
+    ]
+    return [("reward.png", "Reward (train) and validation accuracy", reward), *REPORT_PLOTS]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` points (fewer at the start); window 1 = unchanged."""
+    out = []
+    for i in range(len(values)):
+        recent = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(recent) / len(recent))
+    return out
+
+
+def plot_metrics(runs: dict[str, dict[int, dict]], out_dir: str | Path, plots=RUN_PLOTS, smooth: int = 1) -> list[Path]:
     """One PNG per entry of `plots`, each with a line per (run, metric); runs = {label: {step: metrics}}.
+    With several runs each run keeps one colour and each metric one line style. `smooth` > 1 draws
+    the trailing moving average over that many logged points.
     Returns the files written (a plot none of whose metrics any run logged is skipped)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    styles = ["-", "--", ":", "-."]
     written = []
     for filename, title, series in plots:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         drawn = 0
-        for run_label, metrics in runs.items():
-            for key, label in series:
-                steps = [s for s in sorted(metrics) if key in metrics[s]]
-                if steps:
-                    name = label if len(runs) == 1 else f"{run_label}: {label}"
-                    ax.plot(steps, [metrics[s][key] for s in steps], marker="o", markersize=3, label=name)
-                    drawn += 1
+        for r, (run_label, metrics) in enumerate(runs.items()):
+            for s, (key, label) in enumerate(series):
+                steps = [step for step in sorted(metrics) if key in metrics[step]]
+                if not steps:
+                    continue
+                values = moving_average([metrics[step][key] for step in steps], smooth)
+                one_run = len(runs) == 1
+                style = {} if one_run else {"color": f"C{r % 10}", "linestyle": styles[s % len(styles)]}
+                name = label if one_run else f"{run_label}: {label}"
+                ax.plot(steps, values, marker="o", markersize=3, label=name, **style)
+                drawn += 1
         if drawn:
-            ax.set_title(title)
+            ax.set_title(title + (f" (moving average of {smooth})" if smooth > 1 else ""))
             ax.set_xlabel("step")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
