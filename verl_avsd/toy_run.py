@@ -47,6 +47,10 @@ class ToyRun:
     temperature: float = 1.0
     seed: int = 0
     save_freq: int = -1
+    # held-out accuracy through verl's own validation (greedy, on val_file): before training
+    # (logged at step 0) and every `test_freq` steps (-1 = never)
+    val_before_train: bool = False
+    test_freq: int = -1
     resume: bool = False
     dump_rollouts: bool = False
     extra_overrides: list[str] = field(default_factory=list)
@@ -85,8 +89,8 @@ class ToyRun:
             "reward.custom_reward_function.path=pkg://verl_avsd.toy.task",
             "reward.custom_reward_function.name=compute_score",
             f"trainer.total_training_steps={self.steps}",
-            "trainer.val_before_train=false",
-            "trainer.test_freq=-1",
+            f"trainer.val_before_train={str(self.val_before_train).lower()}",
+            f"trainer.test_freq={self.test_freq}",
             f"trainer.save_freq={self.save_freq}",
             f"trainer.resume_mode={'auto' if self.resume else 'disable'}",
             "trainer.logger=[console,file]",
@@ -125,7 +129,8 @@ def read_metrics(path: str | os.PathLike) -> dict[int, dict]:
         for line in p.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                steps[int(record["step"])] = record["data"]
+                # verl logs validation on a line of its own (step 0, the last step, after a resume)
+                steps.setdefault(int(record["step"]), {}).update(record["data"])
     return steps
 
 
