@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Start a Ray head or a Ray worker on this node for verl-avsd runs.
+#
+# Usage:
+#   launch/ray_start.sh head   [options]
+#   launch/ray_start.sh worker --address HEAD_IP:PORT [options]
+#
+# Options (default in brackets):
+#   --port N               head: GCS port the workers and drivers connect to [6379]
+#   --dashboard-port N     head: dashboard and job server, used by `ray job submit` [8265]
+#   --address HOST:PORT    worker: the head's GCS address (required)
+#   --node-ip IP           this node's address as the other nodes reach it [Ray's own guess]
+#   --num-gpus N           GPUs Ray may schedule on this node [Ray detects them; respects CUDA_VISIBLE_DEVICES]
+#   --num-cpus N           CPUs Ray may schedule on this node [Ray detects them]
+#   --object-store-gb N    shared-memory object store size in GiB [Ray's default: 30% of RAM]
+#   --temp-dir DIR         Ray's session/log folder (head only) [/tmp/ray]
+#   --block                stay in the foreground until Ray stops (what srun and containers need)
+#   --dry-run              print the `ray start` command instead of running it
+#   -h, --help
+#
+# Environment: AVSD_RAY, the ray executable [ray from PATH: activate the environment with verl-avsd].
+# Job submission needs Ray's dashboard (pip install "ray[default]"). After the head starts, this
+# prints how to connect workers and submit a recipe (launch/submit_job.sh).
+set -euo pipefail
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+usage() {
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
+# An option's value: present and not another option.
+value_of() {
+    [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value (see --help)"
+    echo "$2"
+}
+
+[[ $# -ge 1 ]] || { usage >&2; exit 2; }
+case $1 in
+    -h | --help) usage; exit 0 ;;
+    head | worker) role=$1; shift ;;
+    *) die "the first argument must be 'head' or 'worker', got '$1' (see --help)" ;;
+esac
+
+port=6379
+dashboard_port=8265
+address=""
+node_ip=""
+num_gpus=""
+num_cpus=""
+object_store_gb=""
+temp_dir=""
+block=0
+dry_run=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --port) port=$(value_of "$@"); shift 2 ;;
+        --dashboard-port) dashboard_port=$(value_of "$@"); shift 2 ;;
+        --address) address=$(value_of "$@"); shift 2 ;;
+        --node-ip) node_ip=$(value_of "$@"); shift 2 ;;
+        --num-gpus) num_gpus=$(value_of "$@"); shift 2 ;;
+        --num-cpus) num_cpus=$(value_of "$@"); shift 2 ;;
+        --object-store-gb) object_store_gb=$(value_of "$@"); shift 2 ;;
+        --temp-dir) temp_dir=$(value_of "$@"); shift 2 ;;
+        --block) block=1; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_count "$port" || die "--port must be a number, got '$port'"
+is_count "$dashboard_port" || die "--dashboard-port must be a number, got '$dashboard_port'"
+[[ -z $num_gpus ]] || is_count "$num_gpus" || die "--num-gpus must be a whole number, got '$num_gpus'"
+[[ -z $num_cpus ]] || is_count "$num_cpus" || die "--num-cpus must be a whole number, got '$num_cpus'"
+[[ -z $object_store_gb ]] || is_count "$object_store_gb" || die "--object-store-gb must be a whole number, got '$object_store_gb'"
+if [[ $role == worker ]]; then
+    [[ -n $address ]] || die "worker needs --address HEAD_IP:PORT (the head prints it)"
+    [[ $address == *:* ]] || die "--address must be HOST:PORT, got '$address'"
+    [[ -z $temp_dir ]] || die "--temp-dir is a head option (workers use the head's)"
+else
+    [[ -z $address ]] || die "--address is a worker option; the head listens on --port"
+fi
+
+ray=${AVSD_RAY:-ray}
+command=("$ray" start)
+if [[ $role == head ]]; then
+    # 0.0.0.0: the dashboard (and with it `ray job submit`) is reachable from other machines
+    command+=(--head "--port=$port" --dashboard-host=0.0.0.0 "--dashboard-port=$dashboard_port")
+    [[ -z $temp_dir ]] || command+=("--temp-dir=$temp_dir")
+else
+    command+=("--address=$address")
+fi
+[[ -z $node_ip ]] || command+=("--node-ip-address=$node_ip")
+[[ -z $num_gpus ]] || command+=("--num-gpus=$num_gpus")
+[[ -z $num_cpus ]] || command+=("--num-cpus=$num_cpus")
+[[ -z $object_store_gb ]] || command+=("--object-store-memory=$((object_store_gb * 1024 * 1024 * 1024))")
+((block == 0)) || command+=(--block)
+
+if [[ $role == head ]]; then
+    ip=${node_ip:-$(hostname -I 2>/dev/null | awk '{print $1}')}
+    ip=${ip:-$(hostname)}
+    cat >&2 <<EOF
+Ray head on $ip: GCS $ip:$port, dashboard http://$ip:$dashboard_port
+  start a worker on each other node:  launch/ray_start.sh worker --address $ip:$port
+  run a recipe on the cluster:        RAY_ADDRESS=http://$ip:$dashboard_port launch/submit_job.sh launch/recipes/math_avsd_qwen3_8b.sh
+  or from this node:                  RAY_ADDRESS=$ip:$port bash launch/recipes/math_avsd_qwen3_8b.sh
+EOF
+fi
+
+if ((dry_run)); then
+    printf '%q ' "${command[@]}" | sed 's/ $//'
+    echo
+    exit 0
+fi
+command -v "$ray" >/dev/null || die "'$ray' not found: activate the environment that has verl-avsd (e.g. source .venv/bin/activate) or set AVSD_RAY"
+exec "${command[@]}"
