@@ -132,11 +132,13 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
         if values.get("timing_s/step", 0) > 0 and "timing_s/teacher_views" in values:
             values[TEACHER_SHARE] = values["timing_s/teacher_views"] / values["timing_s/step"]
     config = {}
-    if (run_dir / "config.yaml").is_file():
+    # the demo's resolved config.yaml, else hydra's own record of a main_ppo run (launch/ recipes)
+    config_file = next((f for f in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml") if f.is_file()), None)
+    if config_file is not None:
         try:
-            config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+            config = OmegaConf.to_container(OmegaConf.load(config_file))
         except Exception as e:  # yaml or omegaconf errors of a hand-edited file
-            raise ReportError(f"{run_dir / 'config.yaml'}: cannot be read as YAML ({e})") from None
+            raise ReportError(f"{config_file}: cannot be read as YAML ({e})") from None
     return Run(label or run_dir.resolve().name, run_dir, found[0], metrics, config if isinstance(config, dict) else {})
 
 
