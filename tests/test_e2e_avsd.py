@@ -73,6 +73,7 @@ def test_avsd_metrics_present_and_in_range(avsd_run):
             assert 0.0 <= m[key] <= 1.0, (step, key, m[key])
         assert m["avsd/residual_mean"] >= 0
         assert m["avsd/views_valid_mean"] == 3.0 and m["avsd/views_dropped"] == 0.0  # every toy row has 3 views
+        assert m["avsd/views_scored"] == 3.0
         assert m["avsd/teacher_tokens"] > 0 and m["timing_s/teacher_views"] > 0
 
 
@@ -166,6 +167,7 @@ def test_demo_command_runs_opsd_and_writes_metrics_config_and_plots(tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
         assert r["avsd/views_valid_mean"] == 1.0  # OPSD reads the full view only
+        assert r["avsd/views_scored"] == 1.0  # and the teacher scored only that view
         assert r["avsd/residual_mean"] == 0.0 and math.isfinite(r["actor/pg_loss"])
     config = OmegaConf.load(out / "config.yaml")
     assert config.algorithm.adv_estimator == "opsd" and config.trainer.v1.trainer_mode == "avsd_sync"

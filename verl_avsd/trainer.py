@@ -88,6 +88,10 @@ class AvsdTrainer(PPOTrainerSync):
         self.avsd = avsd_config(config.algorithm)  # a typo in algorithm.avsd.* fails here, before Ray work
         self.estimator = str(config.algorithm.adv_estimator)
         self.needs_teacher = self.estimator in TEACHER_ESTIMATORS
+        if self.estimator == "opsd":
+            # OPSD reads one view: the teacher scores only that one, not every view in
+            # algorithm.avsd.views (which would cost M-1 views of teacher time for nothing)
+            self.avsd.views = [self.avsd.opsd_view]
         if self.needs_teacher and config.algorithm.get("use_kl_in_reward", False):
             raise ValueError(
                 f"algorithm.use_kl_in_reward is not supported with algorithm.adv_estimator={self.estimator}: "
@@ -184,7 +188,7 @@ class AvsdTrainer(PPOTrainerSync):
         view_logq = padded["avsd_view_logq"].permute(0, 2, 1)  # [B, T, M] -> [B, M, T]
         advantages, signals = token_advantages(
             self.estimator,
-            self.config.algorithm,
+            {"avsd": self.avsd},  # the views the teacher scored, in its order
             student_logp=padded["old_log_probs"],
             view_logq=view_logq,
             view_mask=padded["avsd_view_mask"].bool(),  # [B, M]
@@ -195,6 +199,7 @@ class AvsdTrainer(PPOTrainerSync):
         )
         real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         metrics.update(signal_metrics(signals, float(self.avsd.gate_open_threshold)))
+        metrics["avsd/views_scored"] = float(view_logq.shape[1])  # M the teacher ran
         metrics.update(
             credit_metrics(
                 advantages[real], response_mask[real], rewards[real].sum(-1), float(self.avsd.wrong_below), int(self.avsd.credit_top_k)
