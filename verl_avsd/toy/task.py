@@ -1,16 +1,16 @@
 """The toy task: multi-step addition/subtraction with three privileged views.
 
-A problem is a chain of operations on two-digit numbers, e.g. the prompt
+A problem is a chain of operations on numbers up to 19 (the default), e.g. the prompt
 
-    Compute 37+48-19+06.
+    Compute 17+08-11+19.
 
 whose worked solution (the target the model learns to write) is one line per step and a final
 answer line:
 
-    037+48=085
-    085-19=066
-    066+06=072
-    Answer: 072
+    17+08=25
+    25-11=14
+    14+19=33
+    Answer: 33
 
 Numbers are zero-padded to a fixed width (see `random_problem`), and there are no spaces inside
 expressions (the tokenizer gives a space its own token before a digit; short sequences keep
@@ -19,7 +19,7 @@ the CPU warm-up fast).
 The three views (AVSD.md, "Views"), in the contract format `[{"name", "text"}, ...]`:
   full    = the whole worked solution,
   partial = the first half of the step lines (at least one), never the final answer,
-  answer  = only the final answer as the solution writes it ("072").
+  answer  = only the final answer as the solution writes it ("33").
 
 Everything is seeded and deterministic. Problems are assigned to a split by a hash of their
 prompt, so the `val` problems (used for held-out measurement) can never appear in `train`
@@ -46,7 +46,10 @@ SPLITS = ("train", "val")
 # Difficulty defaults, tuned with the warm-up so that the tiny model's view-free sampled
 # accuracy starts between 10% and 60% (see verl_avsd/assets/toy_model/warmup_metrics.json).
 DEFAULT_NUM_STEPS = 3  # operations per problem (operands = steps + 1)
-DEFAULT_MAX_OPERAND = 99  # operands are drawn from [1, max_operand]
+# operands are drawn from [1, max_operand]. Measured with the default warm-up (600 steps): 99
+# left the model at 4% view-free (it never learned two-digit carries), 9 at 99.6%, 19 at 60%
+# greedy / 41% sampled at temperature 1 (verl_avsd/assets/toy_model/warmup_metrics.json).
+DEFAULT_MAX_OPERAND = 19
 
 ANSWER_PREFIX = "Answer: "
 # A well-formed response ends with an "Answer: <integer>" line (trailing whitespace allowed).
@@ -66,10 +69,10 @@ TEACHER_TEMPLATE = "Reference ({view_name}):\n{view_text}\n\n{prompt}"
 class Problem:
     """One toy problem: its prompt, worked solution and answer."""
 
-    prompt: str  # "Compute 37+48-19+06."
-    steps: tuple[str, ...]  # ("037+48=085", "085-19=066", "066+06=072")
-    answer: int  # 72
-    answer_text: str  # "072": the answer as the solution writes it (fixed width)
+    prompt: str  # "Compute 17+08-11+19."
+    steps: tuple[str, ...]  # ("17+08=25", "25-11=14", "14+19=33")
+    answer: int  # 33
+    answer_text: str  # "33": the answer as the solution writes it (fixed width)
 
     @property
     def solution(self) -> str:
