@@ -58,7 +58,7 @@ class ToyRun:
     def overrides(self) -> list[str]:
         teacher = self.estimator in TEACHER_ESTIMATORS
         n = self.rollouts_per_prompt or (4 if self.estimator in ("grpo", "rlsd") else 1)
-        run_dir = Path(self.run_dir)
+        run_dir = Path(self.run_dir).resolve()
         views = "[" + ",".join(self.views) + "]"
         out = cpu_overrides() + [
             f"actor_rollout_ref.model.path={self.model_dir}",
@@ -153,7 +153,7 @@ def run_main_ppo(
 ) -> RunResult:
     """Run `python -m verl.trainer.main_ppo` with these overrides; verl's output goes to
     RUN_DIR/train.log, per-step metrics to RUN_DIR/verl_metrics.jsonl (and to `on_step`)."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # verl runs in run_dir: a relative path would point elsewhere
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file, log_file = run_dir / "verl_metrics.jsonl", run_dir / "train.log"
     env = dict(

@@ -1,0 +1,355 @@
+"""The paper's analysis at toy scale: learning, credit reliability and gate behaviour (CPU).
+
+Every run is the real trainer (`python -m verl.trainer.main_ppo`, `trainer.v1.trainer_mode=avsd_sync`,
+CPU platform, `hf` rollout) training the shipped warmed-up toy model (verl_avsd/assets/toy_model)
+on the toy arithmetic task, whose three views (worked solution, its first half, the answer) carry
+real privileged information. All methods get the same budget: the same number of rollouts per
+step (teacher methods: P prompts x 1 rollout, as in the paper; GRPO: P/4 prompts x 4 rollouts,
+since it needs a group) and the same number of steps, learning rate and seeds.
+
+Measured per method, over seeds (mean and spread):
+  - held-out accuracy before and after training: verl's own validation, greedy, on toy problems
+    from the `val` split (which never share a prompt with training);
+  - credit reliability: the share of positive advantage among the 20 largest-|advantage| tokens
+    of wrong rollouts (`credit/wrong_rollout_positive_top20`, pooled over steps by token count;
+    paper: OPSD 12.3%, AVSD 2.9%), both on each method's own rollouts and, "paired", with every
+    teacher estimator recomputed on the same dumped rollouts;
+  - the share of GRPO groups whose rollouts all got the same reward (no signal; paper 29.6%);
+  - AVSD's gate-open rate (gate >= 0.5; paper 21-27%);
+  - the number of tokens where the arithmetic pool would have flipped the consensus sign.
+And a view-count sweep for AVSD: views [full], [full, partial], [full, partial, answer].
+
+    python bench/toy_study.py                      # the whole study (~2 h on 2 cores)
+    python bench/toy_study.py --seeds 0 --steps 4  # a quick look
+
+Runs are kept in --out/runs/NAME and skipped when already finished, so an interrupted study
+resumes where it stopped. Results: --out/toy_study.json, --out/toy_study.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import torch
+
+from verl_avsd.estimators import token_advantages
+from verl_avsd.metrics import wrong_rollout_positive_topk
+from verl_avsd.plots import plot_metrics
+from verl_avsd.toy_run import SHIPPED_TOY_MODEL, ToyRun, read_metrics, run_main_ppo, toy_data
+
+METHODS = ("grpo", "opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
+TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
+VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
+GRPO_GROUP = 4  # rollouts per prompt for GRPO (the teacher methods use 1)
+VAL_KEY_PREFIX = "val-core/"  # verl: val-core/<data_source>/<reward var>/mean@1
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict) -> dict:
+    """Train one (method, seed, views) run unless RUN_DIR/done.json says it finished; returns its record."""
+    run_dir = Path(args.out) / "runs" / name
+    done = run_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an interrupted run: start it over
+        shutil.rmtree(run_dir)
+    grpo = estimator == "grpo"
+    run = ToyRun(
+        model_dir=str(args.model),
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(run_dir),
+        estimator=estimator,
+        steps=args.steps,
+        prompts_per_step=args.rollouts_per_step // GRPO_GROUP if grpo else args.rollouts_per_step,
+        rollouts_per_prompt=GRPO_GROUP if grpo else 1,
+        views=views,
+        lr=args.lr,
+        seed=seed,
+        val_before_train=True,
+        test_freq=args.steps,
+        dump_rollouts=not grpo,
+    )
+    print(f"[study] {name}: {estimator}, seed {seed}, views {list(views)}, {args.steps} steps", flush=True)
+    result = run_main_ppo(run.overrides(), run_dir, timeout_s=args.timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"run {name} failed (exit {result.returncode}); log {result.log_file}:\n{result.log_tail(3000)}")
+    record = summarize_run(name, estimator, seed, views, run_dir, result.metrics)
+    record["seconds"] = round(result.seconds, 1)
+    done.write_text(json.dumps(record, indent=1))
+    print(
+        f"[study] {name}: acc {record['val_acc_before']:.3f} -> {record['val_acc_after']:.3f}, "
+        f"wrong+ {record['wrong_positive_top20']:.3f}, {result.seconds:.0f}s",
+        flush=True,
+    )
+    return record
+
+
+def _val_accuracy(metrics: dict) -> float:
+    keys = [k for k in metrics if k.startswith(VAL_KEY_PREFIX) and k.endswith("/mean@1")]
+    if len(keys) != 1:
+        raise KeyError(f"expected one {VAL_KEY_PREFIX}*/mean@1 metric, found {keys}")
+    return float(metrics[keys[0]])
+
+
+def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int, dict]) -> dict:
+    """The numbers the study reports for one run, from verl's per-step metrics and the rollout dumps."""
+    train_steps = sorted(s for s in metrics if s >= 1 and "critic/score/mean" in metrics[s])
+    last = metrics[max(s for s in metrics if any(k.startswith(VAL_KEY_PREFIX) for k in metrics[s]))]
+
+    def pooled(share_key: str, count_key: str) -> float:
+        shares = [(metrics[s][share_key], metrics[s][count_key]) for s in train_steps if count_key in metrics[s]]
+        counted = sum(c for _, c in shares)
+        return sum(v * c for v, c in shares) / counted if counted else float("nan")
+
+    def mean_of(key: str) -> float:
+        values = [metrics[s][key] for s in train_steps if key in metrics[s]]
+        return statistics.fmean(values) if values else float("nan")
+
+    record = {
+        "name": name,
+        "estimator": estimator,
+        "seed": seed,
+        "views": list(views),
+        "steps": len(train_steps),
+        "val_acc_before": _val_accuracy(metrics[0]),
+        "val_acc_after": _val_accuracy(last),
+        "train_reward_first": metrics[train_steps[0]]["critic/score/mean"],
+        "train_reward_last5": statistics.fmean(metrics[s]["critic/score/mean"] for s in train_steps[-5:]),
+        "wrong_positive_top20": pooled("credit/wrong_rollout_positive_top20", "credit/wrong_rollout_top20_tokens"),
+        "wrong_rollout_rate": mean_of("credit/wrong_rollout_rate"),
+        "groups_without_signal": mean_of("grpo/groups_without_signal"),
+        "gate_open_rate": mean_of("avsd/gate_open_rate"),
+        "gate_mean": mean_of("avsd/gate_mean"),
+        "sign_conflict_rate": mean_of("avsd/sign_conflict_rate"),
+        "arithmetic_sign_flips": sum(metrics[s].get("avsd/arithmetic_sign_flips", 0.0) for s in train_steps),
+        "step_seconds": mean_of("timing_s/step"),
+        "teacher_seconds": mean_of("timing_s/teacher_views"),
+    }
+    if estimator != "grpo":
+        record["paired"] = paired_credit(run_dir / "rollouts", views)
+    return record
+
+
+def paired_credit(dump_dir: Path, views: tuple[str, ...], k: int = 20) -> dict:
+    """Every teacher estimator recomputed on the same dumped rollouts (the rollouts of this run):
+    the pooled positive share of the top-k |advantage| tokens of wrong rollouts, per method, and
+    the number of tokens where the arithmetic pool flips the consensus sign."""
+    rows = [json.loads(line) for f in sorted(dump_dir.glob("rollouts_step*.jsonl")) for line in f.read_text().splitlines()]
+    rows = [r for r in rows if not r["is_padding"]]
+    T = max(len(r["response_mask"]) for r in rows)
+
+    def pad(values, fill=0.0):
+        return values + [fill] * (T - len(values))
+
+    student = torch.tensor([pad(r["student_logp"]) for r in rows], dtype=torch.float64)  # [B, T]
+    view_logq = torch.tensor(
+        [[pad([math.nan if x is None else x for x in v]) for v in r["view_logq"]] for r in rows], dtype=torch.float64
+    )  # [B, M, T]
+    view_mask = torch.tensor([r["view_mask"] for r in rows], dtype=torch.bool)  # [B, M]
+    response_mask = torch.tensor([pad(r["response_mask"], 0) for r in rows], dtype=torch.bool)  # [B, T]
+    reward = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)  # [B]
+    config = {"avsd": {"views": list(views), "opsd_view": views[0]}}
+    out = {"rollouts": len(rows), "wrong_rollouts": int((reward < 1.0).sum())}
+    for method in TEACHER_METHODS:
+        adv, signals = token_advantages(
+            method, config, student_logp=student, view_logq=view_logq, view_mask=view_mask, response_mask=response_mask
+        )
+        out[f"{method}_wrong_positive_top{k}"] = wrong_rollout_positive_topk(adv, response_mask, reward, 1.0, k)[0]
+        if method == "avsd":
+            mask = signals.token_mask
+            flips = torch.sign(signals.arithmetic) != torch.sign(signals.consensus)
+            out["arithmetic_sign_flips"] = int((flips & mask).sum())
+            out["tokens"] = int(mask.sum())
+            out["gate_open_rate"] = float(((signals.gate >= 0.5) & mask).sum() / mask.sum())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+
+
+def aggregate(records: list[dict], key: str) -> dict:
+    values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+REPORTED = (
+    "val_acc_before",
+    "val_acc_after",
+    "train_reward_first",
+    "train_reward_last5",
+    "wrong_positive_top20",
+    "groups_without_signal",
+    "gate_open_rate",
+    "sign_conflict_rate",
+    "arithmetic_sign_flips",
+    "step_seconds",
+)
+
+
+def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float) -> None:
+    table = {name: {key: aggregate(records, key) for key in REPORTED} for name, records in groups.items()}
+    paired = {}
+    for name, records in groups.items():
+        pairs = [r["paired"] for r in records if "paired" in r]
+        if pairs:
+            keys = [k for k in pairs[0] if k.endswith("_top20") or k in ("arithmetic_sign_flips", "tokens", "gate_open_rate")]
+            paired[name] = {k: aggregate(pairs, k) for k in keys}
+    result = {
+        "settings": {
+            "model": str(args.model),
+            "steps": args.steps,
+            "rollouts_per_step": args.rollouts_per_step,
+            "grpo_group": GRPO_GROUP,
+            "lr": args.lr,
+            "seeds": args.seeds,
+            "n_val": args.n_val,
+            "torch": torch.__version__,
+        },
+        "seconds": round(seconds),
+        "methods": table,
+        "paired_credit": paired,
+        "runs": {name: records for name, records in groups.items()},
+    }
+    (out / "toy_study.json").write_text(json.dumps(result, indent=1))
+
+    def fmt(cell, pct=False, digits=3):
+        if cell["mean"] is None:
+            return "-"
+        if pct:
+            return f"{100 * cell['mean']:.1f}% ± {100 * cell['std']:.1f}"
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+    lines = [
+        "# Toy-scale study: AVSD vs OPSD, ablations and GRPO (CPU, real verl trainer)",
+        "",
+        f"{args.steps} steps x {args.rollouts_per_step} rollouts per step (GRPO: groups of {GRPO_GROUP}), lr {args.lr}, "
+        f"seeds {args.seeds}, held-out accuracy = greedy on {args.n_val} `val` problems (verl validation). "
+        f"Mean ± std over seeds. Runs took {seconds / 60:.0f} min in all.",
+        "",
+        "| run | acc before | acc after | train reward (last 5) | wrong-rollout top-20 positive | "
+        "GRPO groups w/o signal | gate open | sign conflict | arith. sign flips | s/step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | {fmt(row['val_acc_before'], True)} | {fmt(row['val_acc_after'], True)} | "
+            f"{fmt(row['train_reward_last5'], True)} | {fmt(row['wrong_positive_top20'], True)} | "
+            f"{fmt(row['groups_without_signal'], True)} | {fmt(row['gate_open_rate'], True)} | "
+            f"{fmt(row['sign_conflict_rate'], True)} | {fmt(row['arithmetic_sign_flips'], digits=0)} | "
+            f"{fmt(row['step_seconds'], digits=1)} |"
+        )
+    lines += [
+        "",
+        "Paired credit: every teacher estimator recomputed on the same rollouts (those of the run named in the row):",
+        "share of positive advantage among the top-20 |advantage| tokens of wrong rollouts (paper: OPSD 12.3%, AVSD 2.9%).",
+        "",
+        "| rollouts of | " + " | ".join(TEACHER_METHODS) + " | arith. sign flips / tokens | gate open |",
+        "| --- | " + " | ".join("---" for _ in TEACHER_METHODS) + " | --- | --- |",
+    ]
+    for name, row in paired.items():
+        cells = [fmt(row[f"{m}_wrong_positive_top20"], True) for m in TEACHER_METHODS]
+        flips = f"{row['arithmetic_sign_flips']['mean']:.0f} / {row['tokens']['mean']:.0f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {flips} | {fmt(row['gate_open_rate'], True)} |")
+    lines += ["", "Plots: " + ", ".join(p.name for p in sorted(out.glob("*.png"))), ""]
+    (out / "toy_study.md").write_text("\n".join(lines))
+
+
+def mean_curves(out: Path, groups: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
+    """Per-step metrics averaged over a group's seeds, for the plots."""
+    curves = {}
+    for name, records in groups.items():
+        per_seed = [read_metrics(Path(out) / "runs" / r["name"] / "verl_metrics.jsonl") for r in records]
+        steps = sorted(set.intersection(*(set(m) for m in per_seed)))
+        curves[name] = {
+            s: {
+                k: statistics.fmean(m[s][k] for m in per_seed)
+                for k in per_seed[0][s]
+                if all(k in m[s] and isinstance(m[s][k], (int, float)) for m in per_seed)
+            }
+            for s in steps
+            if s >= 1
+        }
+    return curves
+
+
+STUDY_PLOTS = [
+    ("study_reward.png", "Train reward (mean over seeds)", [("critic/score/mean", "reward")]),
+    ("study_credit.png", "Wrong-rollout top-20 positive share", [("credit/wrong_rollout_positive_top20", "positive share")]),
+    ("study_gate.png", "AVSD gate open rate", [("avsd/gate_open_rate", "open rate")]),
+]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench/results/toy_study", type=lambda x: Path(x).resolve())
+    p.add_argument("--model", default=SHIPPED_TOY_MODEL, type=lambda x: Path(x).resolve())
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--sweep-seeds", nargs="*", type=int, default=None, help="seeds of the view sweep (default: the first seed)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rollouts-per-step", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--n-val", type=int, default=128)
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (default 2, one per core)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not (args.model / "config.json").exists():
+        raise SystemExit(f"no model at {args.model}: build it with `python -m verl_avsd.toy.warmup --out {args.model}`")
+    out = args.out  # absolute (parse_args): the runs execute in their own folders
+    out.mkdir(parents=True, exist_ok=True)
+    data = toy_data(str(out / "data"), n_train=args.steps * args.rollouts_per_step, n_val=args.n_val, seed=0)
+    start = time.monotonic()
+    # (group, run name, estimator, seed, views) of every run; the M3 sweep point is the avsd run itself
+    plan = [(m, f"{m}_s{seed}", m, seed, VIEW_SWEEP["M3"]) for m in args.methods for seed in args.seeds]
+    if not args.no_sweep:
+        sweep_seeds = args.sweep_seeds if args.sweep_seeds is not None else args.seeds[:1]
+        for label, views in VIEW_SWEEP.items():
+            for seed in sweep_seeds:
+                name = f"avsd_s{seed}" if label == "M3" else f"avsd_{label}_s{seed}"
+                plan.append((f"avsd {label}", name, "avsd", seed, views))
+    unique = {name: (estimator, seed, views) for _, name, estimator, seed, views in plan}
+    # Runs are independent processes (each its own Ray instance); two at a time keep both cores
+    # busy through the phases where one run waits (Ray start-up, weight sync, validation).
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {pool.submit(run_one, name, *spec, args, data): name for name, spec in unique.items()}
+        records = {}
+        for future in as_completed(futures):
+            if future.exception() is not None:  # stop at the first failed run, start no other
+                for pending in futures:
+                    pending.cancel()
+                raise future.exception()
+            records[futures[future]] = future.result()
+    groups: dict[str, list[dict]] = {}
+    for group, name, *_ in plan:
+        groups.setdefault(group, []).append(records[name])
+    # wall time of all runs, including those finished by an earlier, interrupted invocation
+    seconds = sum(r.get("seconds", 0.0) for records in groups.values() for r in records)
+    print(f"[study] {len(groups)} groups in {time.monotonic() - start:.0f}s (runs: {seconds:.0f}s in all)", flush=True)
+    plot_metrics(mean_curves(out, groups), out, plots=STUDY_PLOTS)
+    write_report(out, groups, args, seconds)
+    print((out / "toy_study.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
