@@ -46,7 +46,15 @@ from pathlib import Path
 
 import torch
 
-from verl_avsd.toy_run import SHIPPED_TOY_MODEL, ToyRun, random_toy_model, run_main_ppo, toy_data
+from verl_avsd.toy_run import (
+    GROUP_SIZE,
+    SHIPPED_TOY_MODEL,
+    ToyRun,
+    random_toy_model,
+    rollout_budget,
+    run_main_ppo,
+    toy_data,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +66,6 @@ METHODS = {
     "avsd_m1": ("avsd", ("full",)),
     "avsd_m2": ("avsd", ("full", "partial")),
 }
-GRPO_GROUP = 4  # GRPO's rollouts per prompt; the teacher methods sample one per prompt
 TIMING_KEYS = ("timing_s/step", "timing_s/teacher_views", "timing_s/gen", "timing_s/update_actor", "timing_s/adv")
 TARGET_STEP_RATIO = 1.05  # AVSD step / OPSD step
 
@@ -142,8 +149,11 @@ def main(argv=None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    if "grpo" in methods and args.prompts_per_step % GRPO_GROUP:
-        raise SystemExit(f"--prompts-per-step must be a multiple of {GRPO_GROUP} for grpo (same rollouts per step)")
+    for name in methods:  # a bad budget fails before any run starts
+        try:
+            rollout_budget(METHODS[name][0], args.prompts_per_step)
+        except ValueError as e:
+            raise SystemExit(f"--prompts-per-step: {e}") from None
     if args.steps <= args.warmup_steps:
         raise SystemExit("--steps must be larger than --warmup-steps")
 
@@ -154,7 +164,6 @@ def main(argv=None) -> dict:
         metrics_by_method, wall = {}, {}
         for name in methods:  # one at a time: parallel runs would time each other
             estimator, views = METHODS[name]
-            grpo = estimator == "grpo"
             run = ToyRun(
                 model_dir=model_dir,
                 train_file=data["train"],
@@ -162,8 +171,7 @@ def main(argv=None) -> dict:
                 run_dir=str(runs_dir / name),
                 estimator=estimator,
                 steps=args.steps,
-                prompts_per_step=args.prompts_per_step // GRPO_GROUP if grpo else args.prompts_per_step,
-                rollouts_per_prompt=GRPO_GROUP if grpo else 1,
+                **rollout_budget(estimator, args.prompts_per_step),
                 views=views,
                 seed=args.seed,
             )
@@ -183,7 +191,7 @@ def main(argv=None) -> dict:
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "prompts_per_step": args.prompts_per_step,
-            "grpo_group": GRPO_GROUP,
+            "grpo_group": GROUP_SIZE,
             "model": model_dir,
             "model_kind": model_kind,
             "seed": args.seed,

@@ -43,12 +43,19 @@ import torch
 from verl_avsd.estimators import token_advantages
 from verl_avsd.metrics import wrong_rollout_positive_topk
 from verl_avsd.plots import plot_metrics
-from verl_avsd.toy_run import SHIPPED_TOY_MODEL, ToyRun, read_metrics, run_main_ppo, toy_data
+from verl_avsd.toy_run import (
+    GROUP_SIZE,
+    SHIPPED_TOY_MODEL,
+    ToyRun,
+    read_metrics,
+    rollout_budget,
+    run_main_ppo,
+    toy_data,
+)
 
 METHODS = ("grpo", "opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
-GRPO_GROUP = 4  # rollouts per prompt for GRPO (the teacher methods use 1)
 VAL_KEY_PREFIX = "val-core/"  # verl: val-core/<data_source>/<reward var>/mean@1
 
 
@@ -64,7 +71,7 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
         return json.loads(done.read_text())
     if run_dir.exists():  # an interrupted run: start it over
         shutil.rmtree(run_dir)
-    grpo = estimator == "grpo"
+    grpo = estimator == "grpo"  # no teacher: nothing to dump
     run = ToyRun(
         model_dir=str(args.model),
         train_file=data["train"],
@@ -72,8 +79,7 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
         run_dir=str(run_dir),
         estimator=estimator,
         steps=args.steps,
-        prompts_per_step=args.rollouts_per_step // GRPO_GROUP if grpo else args.rollouts_per_step,
-        rollouts_per_prompt=GRPO_GROUP if grpo else 1,
+        **rollout_budget(estimator, args.rollouts_per_step),
         views=views,
         lr=args.lr,
         seed=seed,
@@ -214,7 +220,7 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
             "model": str(args.model),
             "steps": args.steps,
             "rollouts_per_step": args.rollouts_per_step,
-            "grpo_group": GRPO_GROUP,
+            "grpo_group": GROUP_SIZE,
             "lr": args.lr,
             "seeds": args.seeds,
             "n_val": args.n_val,
@@ -237,7 +243,7 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
     lines = [
         "# Toy-scale study: AVSD vs OPSD, ablations and GRPO (CPU, real verl trainer)",
         "",
-        f"{args.steps} steps x {args.rollouts_per_step} rollouts per step (GRPO: groups of {GRPO_GROUP}), lr {args.lr}, "
+        f"{args.steps} steps x {args.rollouts_per_step} rollouts per step (GRPO: groups of {GROUP_SIZE}), lr {args.lr}, "
         f"seeds {args.seeds}, held-out accuracy = greedy on {args.n_val} `val` problems (verl validation). "
         f"Mean ± std over seeds. Runs took {seconds / 60:.0f} min in all.",
         "",

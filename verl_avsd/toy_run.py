@@ -29,6 +29,20 @@ SHIPPED_TOY_MODEL = Path(__file__).parent / "assets" / "toy_model"
 TOY_VIEW_TEMPLATE = toy_task.TEACHER_TEMPLATE.replace("{view_text}", "{view}").replace("\n", "\\n")
 
 
+GROUP_SIZE = 4  # rollouts per prompt of the group-relative estimators; the teacher ones sample one
+GROUP_ESTIMATORS = ("grpo", "rlsd")
+
+
+def rollout_budget(estimator: str, rollouts_per_step: int) -> dict[str, int]:
+    """ToyRun's `prompts_per_step` and `rollouts_per_prompt` that spend `rollouts_per_step` rollouts
+    a step: one per prompt for the teacher estimators (as in the paper), groups of GROUP_SIZE for
+    grpo and rlsd (their advantage needs a group), so that methods compare at the same budget."""
+    n = GROUP_SIZE if estimator in GROUP_ESTIMATORS else 1
+    if rollouts_per_step % n:
+        raise ValueError(f"{estimator} samples groups of {n}: rollouts per step must be a multiple of {n}, got {rollouts_per_step}")
+    return {"prompts_per_step": rollouts_per_step // n, "rollouts_per_prompt": n}
+
+
 @dataclass
 class ToyRun:
     """What one toy run trains, on which data, for how long."""
@@ -40,7 +54,7 @@ class ToyRun:
     estimator: str = "avsd"
     steps: int = 10
     prompts_per_step: int = 8
-    rollouts_per_prompt: int | None = None  # default: 1 for teacher estimators, 4 for grpo/rlsd
+    rollouts_per_prompt: int | None = None  # default: 1 for teacher estimators, GROUP_SIZE for grpo/rlsd
     views: tuple[str, ...] = ("full", "partial", "answer")
     max_response_length: int = 48
     lr: float = 1e-4
@@ -57,7 +71,7 @@ class ToyRun:
 
     def overrides(self) -> list[str]:
         teacher = self.estimator in TEACHER_ESTIMATORS
-        n = self.rollouts_per_prompt or (4 if self.estimator in ("grpo", "rlsd") else 1)
+        n = self.rollouts_per_prompt or (GROUP_SIZE if self.estimator in GROUP_ESTIMATORS else 1)
         run_dir = Path(self.run_dir).resolve()
         views = "[" + ",".join(self.views) + "]"
         out = cpu_overrides() + [
