@@ -422,3 +422,17 @@ def test_errors_for_bad_rollout_choice_and_dump_rows(dumped_run, tmp_path, capsy
     _write_jsonl(run / "rollouts" / "rollouts_step1.jsonl", [short])
     err = _error(capsys, [str(run), "--rollout", "1:0"])
     assert "line 1" in err and "'student_logp'" in err
+
+
+def test_a_recipe_run_is_read_through_hydras_config_record(tmp_path):
+    """Runs started by launch/ recipes have verl's metrics file and hydra's .hydra/config.yaml only."""
+    from verl_avsd.report import load_run
+
+    run_dir = tmp_path / "math_opsd_qwen3_8b"
+    (run_dir / ".hydra").mkdir(parents=True)
+    _write_jsonl(run_dir / "verl_metrics.jsonl", [{"step": 1, "data": {"critic/score/mean": 0.25}}])
+    _config(run_dir / ".hydra" / "config.yaml", "opsd", model="/models/qwen")
+    run = load_run(run_dir)
+    assert run.config["algorithm"]["adv_estimator"] == "opsd"
+    assert run.config["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
+    assert run.metrics[1]["critic/score/mean"] == 0.25
