@@ -45,3 +45,15 @@ def test_signal_metrics_values():
     assert m["avsd/views_valid_mean"] == 2.0 and m["avsd/views_dropped"] == 0.0
     assert abs(m["avsd/gate_mean"] - s.gate.mean().item()) < 1e-7
     assert 0.0 <= m["avsd/gate_open_rate"] <= 1.0
+
+
+def test_sign_conflict_needs_opposite_signs_not_a_small_gap():
+    logp = torch.tensor([[-1.0, -1.0, -1.0]])
+    # token 0: two views a hair above the student (agree, |delta| 1e-4 << 1e-2); token 1: one view
+    # a hair above, one a hair below (conflict); token 2: the second view is missing (-inf)
+    logq = torch.tensor([[[-0.9999, -0.9999, -0.5], [-0.9999, -1.0001, float("-inf")]]])
+    s = avsd_signals(logp, logq, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 3))
+    assert s.sign_conflict.tolist() == [[False, True, False]]
+    assert abs(signal_metrics(s)["avsd/sign_conflict_rate"] - 1 / 3) < 1e-6
+    one_view = avsd_signals(logp, logq[:, :1], torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 3))
+    assert not one_view.sign_conflict.any()  # M = 1 never conflicts, however small delta is

@@ -19,8 +19,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 def signal_metrics(signals: AvsdSignals, gate_open_threshold: float = 0.5) -> dict[str, float]:
     """Token means over response tokens that have at least one valid view."""
     mask = signals.token_mask.to(signals.gate.dtype)  # [B, T]
-    # C < 1 means at least two views disagree in sign; the tolerance absorbs the 1e-8 in C.
-    conflict = (signals.alignment < 1.0 - 1e-6).to(mask.dtype)
+    conflict = signals.sign_conflict.to(mask.dtype)
     flipped = (torch.sign(signals.arithmetic) != torch.sign(signals.consensus)).to(mask.dtype)
     return {
         "avsd/gate_mean": _masked_mean(signals.gate, mask),

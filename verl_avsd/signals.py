@@ -47,6 +47,7 @@ class AvsdSignals:
     views_dropped: int  # (sample, view, token) triples the sample has but whose log-prob is non-finite
     tokens_without_view: int  # response tokens left with no valid view (advantage 0)
     token_mask: torch.Tensor  # [B, T] bool: response tokens that have at least one valid view
+    sign_conflict: torch.Tensor  # [B, T] bool: two valid views' deltas have opposite signs (C < 1)
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -135,6 +136,9 @@ def avsd_signals(
         views_dropped=views_dropped,
         tokens_without_view=int((resp & ~has_any).sum()),
         token_mask=keep,
+        # from the signs themselves: `alignment < 1` would also flag agreeing views whose
+        # |delta| is tiny next to EPS (every such token at M = 1)
+        sign_conflict=((valid & (delta > 0)).any(dim=1) & (valid & (delta < 0)).any(dim=1)),
     )
 
 
