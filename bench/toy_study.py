@@ -157,18 +157,19 @@ def paired_credit(dump_dir: Path, views: tuple[str, ...], k: int = 20) -> dict:
     the number of tokens where the arithmetic pool flips the consensus sign."""
     rows = [json.loads(line) for f in sorted(dump_dir.glob("rollouts_step*.jsonl")) for line in f.read_text().splitlines()]
     rows = [r for r in rows if not r["is_padding"]]
+    # float32, as the trainer computed them: in float64 a near-zero consensus can change sign
     T = max(len(r["response_mask"]) for r in rows)
 
     def pad(values, fill=0.0):
         return values + [fill] * (T - len(values))
 
-    student = torch.tensor([pad(r["student_logp"]) for r in rows], dtype=torch.float64)  # [B, T]
+    student = torch.tensor([pad(r["student_logp"]) for r in rows], dtype=torch.float32)  # [B, T]
     view_logq = torch.tensor(
-        [[pad([math.nan if x is None else x for x in v]) for v in r["view_logq"]] for r in rows], dtype=torch.float64
+        [[pad([math.nan if x is None else x for x in v]) for v in r["view_logq"]] for r in rows], dtype=torch.float32
     )  # [B, M, T]
     view_mask = torch.tensor([r["view_mask"] for r in rows], dtype=torch.bool)  # [B, M]
     response_mask = torch.tensor([pad(r["response_mask"], 0) for r in rows], dtype=torch.bool)  # [B, T]
-    reward = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)  # [B]
+    reward = torch.tensor([r["reward"] for r in rows], dtype=torch.float32)  # [B]
     config = {"avsd": {"views": list(views), "opsd_view": views[0]}}
     out = {"rollouts": len(rows), "wrong_rollouts": int((reward < 1.0).sum())}
     for method in TEACHER_METHODS:
@@ -237,6 +238,7 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
         "runs": {name: records for name, records in groups.items()},
     }
     (out / "toy_study.json").write_text(json.dumps(result, indent=1))
+    plot_bars(out, result)
 
     def fmt(cell, pct=False, digits=3):
         if cell["mean"] is None:
@@ -302,6 +304,31 @@ def mean_curves(out: Path, groups: dict[str, list[dict]]) -> dict[str, dict[int,
     return curves
 
 
+def plot_bars(out: Path, result: dict) -> None:
+    """study_accuracy.png (held-out accuracy after training, mean ± std over seeds, the start as a
+    line) and study_credit_bars.png (wrong-rollout top-20 positive share on own rollouts)."""
+    import matplotlib.pyplot as plt
+
+    table = result["methods"]
+    names = list(table)
+    for filename, key, title in (
+        ("study_accuracy.png", "val_acc_after", "Held-out accuracy after training (greedy, mean ± std over seeds)"),
+        ("study_credit_bars.png", "wrong_positive_top20", "Wrong rollouts: positive share of the top-20 |advantage| tokens"),
+    ):
+        cells = [table[n][key] for n in names]
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        ax.bar(names, [c["mean"] or 0.0 for c in cells], yerr=[c["std"] or 0.0 for c in cells], capsize=4, color="#4a7ab0")
+        if key == "val_acc_after":
+            ax.axhline(table[names[0]]["val_acc_before"]["mean"], color="black", linestyle="--", label="before training")
+            ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=110)
+        plt.close(fig)
+
+
 STUDY_PLOTS = [
     ("study_reward.png", "Train reward (mean over seeds)", [("critic/score/mean", "reward")]),
     ("study_credit.png", "Wrong-rollout top-20 positive share", [("credit/wrong_rollout_positive_top20", "positive share")]),
@@ -360,7 +387,9 @@ def main(argv=None) -> int:
     # wall time of all runs, including those finished by an earlier, interrupted invocation
     seconds = sum(r.get("seconds", 0.0) for records in groups.values() for r in records)
     print(f"[study] {len(groups)} groups in {time.monotonic() - start:.0f}s (runs: {seconds:.0f}s in all)", flush=True)
-    plot_metrics(mean_curves(out, groups), out, plots=STUDY_PLOTS)
+    # curves of the five methods (the sweep has one seed), smoothed over 8 steps: one step is 16 rollouts
+    curves = {name: c for name, c in mean_curves(out, groups).items() if name in METHODS}
+    plot_metrics(curves, out, plots=STUDY_PLOTS, smooth=8)
     write_report(out, groups, args, seconds)
     print((out / "toy_study.md").read_text())
     return 0
