@@ -264,7 +264,10 @@ def _warn_if_platform_chosen_too_early() -> None:
         )
 
 
-_warn_if_platform_chosen_too_early()
+# Run as `python -m verl_avsd.cpu_platform` this file executes a second time as __main__, next to
+# the copy the plugin imported; its PlatformCPU is another class, so the check would warn wrongly.
+if __name__ != "__main__":
+    _warn_if_platform_chosen_too_early()
 
 
 def _patch_pin_memory() -> None:
