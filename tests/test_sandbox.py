@@ -383,3 +383,26 @@ def test_sandbox_fusion_results_map_onto_statuses(fake_fusion_url):
 def test_sandbox_fusion_unreachable_is_a_sandbox_error():
     result = result_from_response(None, "API Call Failed: connection refused", Limits(), 0.1)
     assert result.status is Status.SANDBOX_ERROR and "connection refused" in result.detail
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_bwrap_starts_from_a_checkout_under_tmp(monkeypatch):
+    """bwrap mounts a private /tmp before our init starts, so a checkout (or venv) under the
+    host's /tmp used to vanish inside: 'bwrap: execvp /tmp/.../python: No such file'. The init
+    script and interpreter found there are bound back read-only."""
+    checkout = tempfile.mkdtemp(prefix="verl-avsd-checkout-", dir="/tmp")
+    try:
+        init_copy = os.path.join(checkout, "_sandbox_init.py")
+        shutil.copy(iso.SANDBOX_INIT, init_copy)
+        os.chmod(checkout, 0o755)
+        monkeypatch.setattr(iso, "SANDBOX_INIT", init_copy)
+        command = iso.bwrap_command([], ["true"], status_fd=3, wall_limit_s=1.0, as_root=os.geteuid() == 0)
+        assert command[command.index("--ro-bind", 5) + 1 : command.index("--ro-bind", 5) + 3] == [init_copy, init_copy]
+        box = Sandbox("bwrap", max_concurrent=1)
+        try:
+            result = box.run("print(6 * 7)", "", time_limit_s=5)
+        finally:
+            box.close()
+        assert result.status is Status.OK and result.stdout.strip() == "42", result
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)

@@ -183,7 +183,10 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
 def init_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
     """The sandbox's pid 1 (`_sandbox_init.py`), which applies `mounts` (if any) and runs `inner`."""
     plan = json.dumps({"mounts": [asdict(m) for m in mounts], "cwd": SANDBOX_CWD})
-    return [sys.executable, "-I", "-S", SANDBOX_INIT, str(status_fd), f"{wall_limit_s:.3f}", plan, "--", *inner]
+    # the real interpreter, not a venv's link to it: the init needs only the standard library
+    # (-I -S), and a venv folder may be out of reach inside the sandbox (e.g. under /tmp)
+    python = os.path.realpath(sys.executable)
+    return [python, "-I", "-S", SANDBOX_INIT, str(status_fd), f"{wall_limit_s:.3f}", plan, "--", *inner]
 
 
 def bwrap_command(
@@ -211,8 +214,19 @@ def bwrap_command(
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         cmd += ["--unshare-all"]  # with a user namespace, which is how bwrap works unprivileged
+    # bwrap mounts the private /tmp before it starts our init, so an init script or interpreter
+    # that lives under the host's /tmp (a checkout or a Python installed there) is bound back,
+    # read-only, at its own path; without this the sandbox cannot start from such a checkout.
+    for host in (SANDBOX_INIT, _interpreter_prefix()):
+        if _is_under(host, SANDBOX_CWD):
+            cmd += ["--ro-bind", host, host]
     cmd += ["--as-pid-1", "--die-with-parent", "--new-session", "--chdir", SANDBOX_CWD]
     return cmd + ["--", *init_command([], inner, status_fd=status_fd, wall_limit_s=wall_limit_s)]
+
+
+def _interpreter_prefix() -> str:
+    """The installation folder of the interpreter that runs our init (bin/python -> its parent's parent)."""
+    return os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
 
 
 def unshare_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
