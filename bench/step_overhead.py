@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 
+from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,
-    SHIPPED_TOY_MODEL,
     ToyRun,
     random_toy_model,
     rollout_budget,
@@ -106,8 +106,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def choose_model(requested: str, scratch: Path) -> tuple[str, str]:
     """(model folder, what it is) for --model shipped|random|PATH."""
-    if requested == "shipped" and (SHIPPED_TOY_MODEL / "config.json").exists():
-        return str(SHIPPED_TOY_MODEL), "shipped warmed-up toy model"
+    if requested == "shipped" and (TOY_MODEL_DIR / "config.json").exists():
+        return str(TOY_MODEL_DIR), "shipped warmed-up toy model"
     if requested in ("shipped", "random"):
         reason = "requested" if requested == "random" else "the shipped model is missing"
         return random_toy_model(str(scratch / "random_model")), f"random tiny model ({reason})"

@@ -43,9 +43,10 @@ import torch
 from verl_avsd.estimators import token_advantages
 from verl_avsd.metrics import wrong_rollout_positive_topk
 from verl_avsd.plots import plot_metrics
+from verl_avsd.report import dump_tensors
+from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,
-    SHIPPED_TOY_MODEL,
     ToyRun,
     read_metrics,
     rollout_budget,
@@ -158,24 +159,13 @@ def paired_credit(dump_dir: Path, views: tuple[str, ...], k: int = 20) -> dict:
     rows = [json.loads(line) for f in sorted(dump_dir.glob("rollouts_step*.jsonl")) for line in f.read_text().splitlines()]
     rows = [r for r in rows if not r["is_padding"]]
     # float32, as the trainer computed them: in float64 a near-zero consensus can change sign
-    T = max(len(r["response_mask"]) for r in rows)
-
-    def pad(values, fill=0.0):
-        return values + [fill] * (T - len(values))
-
-    student = torch.tensor([pad(r["student_logp"]) for r in rows], dtype=torch.float32)  # [B, T]
-    view_logq = torch.tensor(
-        [[pad([math.nan if x is None else x for x in v]) for v in r["view_logq"]] for r in rows], dtype=torch.float32
-    )  # [B, M, T]
-    view_mask = torch.tensor([r["view_mask"] for r in rows], dtype=torch.bool)  # [B, M]
-    response_mask = torch.tensor([pad(r["response_mask"], 0) for r in rows], dtype=torch.bool)  # [B, T]
+    inputs = dump_tensors(rows, dtype=torch.float32)  # [B, T], [B, M, T], [B, M], [B, T]
+    response_mask = inputs["response_mask"]
     reward = torch.tensor([r["reward"] for r in rows], dtype=torch.float32)  # [B]
     config = {"avsd": {"views": list(views), "opsd_view": views[0]}}
     out = {"rollouts": len(rows), "wrong_rollouts": int((reward < 1.0).sum())}
     for method in TEACHER_METHODS:
-        adv, signals = token_advantages(
-            method, config, student_logp=student, view_logq=view_logq, view_mask=view_mask, response_mask=response_mask
-        )
+        adv, signals = token_advantages(method, config, **inputs)
         out[f"{method}_wrong_positive_top{k}"] = wrong_rollout_positive_topk(adv, response_mask, reward, 1.0, k)[0]
         if method == "avsd":
             mask = signals.token_mask
@@ -339,7 +329,7 @@ STUDY_PLOTS = [
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/toy_study", type=lambda x: Path(x).resolve())
-    p.add_argument("--model", default=SHIPPED_TOY_MODEL, type=lambda x: Path(x).resolve())
+    p.add_argument("--model", default=TOY_MODEL_DIR, type=lambda x: Path(x).resolve())
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--sweep-seeds", nargs="*", type=int, default=None, help="seeds of the view sweep (default: the first seed)")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from verl_avsd.toy_run import SHIPPED_TOY_MODEL
+from verl_avsd.toy import TOY_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_short_study_avsd_blames_wrong_rollouts(tmp_path):
     assert len(report_rows) == 2, report_rows  # the method table and the paired-credit table
 
     # the first wrong token: where the response stops following the reference solution
-    tokenizer = AutoTokenizer.from_pretrained(SHIPPED_TOY_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
     solutions = {e["index"]: e["solution"] for e in pd.read_parquet(out / "data" / "train.parquet")["extra_info"]}
     total_negative, first_negative, after_negative = [], [], []  # per wrong rollout / per token
     for dump in sorted((out / "runs" / "avsd_s0" / "rollouts").glob("*.jsonl")):

@@ -25,7 +25,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from verl_avsd.plots import plot_metrics
-from verl_avsd.toy_run import SHIPPED_TOY_MODEL, ToyRun, random_toy_model, run_main_ppo, toy_data
+from verl_avsd.toy import TOY_MODEL_DIR
+from verl_avsd.toy_run import ToyRun, random_toy_model, run_main_ppo, toy_data
 
 ESTIMATORS = ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "rlsd", "grpo")
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)  # a demo directory holds one run
     out.mkdir(parents=True)
 
-    model_dir = args.model or str(SHIPPED_TOY_MODEL)
+    model_dir = args.model or str(TOY_MODEL_DIR)
     if not (Path(model_dir) / "config.json").exists():
         print(f"[demo] no model at {model_dir}; building an untrained tiny model (rewards will stay near 0)")
         model_dir = random_toy_model(str(out / "model"))

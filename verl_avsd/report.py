@@ -347,6 +347,25 @@ def pick_rollout(directory: Path, spec: str | None, wrong_below: float) -> tuple
     return step, index, rows[index], "chosen with --rollout"
 
 
+def dump_tensors(rows: list[dict], dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The estimator inputs of dumped rollouts (`AvsdTrainer._dump_rollouts` rows), right-padded to
+    the longest: student_logp [B, T], view_logq [B, M, T] (a dumped None, non-finite, is NaN),
+    view_mask [B, M], response_mask [B, T]; keyword arguments of `token_advantages`."""
+    T = max(len(r["response_mask"]) for r in rows)
+
+    def pad(values, fill=0.0):
+        return list(values) + [fill] * (T - len(values))
+
+    return dict(
+        student_logp=torch.tensor([pad(r["student_logp"]) for r in rows], dtype=dtype),
+        view_logq=torch.tensor(
+            [[pad([math.nan if x is None else x for x in v]) for v in r["view_logq"]] for r in rows], dtype=dtype
+        ),
+        view_mask=torch.tensor([r["view_mask"] for r in rows], dtype=torch.bool),
+        response_mask=torch.tensor([pad(r["response_mask"], 0) for r in rows], dtype=torch.bool),
+    )
+
+
 def credit_advantages(row: dict, avsd_options: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-token advantage [T] of each CREDIT_METHODS estimator on this rollout, and AVSD's gate [T],
     computed by the estimators training uses (so epistemic_tau and opsd_view apply as in the run)."""
@@ -360,14 +379,7 @@ def credit_advantages(row: dict, avsd_options: dict) -> tuple[dict[str, torch.Te
     options = {**avsd_options, "views": views}
     if options.get("opsd_view") not in views:
         options["opsd_view"] = views[0]
-    inputs = dict(
-        student_logp=torch.tensor([row["student_logp"]], dtype=torch.float64),  # [1, T]
-        view_logq=torch.tensor(
-            [[[math.nan if x is None else x for x in v] for v in row["view_logq"]]], dtype=torch.float64
-        ),  # [1, M, T]
-        view_mask=torch.tensor([row["view_mask"]], dtype=torch.bool),  # [1, M]
-        response_mask=torch.tensor([row["response_mask"]], dtype=torch.bool),  # [1, T]
-    )
+    inputs = dump_tensors([row])  # [1, T], [1, M, T], [1, M], [1, T]
     advantages, gate = {}, None
     for method in CREDIT_METHODS:
         adv, signals = token_advantages(method, {"avsd": options}, **inputs)

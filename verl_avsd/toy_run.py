@@ -24,7 +24,6 @@ from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
 from verl_avsd.toy import task as toy_task
 
-SHIPPED_TOY_MODEL = Path(__file__).parent / "assets" / "toy_model"
 # The toy warm-up taught the model to read views in exactly this wording (toy.task.TEACHER_TEMPLATE).
 TOY_VIEW_TEMPLATE = toy_task.TEACHER_TEMPLATE.replace("{view_text}", "{view}").replace("\n", "\\n")
 
@@ -33,11 +32,16 @@ GROUP_SIZE = 4  # rollouts per prompt of the group-relative estimators; the teac
 GROUP_ESTIMATORS = ("grpo", "rlsd")
 
 
+def rollouts_per_prompt(estimator: str) -> int:
+    """GROUP_SIZE for the group-relative estimators (their advantage needs a group), else 1."""
+    return GROUP_SIZE if estimator in GROUP_ESTIMATORS else 1
+
+
 def rollout_budget(estimator: str, rollouts_per_step: int) -> dict[str, int]:
     """ToyRun's `prompts_per_step` and `rollouts_per_prompt` that spend `rollouts_per_step` rollouts
     a step: one per prompt for the teacher estimators (as in the paper), groups of GROUP_SIZE for
     grpo and rlsd (their advantage needs a group), so that methods compare at the same budget."""
-    n = GROUP_SIZE if estimator in GROUP_ESTIMATORS else 1
+    n = rollouts_per_prompt(estimator)
     if rollouts_per_step % n:
         raise ValueError(f"{estimator} samples groups of {n}: rollouts per step must be a multiple of {n}, got {rollouts_per_step}")
     return {"prompts_per_step": rollouts_per_step // n, "rollouts_per_prompt": n}
@@ -71,7 +75,7 @@ class ToyRun:
 
     def overrides(self) -> list[str]:
         teacher = self.estimator in TEACHER_ESTIMATORS
-        n = self.rollouts_per_prompt or (GROUP_SIZE if self.estimator in GROUP_ESTIMATORS else 1)
+        n = self.rollouts_per_prompt or rollouts_per_prompt(self.estimator)
         run_dir = Path(self.run_dir).resolve()
         views = "[" + ",".join(self.views) + "]"
         out = cpu_overrides() + [

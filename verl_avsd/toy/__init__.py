@@ -7,7 +7,7 @@
   measurement (accuracies, teacher check) shipped with the checkpoint.
 """
 
-import os
+from pathlib import Path
 
 # The shipped warmed-up checkpoint (model + tokenizer + warmup_metrics.json), package data.
-TOY_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "toy_model")
+TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_model"
