@@ -23,14 +23,8 @@
 # prints how to connect workers and submit a recipe (launch/submit_job.sh).
 set -euo pipefail
 
-die() {
-    echo "error: $*" >&2
-    exit 2
-}
-
-usage() {
-    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # An option's value: present and not another option.
 value_of() {
@@ -38,9 +32,9 @@ value_of() {
     echo "$2"
 }
 
-[[ $# -ge 1 ]] || { usage >&2; exit 2; }
+[[ $# -ge 1 ]] || { header_help "$0" >&2; exit 2; }
 case $1 in
-    -h | --help) usage; exit 0 ;;
+    -h | --help) header_help "$0"; exit 0 ;;
     head | worker) role=$1; shift ;;
     *) die "the first argument must be 'head' or 'worker', got '$1' (see --help)" ;;
 esac
@@ -67,7 +61,7 @@ while [[ $# -gt 0 ]]; do
         --temp-dir) temp_dir=$(value_of "$@"); shift 2 ;;
         --block) block=1; shift ;;
         --dry-run) dry_run=1; shift ;;
-        -h | --help) usage; exit 0 ;;
+        -h | --help) header_help "$0"; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done

@@ -17,14 +17,8 @@
 # Environment: AVSD_RAY, the ray executable [ray from PATH].
 set -euo pipefail
 
-die() {
-    echo "error: $*" >&2
-    exit 2
-}
-
-usage() {
-    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 address=${RAY_ADDRESS:-http://127.0.0.1:8265}
@@ -34,7 +28,7 @@ recipe=""
 recipe_args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
-        -h | --help) usage; exit 0 ;;
+        -h | --help) header_help "$0"; exit 0 ;;
         --address)
             [[ $# -ge 2 && -n $2 ]] || die "--address needs a value, e.g. http://HEAD_IP:8265"
             address=$2

@@ -26,15 +26,8 @@ EXTRA_OVERRIDES=()
 # Words put before `python -m verl.trainer.main_ppo` (e.g. `env VAR=value`, `timeout 1800`).
 MAIN_PPO_LAUNCHER=()
 
-die() {
-    echo "error: $*" >&2
-    exit 2
-}
-
-# The comment block at the top of a recipe (after the shebang) is its --help text.
-recipe_help() {
-    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"
-}
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$RECIPES_DIR/../lib.sh"  # die, header_help
 
 # parse_recipe_args RECIPE ARGS...: --help, --dry-run; every other argument is a hydra override
 # (key=value, +key=value, ++key=value or ~key) appended after the recipe's own, so it wins.
@@ -44,7 +37,7 @@ parse_recipe_args() {
     for arg in "$@"; do
         case $arg in
             -h | --help)
-                recipe_help "$recipe"
+                header_help "$recipe"
                 exit 0
                 ;;
             --dry-run) DRY_RUN=1 ;;
