@@ -25,6 +25,7 @@ def test_override_and_custom_view_title():
         ({"views": ["full", "full"]}, "distinct"),
         ({"views": ["answer"]}, "opsd_view='full' is not in"),
         ({"token_budget": 0}, "token_budget must be positive"),
+        ({"share_prefix_min_tokens": -1}, "share_prefix_min_tokens must be >= 0"),
         ({"rlsd_lam": 1.5}, "rlsd_lam"),
         ({"epistemic_tau": -1}, "epistemic_tau"),
         ({"view_template": "no placeholders"}, "view_template must contain"),

@@ -75,6 +75,8 @@ def test_avsd_metrics_present_and_in_range(avsd_run):
         assert m["avsd/views_valid_mean"] == 3.0 and m["avsd/views_dropped"] == 0.0  # every toy row has 3 views
         assert m["avsd/views_scored"] == 3.0
         assert m["avsd/teacher_tokens"] > 0 and m["timing_s/teacher_views"] > 0
+        # the 3 views of a rollout share the chat header + problem, fed once
+        assert 0.5 < m["avsd/teacher_fed_fraction"] < 1.0, m["avsd/teacher_fed_fraction"]
 
 
 @pytest.mark.slow

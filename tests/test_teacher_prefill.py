@@ -240,42 +240,164 @@ def test_model_state_restored_and_outputs_are_ordinary_tensors():
     (packed[0] * torch.ones(len(packed[0]), requires_grad=True)).sum().backward()
 
 
+def reference_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, calls=None):
+    """flash attention's varlen contract, on the CPU: query run s attends to key run s, causal
+    with the ends aligned (the last query sees every key). q [Tq, Hq, D], k/v [Tk, Hkv, D]."""
+    if calls is not None:
+        calls.append((cu_q.tolist(), cu_k.tolist(), max_q, max_k))
+    assert cu_q.dtype == cu_k.dtype == torch.int32 and cu_q[-1] == q.shape[0] and cu_k[-1] == k.shape[0]
+    group = q.shape[1] // k.shape[1]
+    out = []
+    for q0, q1, k0, k1 in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist()):
+        assert 0 < q1 - q0 <= k1 - k0 and q1 - q0 <= max_q and k1 - k0 <= max_k
+        qs = q[q0:q1].transpose(0, 1)  # [Hq, Lq, D]
+        ks = k[k0:k1].transpose(0, 1).repeat_interleave(group, dim=0)
+        vs = v[k0:k1].transpose(0, 1).repeat_interleave(group, dim=0)
+        scores = (qs.double() @ ks.double().transpose(1, 2)) * scale  # [Hq, Lq, Lk]
+        lq, lk = q1 - q0, k1 - k0
+        visible = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq)
+        out.append((scores.masked_fill(~visible, float("-inf")).softmax(-1) @ vs.double()).to(q.dtype))
+    return torch.cat(out, dim=1).transpose(0, 1)  # [Tq, Hq, D]
+
+
 def test_varlen_adapter_feeds_cu_seqlens_to_the_kernel(qwen2, monkeypatch):
-    """The GPU varlen/flash paths, with only the kernel swapped for a per-sequence CPU sdpa.
+    """The GPU varlen/flash paths, with only the kernel swapped for a CPU reference.
 
     Everything else (attention registration, kwargs plumbing through the model, q/k/v layouts,
     GQA head grouping, cu_seqlens) is the code that runs on the GPU.
     """
     calls = []
-
-    def reference_varlen_kernel(q, k, v, cu_seqlens, max_len, scale):  # q [T, Hq, D], k/v [T, Hkv, D]
-        calls.append((cu_seqlens.tolist(), max_len))
-        assert cu_seqlens.dtype == torch.int32 and cu_seqlens[-1] == q.shape[0]
-        group = q.shape[1] // k.shape[1]
-        out = []
-        for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-            qs = q[start:end].transpose(0, 1)  # [Hq, L, D]
-            ks = k[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
-            vs = v[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
-            out.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale))
-        return torch.cat(out, dim=1).transpose(0, 1)  # [T, Hq, D]
-
     rng = random.Random(3)
     sequences = make_views_workload(rng, num_samples=5, max_views=3, missing_rate=0.2)
     reference = reference_logprobs(qwen2, sequences)
     for name in ("varlen", "flash_attn"):
-        monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, name, reference_varlen_kernel)
+        monkeypatch.setitem(
+            teacher_prefill._VARLEN_KERNELS, name, lambda *a: reference_varlen_kernel(*a, calls=calls)
+        )
         calls.clear()
-        packed = packed_response_logprobs(qwen2, sequences, token_budget=30, attn=name)
+        packed = packed_response_logprobs(qwen2, sequences, token_budget=30, attn=name, share_prefix_min_tokens=0)
         assert_close_to_reference(packed, reference)
         num_layers = qwen2.config.num_hidden_layers
         plan = plan_microbatches([len(c) + len(r) - 1 for c, r in sequences], 30)
         assert len(calls) == num_layers * len(plan)
-        for batch, (cu_seqlens, max_len) in zip(plan, calls[::num_layers]):
+        for batch, (cu_q, cu_k, max_q, max_k) in zip(plan, calls[::num_layers]):
             lengths = [len(sequences[i][0]) + len(sequences[i][1]) - 1 for i in batch]
-            assert cu_seqlens == [sum(lengths[:k]) for k in range(len(lengths) + 1)]
-            assert max_len == max(lengths)
+            assert cu_q == cu_k == [sum(lengths[:k]) for k in range(len(lengths) + 1)]
+            assert max_q == max_k == max(lengths)
     assert qwen2.config._attn_implementation == "sdpa"  # restored
+
+
+# --------------------------------------------------------------------------------------------
+# Shared context prefixes: fed once, attended to by every sequence that starts with them
+# --------------------------------------------------------------------------------------------
+
+
+def make_grpo_views_workload(rng: random.Random, prompts: int, rollouts: int, views: int, prompt_tokens=(12, 30)):
+    """n rollouts per prompt x M views: contexts prompt + view, identical across a prompt's rollouts."""
+    sequences = []
+    for _ in range(prompts):
+        prompt = torch.randint(0, VOCAB, (rng.randint(*prompt_tokens),))
+        view_texts = [torch.randint(0, VOCAB, (rng.randint(0, 10),)) for _ in range(views)]
+        for _ in range(rollouts):
+            response = torch.randint(0, VOCAB, (rng.randint(1, 9),))
+            sequences += [(torch.cat([prompt, view]), response) for view in view_texts]
+    return sequences
+
+
+@pytest.mark.parametrize("min_tokens", [1, 4, 16])
+@pytest.mark.parametrize("token_budget", [45, 90, 4096])  # cut shared trees into copies ... one micro-batch
+@pytest.mark.parametrize("attn", ["sdpa_varlen", "varlen"])
+def test_shared_prefixes_match_reference(qwen2, monkeypatch, min_tokens, token_budget, attn):
+    monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, "varlen", reference_varlen_kernel)  # the GPU adapter path
+    rng = random.Random(100 * min_tokens + token_budget)
+    sequences = make_grpo_views_workload(rng, prompts=4, rollouts=3, views=3)
+    # a context that is another's prefix, and a one-token response after a fully shared context
+    sequences.append((sequences[0][0][:14], torch.randint(0, VOCAB, (4,))))
+    sequences.append((sequences[0][0].clone(), torch.randint(0, VOCAB, (1,))))
+    stats = {}
+    packed = packed_response_logprobs(
+        qwen2, sequences, token_budget=token_budget, logprob_chunk_tokens=6, attn=attn,
+        share_prefix_min_tokens=min_tokens, stats=stats,
+    )  # fmt: skip
+    assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
+    assert stats["sequence_tokens"] == sum(len(c) + len(r) - 1 for c, r in sequences)
+    assert stats["fed_tokens"] < stats["sequence_tokens"]  # prompts of 12-30 tokens were shared
+    assert (stats["microbatches"] > 2) == (token_budget < 4096)
+
+
+def test_shared_prefix_fed_tokens_by_hand(qwen2):
+    prompt, v1, v2 = (torch.randint(0, VOCAB, (n,)) for n in (20, 6, 5))
+    r1, r2, r3 = (torch.randint(0, VOCAB, (n,)) for n in (4, 3, 7))
+    sequences = [
+        (torch.cat([prompt, v1]), r1),  # view 1, rollout 1
+        (torch.cat([prompt, v2]), r2),  # view 2, rollout 1
+        (torch.cat([prompt, v1]), r3),  # view 1, rollout 2: the whole context is shared
+        (torch.randint(0, VOCAB, (9,)), r1),  # another prompt: nothing to share
+    ]
+    stats = {}
+    packed = packed_response_logprobs(qwen2, sequences, token_budget=1000, share_prefix_min_tokens=4, stats=stats)
+    assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
+    # prompt once; v1 once (two rollouts continue it) ; v2 with its response; responses[:-1]
+    assert stats["fed_tokens"] == 20 + 6 + (5 + 2) + 3 + 6 + (9 + 3)
+    assert stats["sequence_tokens"] == (26 + 3) + (25 + 2) + (26 + 6) + (9 + 3)
+    assert stats["microbatches"] == 1
+    # v1 (6 tokens) below the threshold: only the prompt is shared
+    packed_response_logprobs(qwen2, sequences, token_budget=1000, share_prefix_min_tokens=7, stats=stats)
+    assert stats["fed_tokens"] == 20 + (6 + 3) + (5 + 2) + (6 + 6) + (9 + 3)
+    for off in (dict(share_prefix_min_tokens=0), dict(attn="sdpa_block")):  # no sharing: every sequence whole
+        packed_response_logprobs(qwen2, sequences, token_budget=1000, stats=stats, **off)
+        assert stats["fed_tokens"] == stats["sequence_tokens"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(  # per prompt: its length, then per view (length, responses' lengths)
+        st.tuples(
+            st.integers(1, 12),
+            st.lists(st.tuples(st.integers(0, 6), st.lists(st.integers(0, 5), min_size=1, max_size=3)), min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    token_budget=st.integers(1, 40),
+    min_tokens=st.integers(0, 5),
+)
+def test_forest_pieces_cover_every_sequence_within_the_budget(shape, token_budget, min_tokens):
+    """_fit + plan: every scored sequence's leaf appears exactly once, below exactly its own
+    context (its ancestors' tokens + its own = context + response[:-1]), and a micro-batch is over
+    the budget only when it holds a single sequence's path."""
+    generator = torch.Generator().manual_seed(len(shape) * 1000 + token_budget)
+    sequences = []
+    for prompt_length, views in shape:
+        prompt = torch.randint(0, 3, (prompt_length,), generator=generator)  # 3 tokens: many accidental common prefixes
+        for view_length, responses in views:
+            view = torch.randint(0, 3, (view_length,), generator=generator)
+            sequences += [(torch.cat([prompt, view]), torch.randint(0, 3, (n,), generator=generator)) for n in responses]
+    scored = [i for i, (_, r) in enumerate(sequences) if len(r)]
+    trees = [p for t in teacher_prefill.prefix_forest(sequences, scored, min_tokens) for p in teacher_prefill._fit(t, token_budget)]
+    plan = plan_microbatches([t.cost() for t in trees], token_budget)
+    seen = []
+
+    def check(segment, prefix):
+        tokens = torch.cat([prefix, segment.tokens])
+        assert segment.start == len(prefix)
+        if segment.sequence is not None:
+            context, response = sequences[segment.sequence]
+            assert torch.equal(tokens, torch.cat([context, response[:-1]]))
+            assert not segment.children
+            seen.append(segment.sequence)
+        else:
+            assert len(segment.tokens) >= max(min_tokens, 1) and segment.children
+        for child in segment.children:
+            check(child, tokens)
+
+    for batch in plan:
+        for j in batch:
+            check(trees[j], torch.zeros(0, dtype=torch.long))
+        cost = sum(trees[j].cost() for j in batch)
+        leaves = [s for j in batch for s in teacher_prefill._walk([trees[j]]) if s.sequence is not None]
+        assert cost <= token_budget or len(leaves) == 1
+    assert sorted(seen) == scored
 
 
 # --------------------------------------------------------------------------------------------

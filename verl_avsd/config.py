@@ -70,6 +70,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("max_view_tokens", "token_budget", "logprob_chunk_tokens", "credit_top_k"):
         if int(cfg[key]) <= 0:
             raise AvsdConfigError(f"algorithm.avsd.{key} must be positive, got {cfg[key]}")
+    if int(cfg.share_prefix_min_tokens) < 0:
+        raise AvsdConfigError(f"algorithm.avsd.share_prefix_min_tokens must be >= 0 (0 = off), got {cfg.share_prefix_min_tokens}")
     if not 0.0 <= float(cfg.rlsd_lam) <= 1.0:
         raise AvsdConfigError(f"algorithm.avsd.rlsd_lam must be in [0, 1], got {cfg.rlsd_lam}")
     if not 0.0 <= float(cfg.rlsd_eps_w) < 1.0:

@@ -138,13 +138,16 @@ class AvsdTrainer(PPOTrainerSync):
         stats = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            select_fields=["avsd_view_tokens", "avsd_view_truncated"],
+            select_fields=["avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens"],
         ).to_padded_tensor()  # TransferQueue hands per-sample fields back nested
         teacher_tokens = int(stats["avsd_view_tokens"].sum())
+        fed_tokens = float(stats["avsd_view_fed_tokens"].sum())  # after shared prefixes ran once
         metrics.update(
             {
                 "avsd/teacher_tokens": float(teacher_tokens),
                 "avsd/teacher_tokens_per_s": teacher_tokens / max(elapsed, 1e-9),
+                "avsd/teacher_fed_tokens": fed_tokens,
+                "avsd/teacher_fed_fraction": fed_tokens / max(teacher_tokens, 1),
                 "avsd/views_truncated": float(stats["avsd_view_truncated"].sum()),
             }
         )

@@ -40,6 +40,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -158,18 +159,199 @@ def chunked_token_logprobs(
 
 
 # --------------------------------------------------------------------------------------------
+# Shared context prefixes: a forest of segments, each fed once
+# --------------------------------------------------------------------------------------------
+# The teacher sequences of one step share long context prefixes: the M views of a rollout all
+# start with the same chat header + problem, and the n rollouts of a prompt have identical
+# contexts for each view. Feeding such a prefix once and letting every sequence that starts with
+# it attend to it gives each sequence exactly the attention it would have alone (same tokens,
+# same positions), for fewer tokens through the projections and MLPs.
+#
+# A segment is a run of tokens fed once. Its parent is the segment its tokens continue; a token
+# attends to all of its ancestors' tokens and causally to its own segment. A leaf is one
+# sequence's remainder: the rest of its context after its parent, then response[:-1]. Without
+# sharing every sequence is a single root leaf starting at position 0.
+
+
+@dataclass(eq=False)
+class _Segment:
+    tokens: torch.Tensor  # [L] token ids fed for this segment
+    start: int  # position id of its first token: its ancestors hold `start` tokens
+    children: list[_Segment] = field(default_factory=list)
+    sequence: int | None = None  # a leaf: the index of the (context, response) pair it completes
+
+    def cost(self) -> int:
+        """Tokens fed for this segment and everything below it."""
+        return len(self.tokens) + sum(child.cost() for child in self.children)
+
+
+def _common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
+    n = min(len(a), len(b))
+    mismatch = (a[:n] != b[:n]).nonzero()
+    return int(mismatch[0]) if len(mismatch) else n
+
+
+class _TrieNode:
+    """A node of the compacted trie of the contexts: the first `depth` tokens of `example`'s context."""
+
+    def __init__(self, depth: int, example: int, ends: list[int] | None = None):
+        self.depth, self.example, self.ends = depth, example, ends or []  # ends: sequences whose context ends here
+        self.children: list[_TrieNode] = []
+
+    def sequences_below(self) -> int:
+        return len(self.ends) + sum(child.sequences_below() for child in self.children)
+
+
+def _leaf(sequences, i: int, start: int) -> _Segment:
+    context, response = sequences[i]
+    return _Segment(torch.cat([context[start:].long(), response[:-1].long()]), start, sequence=i)
+
+
+def prefix_forest(sequences, scored: list[int], min_shared_tokens: int) -> list[_Segment]:
+    """The sequences `scored` as a forest in which every context prefix of at least
+    `min_shared_tokens` tokens that two or more of them share is one segment (0: no sharing)."""
+    if min_shared_tokens <= 0:
+        return [_leaf(sequences, i, 0) for i in scored]
+    ends: dict[tuple, list[int]] = {}  # context -> the sequences with it, in order
+    for i in scored:
+        ends.setdefault(tuple(sequences[i][0].tolist()), []).append(i)
+
+    # Compacted trie from the sorted contexts: neighbours in sorted order branch at their common
+    # prefix length, so one stack walk builds it (the path to the previous context is the stack).
+    root = _TrieNode(0, -1)
+    stack, previous = [root], None
+    for key in sorted(ends):
+        first = ends[key][0]
+        context = sequences[first][0]
+        common = 0 if previous is None else _common_prefix_length(sequences[previous][0], context)
+        popped = None
+        while stack[-1].depth > common:
+            popped = stack.pop()
+        if stack[-1].depth < common:  # the previous path branches inside `popped`: split it
+            branch = _TrieNode(common, first)
+            stack[-1].children[-1] = branch  # `popped` was the top's newest child
+            branch.children.append(popped)
+            stack.append(branch)
+        node = _TrieNode(len(context), first, ends[key])
+        stack[-1].children.append(node)
+        stack.append(node)
+        previous = first
+
+    # Keep a trie node as a segment when at least two sequences continue it and it holds at least
+    # `min_shared_tokens` tokens beyond the nearest kept ancestor; the others dissolve into
+    # their descendants, which then start at that ancestor.
+    forest: list[_Segment] = []
+
+    def emit(node: _TrieNode, base: int, siblings: list[_Segment]) -> None:
+        if node is not root and node.sequences_below() >= 2 and node.depth - base >= min_shared_tokens:
+            segment = _Segment(sequences[node.example][0][base : node.depth].long(), base)
+            siblings.append(segment)
+            base, siblings = node.depth, segment.children
+        siblings.extend(_leaf(sequences, i, base) for i in node.ends)
+        for child in node.children:
+            emit(child, base, siblings)
+
+    emit(root, 0, forest)
+    return forest
+
+
+def _fit(segment: _Segment, capacity: int) -> list[_Segment]:
+    """`segment`'s tree as trees of at most `capacity` tokens: when it is too big, its children's
+    pieces are packed (first-fit decreasing) under copies of the segment. A single leaf is never
+    split, so a sequence longer than the capacity still comes back whole."""
+    if segment.cost() <= capacity or not segment.children:
+        return [segment]
+    room = capacity - len(segment.tokens)
+    pieces = [piece for child in segment.children for piece in _fit(child, room)]
+    if room >= 1:
+        bins = plan_microbatches([piece.cost() for piece in pieces], room)
+    else:  # the segment alone fills the capacity: one copy per piece
+        bins = [[j] for j in range(len(pieces))]
+    return [_Segment(segment.tokens, segment.start, [pieces[j] for j in b]) for b in bins]
+
+
+@dataclass
+class _PackedRow:
+    """One micro-batch laid out as a packed row [1, total] plus what attention and the head need."""
+
+    input_ids: torch.Tensor  # [total]
+    position_ids: torch.Tensor  # [total]
+    cu_seqlens_q: torch.Tensor  # [S + 1] int32: the row's non-empty segments, in row order
+    cu_seqlens_k: torch.Tensor  # [S + 1] int32: each segment's ancestors + itself
+    kv_index: torch.Tensor | None  # [cu_seqlens_k[-1]] row index of every key, None when no segment has ancestors
+    predict_at: torch.Tensor  # [N] row index of the hidden state that predicts each scored token
+    targets: torch.Tensor  # [N] the scored response tokens
+    sequences: list[int]  # whose responses, in the order of predict_at
+
+
+def _layout(trees: list[_Segment], sequences) -> _PackedRow:
+    ids, positions, q_lengths, k_lengths, kv_ranges = [], [], [], [], []
+    predict_at, targets, order = [], [], []
+    offset = 0
+
+    def visit(segment: _Segment, ancestors: list[tuple[int, int]]) -> None:
+        nonlocal offset
+        here = (offset, offset + len(segment.tokens))  # its rows in the packed row
+        ids.append(segment.tokens)
+        positions.append(segment.start + torch.arange(len(segment.tokens)))
+        offset = here[1]
+        if len(segment.tokens):  # an empty leaf (one-token response after a shared context) has no queries
+            q_lengths.append(len(segment.tokens))
+            kv_ranges.extend([*ancestors, here])
+            k_lengths.append(sum(end - start for start, end in ancestors) + len(segment.tokens))
+        if segment.sequence is not None:
+            context, response = sequences[segment.sequence]
+            # Position p predicts token p + 1: response token t is predicted at position
+            # len(context) - 1 + t, i.e. at row here[0] + (that - start); at -1 it is the last
+            # row of the parent (the context ended exactly where the parent ends).
+            at = here[0] + len(context) - 1 - segment.start + torch.arange(len(response))
+            if len(context) == segment.start:
+                at[0] = ancestors[-1][1] - 1
+            predict_at.append(at)
+            targets.append(response.long())
+            order.append(segment.sequence)
+        for child in segment.children:
+            visit(child, [*ancestors, here])
+
+    for tree in trees:
+        visit(tree, [])
+    shared = any(segment.start > 0 for segment in _walk(trees))
+    cu_q, cu_k = (torch.zeros(len(q_lengths) + 1, dtype=torch.int32) for _ in range(2))
+    cu_q[1:] = torch.tensor(q_lengths, dtype=torch.int32).cumsum(0)
+    cu_k[1:] = torch.tensor(k_lengths, dtype=torch.int32).cumsum(0)
+    return _PackedRow(
+        input_ids=torch.cat(ids),
+        position_ids=torch.cat(positions),
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        kv_index=torch.cat([torch.arange(start, end) for start, end in kv_ranges]) if shared else None,
+        predict_at=torch.cat(predict_at),
+        targets=torch.cat(targets),
+        sequences=order,
+    )
+
+
+def _walk(trees: list[_Segment]):
+    for tree in trees:
+        yield tree
+        yield from _walk(tree.children)
+
+
+# --------------------------------------------------------------------------------------------
 # Variable-length attention kernels (GPU) behind one transformers attention adapter
 # --------------------------------------------------------------------------------------------
-# A kernel takes q [T, Hq, D], k/v [T, Hkv, D], cu_seqlens int32 [S+1], the longest sequence
-# and the softmax scale, and returns causal attention within each sequence: [T, Hq, D].
+# A kernel takes q [Tq, Hq, D], k/v [Tk, Hkv, D], cu_seqlens_q/cu_seqlens_k int32 [S+1], the
+# longest query and key runs and the softmax scale, and returns [Tq, Hq, D]: query run s attends
+# to key run s, causally with the ends aligned (bottom-right: the last query sees every key), as
+# flash attention does. Without shared prefixes the runs are the same and this is plain causal.
 
 
-def _torch_varlen_kernel(q, k, v, cu_seqlens, max_len, scale):
+def _torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
     kwargs = {}
-    if "window_size" in params:  # torch >= 2.11: (-1, 0) means causal, no window
+    if "window_size" in params:  # torch >= 2.11: (-1, 0) means causal (bottom-right), no window
         kwargs["window_size"] = (-1, 0)
     else:  # torch 2.10
         kwargs["is_causal"] = True
@@ -183,33 +365,37 @@ def _torch_varlen_kernel(q, k, v, cu_seqlens, max_len, scale):
         else:  # query head h reads kv head h // group, as transformers' repeat_kv does
             group = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
-def _sdpa_per_sequence_kernel(q, k, v, cu_seqlens, max_len, scale):
-    """Any device: causal sdpa on each sequence's slice of the packed row, no [T, T] mask.
+def _sdpa_per_sequence_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """Any device: sdpa on each run's slice of the packed row, no [T, T] mask.
 
-    Costs sum(L^2) attention like the varlen kernels (a block mask makes sdpa pay T^2), at the
-    price of one sdpa call per sequence and layer.
+    Costs sum(Lq * Lk) attention like the varlen kernels (a block mask makes sdpa pay T^2), at
+    the price of one sdpa call per run and layer.
     """
     group = q.shape[1] // k.shape[1]
-    out = torch.empty_like(q)  # [T, Hq, D]
-    for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+    out = torch.empty_like(q)  # [Tq, Hq, D]
+    runs = zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist())
+    for q_start, q_end, k_start, k_end in runs:
         # 4-D [1, H, L, D] inputs: with 3-D ones CPU sdpa falls back to its slow math kernel.
-        q_seq = q[None, start:end].transpose(1, 2)  # [1, Hq, L, D]
-        k_seq = k[None, start:end].transpose(1, 2).repeat_interleave(group, dim=1)  # [1, Hq, L, D], as repeat_kv
-        v_seq = v[None, start:end].transpose(1, 2).repeat_interleave(group, dim=1)
-        attended = torch.nn.functional.scaled_dot_product_attention(q_seq, k_seq, v_seq, is_causal=True, scale=scale)
-        out[start:end] = attended[0].transpose(0, 1)
+        q_run = q[None, q_start:q_end].transpose(1, 2)  # [1, Hq, Lq, D]
+        k_run = k[None, k_start:k_end].transpose(1, 2).repeat_interleave(group, dim=1)  # [1, Hq, Lk, D], as repeat_kv
+        v_run = v[None, k_start:k_end].transpose(1, 2).repeat_interleave(group, dim=1)
+        lq, lk = q_end - q_start, k_end - k_start
+        if lq == lk:
+            attended = torch.nn.functional.scaled_dot_product_attention(q_run, k_run, v_run, is_causal=True, scale=scale)
+        else:  # queries continue a shared prefix: query i sees keys 0 .. lk - lq + i
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+            attended = torch.nn.functional.scaled_dot_product_attention(q_run, k_run, v_run, attn_mask=mask, scale=scale)
+        out[q_start:q_end] = attended[0].transpose(0, 1)
     return out
 
 
-def _flash_attn_kernel(q, k, v, cu_seqlens, max_len, scale):
-    from flash_attn import flash_attn_varlen_func  # handles GQA itself
+def _flash_attn_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    from flash_attn import flash_attn_varlen_func  # handles GQA itself; causal is bottom-right since 2.1
 
-    return flash_attn_varlen_func(
-        q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=0.0, softmax_scale=scale, causal=True
-    )
+    return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=scale, causal=True)
 
 
 # Looked up at call time (not bound at registration) so tests can substitute a CPU reference.
@@ -232,10 +418,17 @@ def _packed_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
     cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
     max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    avsd_kv_index: torch.Tensor | None = None,
     **kwargs,
 ):
-    """transformers attention function: q [1, Hq, T, D], k/v [1, Hkv, T, D] -> ([1, T, Hq, D], None)."""
+    """transformers attention function: q [1, Hq, T, D], k/v [1, Hkv, T, D] -> ([1, T, Hq, D], None).
+
+    `avsd_kv_index` [Tk] gathers each run's keys (its shared-prefix ancestors, then itself) from
+    the row; None means every run's keys are its own queries' tokens.
+    """
     if cu_seq_lens_q is None or max_length_q is None:
         raise RuntimeError(
             f"attention '{kernel_name}' needs cu_seq_lens_q/max_length_q; call it through packed_response_logprobs"
@@ -248,9 +441,15 @@ def _packed_attention(
         scaling = query.shape[-1] ** -0.5
     # Kernels want token-major, contiguous [T, H, D] (as transformers' own flash path makes them).
     q = query[0].transpose(0, 1).contiguous()  # [T, Hq, D]
-    k = key[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
-    v = value[0].transpose(0, 1).contiguous()  # [T, Hkv, D]
-    out = _VARLEN_KERNELS[kernel_name](q, k, v, cu_seq_lens_q, max_length_q, scaling)  # [T, Hq, D]
+    k = key[0].transpose(0, 1)  # [T, Hkv, D]
+    v = value[0].transpose(0, 1)
+    if avsd_kv_index is not None:
+        k, v = k[avsd_kv_index], v[avsd_kv_index]  # [Tk, Hkv, D], contiguous copies
+    else:
+        k, v = k.contiguous(), v.contiguous()
+    cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
+    max_k = max_length_q if max_length_k is None else max_length_k
+    out = _VARLEN_KERNELS[kernel_name](q, k, v, cu_seq_lens_q, cu_k, max_length_q, max_k, scaling)  # [T, Hq, D]
     return out.unsqueeze(0), None
 
 
@@ -349,77 +548,79 @@ def packed_response_logprobs(
     attn: str = "auto",
     out_device: torch.device | str = "cpu",
     temperature: float = 1.0,
+    share_prefix_min_tokens: int = 16,
+    stats: dict | None = None,
 ) -> list[torch.Tensor]:
     """Log-prob of every response token of every (context_ids, response_ids) pair.
 
     Returns, per sequence, a float32 tensor [R] on `out_device` with
     out[t] = log p(response_ids[t] | context_ids, response_ids[:t]).
 
-    Each micro-batch of at most `token_budget` tokens runs as one packed row [1, total] with
-    position ids reset per sequence and attention confined to each sequence. The last response
-    token is never fed (nothing is predicted from it), so a sequence costs Lc + R - 1 tokens.
-    The model runs in eval + no-grad mode; its attention implementation and train/eval mode
-    are restored afterwards.
+    Each micro-batch of at most `token_budget` fed tokens runs as one packed row [1, total]
+    with attention confined to each sequence. The last response token is never fed (nothing is
+    predicted from it), so a sequence alone costs Lc + R - 1 tokens. A context prefix of at least
+    `share_prefix_min_tokens` tokens that several sequences share (the problem, for the M views
+    of a rollout; the whole context, for the rollouts of a prompt under one view) is fed once per
+    micro-batch and attended to by each of them (0: never share; the "sdpa_block" and "flex"
+    backends, whose masks come from position ids, never share). The model runs in eval + no-grad
+    mode; its attention implementation and train/eval mode are restored afterwards.
+
+    `stats`, when given, receives `sequence_tokens` (sum of Lc + R - 1), `fed_tokens` (what the
+    model ran on) and `microbatches`.
     """
     _check_sequences(sequences, getattr(model.config.get_text_config(), "vocab_size", None))
     if logprob_chunk_tokens < 1:
         raise ValueError(f"logprob_chunk_tokens must be >= 1, got {logprob_chunk_tokens}")
+    if isinstance(share_prefix_min_tokens, bool) or not isinstance(share_prefix_min_tokens, int) or share_prefix_min_tokens < 0:
+        raise ValueError(f"share_prefix_min_tokens must be an int >= 0, got {share_prefix_min_tokens!r}")
     backend = resolve_attn_backend(model, attn)
+    if backend not in _CU_SEQLENS_BACKENDS:  # their masks know only sequences that restart at position 0
+        share_prefix_min_tokens = 0
     device = next(model.parameters()).device
 
-    # Tokens fed per sequence: context + response[:-1]. An empty response needs no forward pass.
-    fed_lengths = [len(c) + len(r) - 1 if len(r) else 0 for c, r in sequences]
-    scored = [i for i, n in enumerate(fed_lengths) if n > 0]
-    plan = [[scored[j] for j in batch] for batch in plan_microbatches([fed_lengths[i] for i in scored], token_budget)]
+    # An empty response needs no forward pass. Each tree of the forest is cut to fit the budget,
+    # then the pieces are packed into micro-batches, longest first.
+    scored = [i for i, (_, response) in enumerate(sequences) if len(response)]
+    trees = [piece for tree in prefix_forest(sequences, scored, share_prefix_min_tokens) for piece in _fit(tree, token_budget)]
+    plan = [[trees[j] for j in batch] for batch in plan_microbatches([tree.cost() for tree in trees], token_budget)]
+    if stats is not None:
+        stats.update(
+            sequence_tokens=sum(len(sequences[i][0]) + len(sequences[i][1]) - 1 for i in scored),
+            fed_tokens=sum(tree.cost() for tree in trees),
+            microbatches=len(plan),
+        )
 
     backbone = model.get_decoder()
-    batch_logprobs: list[torch.Tensor] = []  # per micro-batch, [N_b] float32 on out_device
+    results = [torch.empty(0, dtype=torch.float32, device=out_device) for _ in sequences]
     with _inference_setup(model, _TRANSFORMERS_ATTN_NAME[backend]):
         for batch in plan:
-            input_ids, position_ids, predict_at, targets = [], [], [], []
-            offset = 0
-            for i in batch:
-                context, response = sequences[i]
-                fed = torch.cat([context.long(), response[:-1].long()])  # [Lc + R - 1]
-                input_ids.append(fed)
-                position_ids.append(torch.arange(len(fed)))
-                # Hidden state at position p predicts token p + 1: response token t sits at
-                # Lc + t, so it is predicted at Lc + t - 1.
-                predict_at.append(offset + len(context) - 1 + torch.arange(len(response)))
-                targets.append(response.long())
-                offset += len(fed)
-            input_ids = torch.cat(input_ids).to(device)[None]  # [1, total]
-            position_ids = torch.cat(position_ids).to(device)[None]  # [1, total]
-            predict_at = torch.cat(predict_at).to(device)  # [N]
-            targets = torch.cat(targets).to(device)  # [N]
-
+            row = _layout(batch, sequences)
             attn_kwargs = {}
             if backend in _CU_SEQLENS_BACKENDS:
-                lengths = torch.tensor([fed_lengths[i] for i in batch], dtype=torch.int32)
-                cu_seqlens = torch.zeros(len(batch) + 1, dtype=torch.int32)
-                cu_seqlens[1:] = lengths.cumsum(0)
+                q_lengths, k_lengths = row.cu_seqlens_q.diff(), row.cu_seqlens_k.diff()
                 attn_kwargs = {
-                    "cu_seq_lens_q": cu_seqlens.to(device),
-                    "cu_seq_lens_k": cu_seqlens.to(device),
-                    "max_length_q": int(lengths.max()),
-                    "max_length_k": int(lengths.max()),
+                    "cu_seq_lens_q": row.cu_seqlens_q.to(device),
+                    "cu_seq_lens_k": row.cu_seqlens_k.to(device),
+                    "max_length_q": int(q_lengths.max()),
+                    "max_length_k": int(k_lengths.max()),
+                    "avsd_kv_index": None if row.kv_index is None else row.kv_index.to(device),
                 }
 
             # use_cache=False matters: with a cache transformers skips packed-sequence detection
             # and the sdpa path would let sequences attend to each other.
             hidden = backbone(
-                input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False, **attn_kwargs
+                input_ids=row.input_ids.to(device)[None],  # [1, total]
+                position_ids=row.position_ids.to(device)[None],  # [1, total]
+                attention_mask=None,
+                use_cache=False,
+                **attn_kwargs,
             ).last_hidden_state[0]  # [total, H]
             logprobs = chunked_token_logprobs(
-                model, hidden[predict_at], targets, logprob_chunk_tokens, temperature
+                model, hidden[row.predict_at.to(device)], row.targets.to(device), logprob_chunk_tokens, temperature
             )  # [N]
             del hidden
 
-            batch_logprobs.append(logprobs.to(out_device))  # one transfer per micro-batch
-
-    results = [torch.empty(0, dtype=torch.float32, device=out_device) for _ in sequences]
-    for batch, logprobs in zip(plan, batch_logprobs):
-        per_sequence = logprobs.split([len(sequences[i][1]) for i in batch])
-        for i, sequence_logprobs in zip(batch, per_sequence):
-            results[i] = sequence_logprobs
+            logprobs = logprobs.to(out_device)  # one transfer per micro-batch
+            for i, sequence_logprobs in zip(row.sequences, logprobs.split([len(sequences[i][1]) for i in row.sequences])):
+                results[i] = sequence_logprobs
     return results

@@ -4,11 +4,14 @@ rollout's response under each of its M privileged views.
     compute_view_log_probs(batch) -> avsd_view_logq  [B, T_b, M] (nested over T_b)
                                      avsd_view_mask  [B, M] bool
                                      avsd_view_tokens, avsd_view_truncated  [B, M]
+                                     avsd_view_fed_tokens  [B] float
 
 It runs on the same Ray actors (and GPUs) as the actor, dispatched over the actor's
 data-parallel mesh, so each rank scores its own shard. All B*M teacher sequences of a shard
 go through the model as packed variable-length rows (`teacher_prefill`), micro-batched by
-`algorithm.avsd.token_budget`, with log-probs of the response tokens only, in chunks.
+`algorithm.avsd.token_budget`, with log-probs of the response tokens only, in chunks. A context
+prefix the sequences share (the problem, under every view; the whole context, for the rollouts
+of one prompt) is fed once (`algorithm.avsd.share_prefix_min_tokens`).
 
 Teacher weights (`algorithm.avsd.teacher`):
 - `ref`: the frozen reference model; with LoRA there is no separate ref model and the
@@ -71,6 +74,7 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
         # LoRA + ref: the base model is the actor's with its adapter disabled.
         no_adapter = cfg.teacher == "ref" and self.ref is None
         adapter_off = worker.engine.disable_adapter() if no_adapter else contextlib.nullcontext()
+        prefill = {}  # sequence_tokens, fed_tokens, microbatches
         with worker.engine.eval_mode(), adapter_off, _unsharded(worker.engine.module):
             logprobs = packed_response_logprobs(
                 worker.engine.module,
@@ -78,6 +82,8 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
                 token_budget=int(cfg.token_budget),
                 logprob_chunk_tokens=int(cfg.logprob_chunk_tokens),
                 temperature=temperature,
+                share_prefix_min_tokens=int(cfg.share_prefix_min_tokens),
+                stats=prefill,
             )
 
         # [B] x [T_b, M]: nested over the response length, as verl stores per-token fields.
@@ -87,12 +93,17 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
         tokens = torch.zeros(B, M, dtype=torch.int64)
         for b, m in pairs:
             tokens[b, m] = len(contexts.context_ids[b][m]) + len(responses[b])
+        # The tokens the model ran on, spread over the rows in proportion to their sequences'
+        # tokens (a shared prefix belongs to several rows): they sum to this shard's total.
+        fed_fraction = prefill["fed_tokens"] / max(prefill["sequence_tokens"], 1)
+        fed_tokens = (tokens - 1).clamp(min=0).sum(1).float() * fed_fraction  # [B]
         return TensorDict(
             {
                 "avsd_view_logq": torch.nested.as_nested_tensor(per_sample, layout=torch.jagged),
                 "avsd_view_mask": contexts.view_mask,
                 "avsd_view_tokens": tokens,
                 "avsd_view_truncated": contexts.truncated,
+                "avsd_view_fed_tokens": fed_tokens,
             },
             batch_size=B,
         )
