@@ -8,11 +8,13 @@ token under every view; they differ only in how the sequences are batched:
   (a) dense    equal-length sequences with the same total tokens, no padding: the ceiling
   (b) naive    one right-padded micro-batch per view (all B sequences of view m together)
   (c) sorted   all sequences sorted by length, right-padded micro-batches within the budget
-  (d) packed   the project's `packed_response_logprobs` (one packed row per micro-batch)
+  (d) packed   the project's `packed_response_logprobs` (one packed row per micro-batch), as the
+               teacher worker runs it: a context prefix several sequences share is fed once
+  (d') packed_noshare  the same, every sequence fed whole: the kernel against the ceiling
 
 All four use the same chunked log-prob head, feed `context + response[:-1]` and run in
-inference mode. Useful tokens = sum of (Lc + R - 1), the tokens a method must process; tokens/s
-counts only those (padding is overhead). Peak memory: CUDA max_memory_allocated above the
+inference mode. Useful tokens = sum of (Lc + R - 1), the tokens each sequence has alone; tokens/s
+counts only those (padding is overhead; shared prefixes let (d) feed fewer). Peak memory: CUDA max_memory_allocated above the
 weights on GPU, peak RSS above the start on CPU.
 
   python bench/teacher_prefill.py --device cpu     # small, a few minutes on 2 cores
@@ -95,33 +97,39 @@ def build_model(size: str, device: torch.device, dtype: torch.dtype) -> transfor
     return model.eval()
 
 
-def make_workload(rollouts: int, views: int, target_tokens: int, vocab: int, seed: int):
+def make_workload(rollouts: int, views: int, target_tokens: int, vocab: int, seed: int, rollouts_per_prompt: int = 1):
     """B x M (context, response) pairs with ragged, AVSD-like lengths, scaled to target_tokens.
 
-    Per rollout: prompt 60-300 tokens + 24 template tokens; views full (200-1200 tokens),
-    partial (half of full), answer (4-32); any view beyond the third 50-500; a response drawn
-    log-normal (median 800, clipped to 64-4096) shared by all views of the rollout.
+    Per prompt: 60-300 tokens + 24 template tokens; views full (200-1200 tokens), partial (half
+    of full), answer (4-32); any view beyond the third 50-500. A view's context is the prompt's
+    tokens followed by the view's, as the teacher worker builds them, so the M contexts of a
+    rollout share the prompt and the `rollouts_per_prompt` rollouts of a prompt share all their
+    contexts. Per rollout: a response drawn log-normal (median 800, clipped to 64-4096) shared by
+    all its views. Sequences are ordered rollout-major, view-minor.
     """
     rng = random.Random(seed)
-    rows = []  # (context_length, response_length) per sequence
-    for _ in range(rollouts):
+    prompts = []  # (prompt length, view lengths, response length per rollout)
+    for start in range(0, rollouts, rollouts_per_prompt):
+        n = min(rollouts_per_prompt, rollouts - start)
         prompt = rng.randint(60, 300) + 24
         full = rng.randint(200, 1200)
         view_lengths = [full, full // 2, rng.randint(4, 32)] + [rng.randint(50, 500) for _ in range(max(0, views - 3))]
-        response = int(min(4096, max(64, rng.lognormvariate(math.log(800), 0.6))))
-        rows += [(prompt + view, response) for view in view_lengths[:views]]
-    raw_total = sum(c + r - 1 for c, r in rows)
+        responses = [int(min(4096, max(64, rng.lognormvariate(math.log(800), 0.6)))) for _ in range(n)]
+        prompts.append((prompt, view_lengths[:views], responses))
+    raw_total = sum((prompt + view + response - 1) for prompt, vs, rs in prompts for view in vs for response in rs)
     scale = target_tokens / raw_total
     generator = torch.Generator().manual_seed(seed)
+
+    def tokens(length: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (max(1, round(length * scale)),), generator=generator)
+
     sequences = []
-    for context, response in rows:
-        context, response = max(1, round(context * scale)), max(1, round(response * scale))
-        sequences.append(
-            (
-                torch.randint(0, vocab, (context,), generator=generator),
-                torch.randint(0, vocab, (response,), generator=generator),
-            )
-        )
+    for prompt_length, view_lengths, response_lengths in prompts:
+        prompt = tokens(prompt_length)
+        contexts = [torch.cat([prompt, tokens(view)]) for view in view_lengths]
+        for response_length in response_lengths:
+            response = tokens(response_length)
+            sequences += [(context, response) for context in contexts]
     return sequences
 
 
@@ -217,12 +225,24 @@ def run_dense(model, sequences, token_budget, chunk_tokens, device, **_):
     return None, rows * width
 
 
-def run_packed(model, sequences, token_budget, chunk_tokens, attn="auto", **_):
-    """(d) the project's packed path."""
+def run_packed(model, sequences, token_budget, chunk_tokens, attn="auto", share_prefix_min_tokens=16, **_):
+    """(d) the project's packed path, with the teacher worker's default prefix sharing."""
+    stats = {}
     out = packed_response_logprobs(
-        model, sequences, token_budget=token_budget, logprob_chunk_tokens=chunk_tokens, attn=attn
+        model,
+        sequences,
+        token_budget=token_budget,
+        logprob_chunk_tokens=chunk_tokens,
+        attn=attn,
+        share_prefix_min_tokens=share_prefix_min_tokens,
+        stats=stats,
     )
-    return out, sum(fed_length(s) for s in sequences)
+    return out, stats["fed_tokens"]
+
+
+def run_packed_noshare(model, sequences, token_budget, chunk_tokens, attn="auto", **_):
+    """(d') the packed path feeding every sequence whole: the kernel against the dense ceiling."""
+    return run_packed(model, sequences, token_budget, chunk_tokens, attn, share_prefix_min_tokens=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +282,13 @@ class PeakRSS:
         return self.peak - self.start
 
 
-METHODS = {"dense": run_dense, "naive": run_naive, "sorted": run_sorted, "packed": run_packed}
+METHODS = {
+    "dense": run_dense,
+    "naive": run_naive,
+    "sorted": run_sorted,
+    "packed_noshare": run_packed_noshare,
+    "packed": run_packed,
+}
 
 
 def measure(method: str, repeats: int, **kwargs) -> dict:
@@ -332,7 +358,12 @@ def build_setup(setup: dict):
     device = torch.device(setup["device"])
     model = build_model(setup["model"], device, getattr(torch, setup["dtype"]))
     sequences = make_workload(
-        setup["rollouts"], setup["views"], setup["target_tokens"], model.config.vocab_size, setup["seed"]
+        setup["rollouts"],
+        setup["views"],
+        setup["target_tokens"],
+        model.config.vocab_size,
+        setup["seed"],
+        setup["rollouts_per_prompt"],
     )
     return model, sequences
 
@@ -352,6 +383,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", choices=["qwen3-1.7b", "tiny"], help="default: qwen3-1.7b on cuda, tiny on cpu")
     parser.add_argument("--rollouts", type=int, help="default: 64 on cuda, 12 on cpu")
     parser.add_argument("--views", type=int, default=3)
+    parser.add_argument(
+        "--rollouts-per-prompt", type=int, default=1, help="rollouts sharing a prompt (and so whole contexts); default 1"
+    )
     parser.add_argument("--target-tokens", type=int, help="useful tokens; default 287000 on cuda, 12000 on cpu")
     parser.add_argument("--token-budget", type=int, help="tokens per micro-batch; default 32768 on cuda, 2048 on cpu")
     parser.add_argument("--logprob-chunk-tokens", type=int, default=4096)
@@ -385,6 +419,7 @@ def main(argv=None) -> dict:
         "dtype": "bfloat16" if cuda else "float32",
         "rollouts": args.rollouts or (64 if cuda else 12),
         "views": args.views,
+        "rollouts_per_prompt": args.rollouts_per_prompt,
         "target_tokens": args.target_tokens or (287_000 if cuda else 12_000),
         "seed": args.seed,
         "threads": args.threads,
@@ -466,10 +501,11 @@ def main(argv=None) -> dict:
             **result,
             "useful_tokens_per_s": useful / result["seconds"],
             "useful_tokens_per_cpu_s": useful / result["cpu_seconds"],
-            "padding_fraction": 1 - useful / result["processed"] if name != "dense" else 0.0,
+            # > 1: padding; < 1: shared prefixes fed once
+            "processed_per_useful_token": result["processed"] / useful,
         }
         print(
-            f"  {name:7s} {result['seconds']:8.3f} s (cpu {result['cpu_seconds']:7.3f} s) "
+            f"  {name:14s} {result['seconds']:8.3f} s (cpu {result['cpu_seconds']:7.3f} s) "
             f"{useful / result['seconds']:10.0f} useful tok/s  processed {result['processed']}  "
             f"peak {result['peak_memory_bytes'] / 2**20:8.1f} MiB",
             flush=True,
@@ -484,6 +520,7 @@ def main(argv=None) -> dict:
     diffs.update(
         packed_vs_naive=max_abs_diff(outputs["packed"], outputs["naive"]),
         packed_vs_sorted=max_abs_diff(outputs["packed"], outputs["sorted"]),
+        packed_vs_packed_noshare=max_abs_diff(outputs["packed"], outputs["packed_noshare"]),
         sorted_vs_naive=max_abs_diff(outputs["sorted"], outputs["naive"]),
     )
     print(f"  max |log p| diff: {diffs}", flush=True)
@@ -493,15 +530,19 @@ def main(argv=None) -> dict:
         if cuda
         else ("useful_tokens_per_cpu_s", "ratio_vs_{}_cpu_time", "process CPU time")
     )
-    p, d, n = methods["packed"], methods["dense"], methods["naive"]
+    p, q, d, n = methods["packed"], methods["packed_noshare"], methods["dense"], methods["naive"]
     report["summary"] = (
-        f"teacher prefill ({args.device}, {setup['model']}, {setup['dtype']}, {setup['rollouts']}x{args.views} views, "
+        f"teacher prefill ({args.device}, {setup['model']}, {setup['dtype']}, {setup['rollouts']}x{args.views} views"
+        f"{'' if args.rollouts_per_prompt == 1 else f', {args.rollouts_per_prompt} rollouts a prompt'}, "
         f"{useful} useful tokens, budget {budget}, {clock}): dense {d[rate]:.0f} tok/s; "
         f"naive {n[ratio.format('dense')]:.2f}x, sorted {methods['sorted'][ratio.format('dense')]:.2f}x, "
-        f"packed[{attn}] {p[ratio.format('dense')]:.2f}x of dense ({p[ratio.format('naive')]:.2f}x naive); "
-        f"peak MiB dense/naive/sorted/packed "
+        f"packed[{attn}] every sequence whole {q[ratio.format('dense')]:.2f}x of dense "
+        f"({q[ratio.format('naive')]:.2f}x naive), "
+        f"with shared prefixes fed once ({p['processed_per_useful_token']:.0%} of the tokens) "
+        f"{p[ratio.format('dense')]:.2f}x of dense ({p[ratio.format('naive')]:.2f}x naive); "
+        f"peak MiB " + "/".join(METHODS) + " "
         + "/".join(f"{methods[m]['peak_memory_bytes'] / 2**20:.0f}" for m in METHODS)
-        + f"; max |diff| packed vs unpacked {diffs['packed_vs_naive']:.1e}"
+        + f"; max |diff| packed vs padded {diffs['packed_vs_naive']:.1e}"
     )
     save()
     (args.out / f"teacher_prefill_{args.device}.md").write_text(report["summary"] + "\n")
@@ -512,6 +553,7 @@ def main(argv=None) -> dict:
         grid = [("logprob_chunk_tokens", c, {"chunk_tokens": c}) for c in (1024, 4096, 16384)]
         grid += [("token_budget", b, {"token_budget": b}) for b in (budget // 4, budget // 2, budget, budget * 2)]
         grid += [("attn", a, {"attn": a}) for a in sweep_attn]
+        grid += [("share_prefix_min_tokens", t, {"share_prefix_min_tokens": t}) for t in (0, 16, 128)]
         for knob, value, override in grid:
             entry = {"value": value}
             try:

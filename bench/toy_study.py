@@ -43,12 +43,11 @@ import torch
 from verl_avsd.estimators import token_advantages
 from verl_avsd.metrics import wrong_rollout_positive_topk
 from verl_avsd.plots import plot_metrics
-from verl_avsd.report import dump_tensors
+from verl_avsd.report import dump_tensors, read_metrics_file
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,
     ToyRun,
-    read_metrics,
     rollout_budget,
     run_main_ppo,
     toy_data,
@@ -280,7 +279,7 @@ def mean_curves(out: Path, groups: dict[str, list[dict]]) -> dict[str, dict[int,
     """Per-step metrics averaged over a group's seeds, for the plots."""
     curves = {}
     for name, records in groups.items():
-        per_seed = [read_metrics(Path(out) / "runs" / r["name"] / "verl_metrics.jsonl") for r in records]
+        per_seed = [read_metrics_file(Path(out) / "runs" / r["name"] / "verl_metrics.jsonl") for r in records]
         steps = sorted(set.intersection(*(set(m) for m in per_seed)))
         curves[name] = {
             s: {

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from verl_avsd.data_prep.errors import BadInputError
 from verl_avsd.evaluate import Generation, evaluate, main, pass_at_k, read_benchmark
 from verl_avsd.toy_run import random_toy_model, toy_data
 
@@ -294,6 +295,23 @@ def test_bad_rows_name_the_file_row_and_field(toy, tmp_path, capsys, bad_row, me
     assert main(["--model", toy[0], "--data", path, "--output", str(tmp_path / "out"), "--quiet"]) == 2
     assert f"{path}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_benchmark_file_is_named(tmp_path):
+    not_parquet = tmp_path / "bench.parquet"
+    not_parquet.write_text("not parquet")
+    lines = tmp_path / "bench.jsonl"
+    lines.write_text(json.dumps(math_row("What is 2 + 2?", "4")) + "\n{oops\n")
+    for path, message in [
+        (tmp_path / "missing.parquet", "no such file"),
+        (not_parquet, "cannot read as parquet"),
+        (tmp_path / "bench.csv", "no such file"),
+        (lines, "row 1 (line 2): not valid JSON"),
+    ]:
+        with pytest.raises(BadInputError) as error:
+            read_benchmark(str(path))
+        assert str(error.value).startswith(f"{path}: ") and message in str(error.value), str(error.value)
+    assert [row.ground_truth for row in read_benchmark(str(lines), limit=1)] == ["4"]  # JSONL rows read alike
 
 
 def test_a_model_path_that_is_neither_a_hf_folder_nor_a_checkpoint_says_so(toy, tmp_path, capsys):

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from verl_avsd import rewards
 from verl_avsd.data_prep.errors import BadInputError
+from verl_avsd.data_prep.records import InputFile
 from verl_avsd.sandbox.judge import parse_tests
 from verl_avsd.toy import task as toy_task
 
@@ -110,20 +111,21 @@ class EvalRow:
 
 
 def read_benchmark(path: str, limit: int | None = None) -> list[EvalRow]:
-    """The first `limit` rows of a verl parquet file; a bad row is a BadInputError naming the file, row and field."""
-    import pyarrow.parquet as pq
-
-    if not os.path.isfile(path):
-        raise BadInputError(path, "no such file")
-    try:
-        records = pq.read_table(path).to_pylist()
-    except Exception as error:  # pyarrow raises several types for a file that is not parquet
-        raise BadInputError(path, f"not a readable parquet file ({type(error).__name__}: {error})") from None
-    if limit is not None:
-        records = records[:limit]
-    if not records:
+    """The first `limit` rows of a verl dataset file (parquet, or JSON/JSONL with the same fields);
+    a bad row is a BadInputError naming the file, row and field."""
+    rows = []
+    for record in InputFile(path, columns=list(EVAL_COLUMNS)).records():
+        if limit is not None and len(rows) >= limit:
+            break
+        if record.unreadable is not None:
+            raise record.unreadable
+        rows.append(_eval_row(path, record.row, record.data))
+    if not rows:
         raise BadInputError(path, "has no rows")
-    return [_eval_row(path, i, record) for i, record in enumerate(records)]
+    return rows
+
+
+EVAL_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
 
 
 def _eval_row(path: str, i: int, record: dict) -> EvalRow:

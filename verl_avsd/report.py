@@ -80,9 +80,14 @@ class Run:
     config: dict  # verl's resolved config (empty without config.yaml)
 
 
-def read_metrics_file(path: Path) -> dict[int, dict[str, float]]:
+def read_metrics_file(path: str | Path, while_writing: bool = False) -> dict[int, dict[str, float]]:
     """{step: {metric: value}} from either line format; several lines of one step merge (verl logs
-    the validation before training as its own line)."""
+    the validation before training as its own line). `while_writing`: the file of a run still
+    going, read while it polls: missing or empty gives {}, an unfinished last line is skipped
+    without a word."""
+    path = Path(path)
+    if while_writing and not path.exists():
+        return {}
     text = path.read_text()
     lines = text.split("\n")
     steps: dict[int, dict[str, float]] = {}
@@ -94,7 +99,8 @@ def read_metrics_file(path: Path) -> dict[int, dict[str, float]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if lineno == len(lines):  # no newline after it: a run still writing its last line
-                print(f"[report] {where}: skipping the incomplete last line", file=sys.stderr)
+                if not while_writing:
+                    print(f"[report] {where}: skipping the incomplete last line", file=sys.stderr)
                 continue
             raise ReportError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(record, dict):
@@ -112,7 +118,7 @@ def read_metrics_file(path: Path) -> dict[int, dict[str, float]]:
             # numbers only; null and NaN mean "not measured at this step" (verl's logger writes NaN as null)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 merged[key] = float(value)
-    if not steps:
+    if not steps and not while_writing:
         raise ReportError(f"{path}: no metrics (the file has no lines)")
     return steps
 

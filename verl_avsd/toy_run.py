@@ -10,7 +10,6 @@ file logger writing one JSON line per step, which this module tails to report pr
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Callable
 import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform before verl picks one
 from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
+from verl_avsd.report import read_metrics_file
 from verl_avsd.toy import task as toy_task
 
 # The toy warm-up taught the model to read views in exactly this wording (toy.task.TEACHER_TEMPLATE).
@@ -139,19 +139,6 @@ def toy_data(out_dir: str, n_train: int = 256, n_val: int = 64, seed: int = 0) -
     return toy_task.write_parquet(out_dir, n_train=n_train, n_val=n_val, seed=seed)
 
 
-def read_metrics(path: str | os.PathLike) -> dict[int, dict]:
-    """verl's file logger lines `{"step": N, "data": {...}}` as {step: metrics}."""
-    steps: dict[int, dict] = {}
-    p = Path(path)
-    if p.exists():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                # verl logs validation on a line of its own (step 0, the last step, after a resume)
-                steps.setdefault(int(record["step"]), {}).update(record["data"])
-    return steps
-
-
 @dataclass
 class RunResult:
     returncode: int
@@ -191,11 +178,11 @@ def run_main_ppo(
         while process.poll() is None:
             time.sleep(1.0)
             if on_step:
-                for step, metrics in sorted(read_metrics(metrics_file).items()):
+                for step, metrics in sorted(read_metrics_file(metrics_file, while_writing=True).items()):
                     if step not in seen:
                         seen.add(step)
                         on_step(step, metrics)
-    metrics = read_metrics(metrics_file)
+    metrics = read_metrics_file(metrics_file, while_writing=True)
     if on_step:
         for step in sorted(set(metrics) - seen):
             on_step(step, metrics[step])
