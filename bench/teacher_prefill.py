@@ -552,8 +552,8 @@ def main(argv=None) -> dict:
         sweep_repeats = max(1, repeats - 1)
         grid = [("logprob_chunk_tokens", c, {"chunk_tokens": c}) for c in (1024, 4096, 16384)]
         grid += [("token_budget", b, {"token_budget": b}) for b in (budget // 4, budget // 2, budget, budget * 2)]
-        grid += [("attn", a, {"attn": a}) for a in sweep_attn]
         grid += [("share_prefix_min_tokens", t, {"share_prefix_min_tokens": t}) for t in (0, 16, 128)]
+        grid += [("attn", a, {"attn": a}) for a in sweep_attn]  # last: flex compiles for a minute or more
         for knob, value, override in grid:
             entry = {"value": value}
             try:

@@ -8,6 +8,7 @@ sequence, float64 log_softmax, gather. The packed path must match it to 1e-5.
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -323,6 +324,32 @@ def test_shared_prefixes_match_reference(qwen2, monkeypatch, min_tokens, token_b
     assert stats["sequence_tokens"] == sum(len(c) + len(r) - 1 for c, r in sequences)
     assert stats["fed_tokens"] < stats["sequence_tokens"]  # prompts of 12-30 tokens were shared
     assert (stats["microbatches"] > 2) == (token_budget < 4096)
+
+
+def test_a_kernel_that_aligns_causal_top_left_turns_sharing_off(qwen2, monkeypatch):
+    """A varlen kernel whose causal mask is aligned top-left when Lk > Lq (query i sees keys 0..i)
+    would give shared-prefix sequences wrong log-probs: it is caught, sharing goes off, results stay exact."""
+
+    def top_left_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        out = []
+        for q0, q1, k0, k1 in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist()):
+            group = q.shape[1] // k.shape[1]
+            qs = q[None, q0:q1].transpose(1, 2)
+            ks = k[None, k0:k1].transpose(1, 2).repeat_interleave(group, dim=1)
+            vs = v[None, k0:k1].transpose(1, 2).repeat_interleave(group, dim=1)
+            out.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0])
+        return torch.cat(out, dim=1).transpose(0, 1)  # sdpa's is_causal with Lq != Lk: top-left
+
+    sequences = make_grpo_views_workload(random.Random(4), prompts=2, rollouts=2, views=2)
+    for kernel, shares in ((reference_varlen_kernel, True), (top_left_kernel, False)):
+        monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, "varlen", kernel)
+        stats = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            packed = packed_response_logprobs(qwen2, sequences, token_budget=1000, attn="varlen", stats=stats)
+        assert (stats["fed_tokens"] < stats["sequence_tokens"]) == shares
+        assert any("shared prefixes are off" in str(w.message) for w in caught) == (not shares)
+        assert_close_to_reference(packed, reference_logprobs(qwen2, sequences))
 
 
 def test_shared_prefix_fed_tokens_by_hand(qwen2):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -486,6 +487,27 @@ def resolve_attn_backend(model: transformers.PreTrainedModel, attn: str = "auto"
     return _resolve_backend(attn, parameter.device, parameter.dtype, "sliding_attention" in layer_types)
 
 
+@functools.cache
+def _aligns_causal_bottom_right(kernel: Callable, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `kernel` lets query i of a run of Lq see keys 0 .. Lk - Lq + i (flash attention's
+    causal alignment when Lq < Lk), which shared prefixes rely on. Checked once per kernel,
+    device and dtype on a tiny random case against sdpa with that mask: a kernel (or a torch
+    version) that aligns otherwise would silently give wrong log-probs."""
+    generator = torch.Generator().manual_seed(0)
+    lq, lk, heads, dim = 5, 13, 2, 64
+    q, k, v = (torch.randn(n, heads, dim, generator=generator) for n in (lq, lk, lk))
+    out = kernel(
+        q.to(device, dtype), k.to(device, dtype), v.to(device, dtype),
+        torch.tensor([0, lq], dtype=torch.int32, device=device), torch.tensor([0, lk], dtype=torch.int32, device=device),
+        lq, lk, dim**-0.5,
+    )  # fmt: skip
+    visible = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=visible, scale=dim**-0.5
+    ).transpose(0, 1)  # [lq, heads, dim]
+    return bool(torch.allclose(out.float().cpu(), expected, atol=3e-2, rtol=0))
+
+
 def _module_exists(name: str) -> bool:
     import importlib.util
 
@@ -574,9 +596,17 @@ def packed_response_logprobs(
     if isinstance(share_prefix_min_tokens, bool) or not isinstance(share_prefix_min_tokens, int) or share_prefix_min_tokens < 0:
         raise ValueError(f"share_prefix_min_tokens must be an int >= 0, got {share_prefix_min_tokens!r}")
     backend = resolve_attn_backend(model, attn)
+    parameter = next(model.parameters())
+    device = parameter.device
     if backend not in _CU_SEQLENS_BACKENDS:  # their masks know only sequences that restart at position 0
         share_prefix_min_tokens = 0
-    device = next(model.parameters()).device
+    elif share_prefix_min_tokens and not _aligns_causal_bottom_right(_VARLEN_KERNELS[backend], device, parameter.dtype):
+        warnings.warn(
+            f"attention kernel {backend!r} does not align causal masks bottom-right for runs with more keys than "
+            "queries on this torch; shared prefixes are off (exact, every sequence fed whole)",
+            stacklevel=2,
+        )
+        share_prefix_min_tokens = 0
 
     # An empty response needs no forward pass. Each tree of the forest is cut to fit the budget,
     # then the pieces are packed into micro-batches, longest first.
