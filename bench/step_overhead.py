@@ -67,6 +67,7 @@ METHODS = {
     "avsd_m2": ("avsd", ("full", "partial")),
 }
 TIMING_KEYS = ("timing_s/step", "timing_s/teacher_views", "timing_s/gen", "timing_s/update_actor", "timing_s/adv")
+TEACHER_TOKEN_KEYS = ("avsd/teacher_tokens", "avsd/teacher_fed_fraction")  # fed: after shared prefixes ran once
 TARGET_STEP_RATIO = 1.05  # AVSD step / OPSD step
 
 
@@ -78,7 +79,7 @@ def summarize(metrics_by_method: dict[str, dict[int, dict]], warmup_steps: int) 
     for name, steps in metrics_by_method.items():
         kept = [steps[s] for s in sorted(steps) if "timing_s/step" in steps[s]][warmup_steps:]
         medians = {}
-        for key in TIMING_KEYS:
+        for key in TIMING_KEYS + TEACHER_TOKEN_KEYS:
             values = [m[key] for m in kept if key in m]
             medians[key] = statistics.median(values) if values else None
         methods[name] = {"steps_measured": len(kept), **medians}
@@ -120,7 +121,9 @@ def markdown(report: dict) -> str:
     for name, timers in report["summary"]["methods"].items():
         step, teacher = timers["timing_s/step"], timers["timing_s/teacher_views"]
         text = f"{name} {step:.2f} s/step" if step is not None else f"{name} no step measured"
-        parts.append(text + (f" (teacher {teacher:.2f} s)" if teacher is not None else ""))
+        fed = timers.get("avsd/teacher_fed_fraction")
+        fed_text = f", {fed:.0%} of its tokens fed" if fed is not None else ""
+        parts.append(text + (f" (teacher {teacher:.2f} s{fed_text})" if teacher is not None else ""))
     for pair, values in report["summary"]["ratios"].items():
         step, teacher = values["step"], values["teacher_views"]
         text = f"{pair} step {step:.2f}x" if step is not None else f"{pair} step n/a"

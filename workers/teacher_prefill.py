@@ -370,10 +370,10 @@ def _torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
 
 
 def _sdpa_per_sequence_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """Any device: sdpa on each run's slice of the packed row, no [T, T] mask.
+    """Any device: causal sdpa on each run's slice of the packed row, no [T, T] mask.
 
-    Costs sum(Lq * Lk) attention like the varlen kernels (a block mask makes sdpa pay T^2), at
-    the price of one sdpa call per run and layer.
+    Costs sum(Lk^2 / 2) attention, as a sequence fed whole would (a block mask makes sdpa pay
+    T^2), at the price of one sdpa call per run and layer.
     """
     group = q.shape[1] // k.shape[1]
     out = torch.empty_like(q)  # [Tq, Hq, D]
@@ -383,13 +383,14 @@ def _sdpa_per_sequence_kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
         q_run = q[None, q_start:q_end].transpose(1, 2)  # [1, Hq, Lq, D]
         k_run = k[None, k_start:k_end].transpose(1, 2).repeat_interleave(group, dim=1)  # [1, Hq, Lk, D], as repeat_kv
         v_run = v[None, k_start:k_end].transpose(1, 2).repeat_interleave(group, dim=1)
-        lq, lk = q_end - q_start, k_end - k_start
-        if lq == lk:
-            attended = torch.nn.functional.scaled_dot_product_attention(q_run, k_run, v_run, is_causal=True, scale=scale)
-        else:  # queries continue a shared prefix: query i sees keys 0 .. lk - lq + i
-            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
-            attended = torch.nn.functional.scaled_dot_product_attention(q_run, k_run, v_run, attn_mask=mask, scale=scale)
-        out[q_start:q_end] = attended[0].transpose(0, 1)
+        # Queries that continue a shared prefix (lq < lk: query i sees keys 0 .. lk - lq + i) go
+        # in as the last lq of lk causal queries, the first ones zeros and thrown away: CPU sdpa
+        # skips the causal upper triangle but computes every entry of an explicit mask.
+        skipped = (k_end - k_start) - (q_end - q_start)
+        if skipped:
+            q_run = torch.cat([q_run.new_zeros(1, q_run.shape[1], skipped, q_run.shape[3]), q_run], dim=2)
+        attended = torch.nn.functional.scaled_dot_product_attention(q_run, k_run, v_run, is_causal=True, scale=scale)
+        out[q_start:q_end] = attended[0, :, skipped:].transpose(0, 1)
     return out
 
 
