@@ -623,6 +623,8 @@ def packed_response_logprobs(
 
     backbone = model.get_decoder()
     results = [torch.empty(0, dtype=torch.float32, device=out_device) for _ in sequences]
+    batch_logprobs: list[torch.Tensor] = []  # per micro-batch [N_b] float32, on the model's device
+    order: list[int] = []  # the sequences they score, in that order
     with _inference_setup(model, _TRANSFORMERS_ATTN_NAME[backend]):
         for batch in plan:
             row = _layout(batch, sequences)
@@ -651,7 +653,13 @@ def packed_response_logprobs(
             )  # [N]
             del hidden
 
-            logprobs = logprobs.to(out_device)  # one transfer per micro-batch
-            for i, sequence_logprobs in zip(row.sequences, logprobs.split([len(sequences[i][1]) for i in row.sequences])):
-                results[i] = sequence_logprobs
+            # Kept on the device: a copy to the host here would wait for the GPU, which could
+            # otherwise run this micro-batch while Python lays out the next one.
+            batch_logprobs.append(logprobs)
+            order += row.sequences
+
+    if order:
+        flat = torch.cat(batch_logprobs).to(out_device)  # [sum R] one transfer for the whole call
+        for i, sequence_logprobs in zip(order, flat.split([len(sequences[i][1]) for i in order])):
+            results[i] = sequence_logprobs
     return results
