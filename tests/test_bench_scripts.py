@@ -145,8 +145,9 @@ def test_step_overhead_summary_medians_and_ratios(bench_module):
         1: {"timing_s/step": 40.0, "timing_s/teacher_views": 20.0},
         2: {"timing_s/step": 3.0, "timing_s/teacher_views": 0.9},
         3: {"timing_s/step": 3.6, "timing_s/teacher_views": 1.2},
-        4: {"timing_s/step": 3.3, "timing_s/teacher_views": 0.6},
+        4: {"timing_s/step": 3.3, "timing_s/teacher_views": 0.6, "avsd/teacher_fed_fraction": 0.8},
     }
+    avsd[3]["avsd/teacher_fed_fraction"] = 0.9
     grpo = {1: {"timing_s/step": 9.0}, 2: {"timing_s/step": 2.0}, 3: {"timing_s/step": 2.4}}
     summary = step_overhead.summarize({"opsd": opsd, "avsd": avsd, "grpo": grpo}, warmup_steps=1)
 
@@ -158,7 +159,10 @@ def test_step_overhead_summary_medians_and_ratios(bench_module):
         "timing_s/gen": 1.1,
         "timing_s/update_actor": 0.6,
         "timing_s/adv": None,
+        "avsd/teacher_tokens": None,
+        "avsd/teacher_fed_fraction": None,
     }
+    assert methods["avsd"]["avsd/teacher_fed_fraction"] == pytest.approx(0.85)  # median of the steps after warm-up
     assert methods["avsd"]["timing_s/step"] == 3.3 and methods["avsd"]["timing_s/teacher_views"] == 0.9
     assert methods["avsd"]["timing_s/gen"] is None
     assert methods["grpo"]["steps_measured"] == 2 and methods["grpo"]["timing_s/step"] == pytest.approx(2.2)
@@ -176,3 +180,4 @@ def test_step_overhead_summary_medians_and_ratios(bench_module):
     }
     line = step_overhead.markdown(report)
     assert "avsd/opsd step 1.10x, teacher 3.00x" in line and "grpo 2.20 s/step" in line and "\n" not in line
+    assert "avsd 3.30 s/step (teacher 0.90 s, 85% of its tokens fed)" in line
