@@ -96,7 +96,8 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
         # The tokens the model ran on, spread over the rows in proportion to their sequences'
         # tokens (a shared prefix belongs to several rows): they sum to this shard's total.
         fed_fraction = prefill["fed_tokens"] / max(prefill["sequence_tokens"], 1)
-        fed_tokens = (tokens - 1).clamp(min=0).sum(1).float() * fed_fraction  # [B]
+        alone = [(tokens[b] - 1).clamp(min=0).sum() if len(responses[b]) else 0 for b in range(B)]  # Lc + R - 1 each
+        fed_tokens = torch.tensor([float(n) for n in alone]) * fed_fraction  # [B]
         return TensorDict(
             {
                 "avsd_view_logq": torch.nested.as_nested_tensor(per_sample, layout=torch.jagged),
