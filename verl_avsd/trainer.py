@@ -82,6 +82,25 @@ def groups_without_signal(sequence_reward: torch.Tensor, uids: list) -> float:
     return sum(1 for g in multi if max(g) == min(g)) / len(multi) if multi else float("nan")
 
 
+def teacher_rank_order(seq_lens: list[int], uids: list, dp_size: int) -> list[int] | None:
+    """The row order for the teacher step over `dp_size` data-parallel ranks (verl's dispatch gives
+    rank r the r-th of dp_size equal contiguous chunks): every prompt group (same uid) whole on one
+    rank, so the identical contexts of its rollouts are fed once, with the ranks' workloads
+    balanced (verl's Karmarkar-Karp over groups). None, to keep the order as it is, with one rank,
+    or when the groups cannot split evenly (unequal sizes, or a count dp_size does not divide)."""
+    from verl.utils.seqlen_balancing import get_group_balanced_partitions
+
+    groups: dict = {}
+    for i, uid in enumerate(uids):
+        groups.setdefault(uid, []).append(i)
+    sizes = {len(rows) for rows in groups.values()}
+    if dp_size <= 1 or len(sizes) != 1 or len(groups) % dp_size:
+        return None
+    by_group = [i for rows in groups.values() for i in rows]  # verl's grouping wants each uid contiguous
+    partitions = get_group_balanced_partitions([seq_lens[i] for i in by_group], [uids[i] for i in by_group], dp_size)
+    return [by_group[j] for partition in partitions for j in partition]
+
+
 @register_trainer("avsd_sync")
 class AvsdTrainer(PPOTrainerSync):
     def __init__(self, config):
@@ -131,10 +150,15 @@ class AvsdTrainer(PPOTrainerSync):
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
             }
         )
+        order = self._teacher_order(batch, metrics) if self.avsd.teacher_group_by_prompt else None
+        if order is not None:
+            batch.reorder(order)
         start = time.perf_counter()
         output = self.actor_rollout_wg.compute_view_log_probs(batch)
         assert len(output) == len(batch)
         elapsed = time.perf_counter() - start
+        if order is not None:  # outputs are stored per sample key; the update keeps verl's order
+            batch.reorder(np.argsort(order).tolist())
         stats = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
@@ -152,6 +176,19 @@ class AvsdTrainer(PPOTrainerSync):
             }
         )
         return batch
+
+    def _teacher_order(self, batch, metrics: dict) -> list[int] | None:
+        """`teacher_rank_order` for this batch on the actor's data-parallel ranks."""
+        group = self.actor_rollout_wg
+        if "actor" not in group._dispatch_info:  # as verl's _balance_batch finds the dp size
+            group._dispatch_info["actor"] = group._query_dispatch_info("actor")
+        dp_size = max(group._dispatch_info["actor"]) + 1
+        if dp_size <= 1:
+            return None
+        uids = _rows(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid"])["uid"])
+        order = teacher_rank_order([tag["seq_len"] for tag in batch.tags], uids, dp_size)
+        metrics["avsd/teacher_grouped_by_prompt"] = float(order is not None)
+        return order
 
     def _build_feedback_views(self, batch, metrics: dict):
         """Run every rollout's program on its row's public tests; the teacher worker reads the
