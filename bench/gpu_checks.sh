@@ -65,7 +65,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 run_step "estimator cost" 90 "$PYTHON" bench/estimator_cost.py --device cuda
 run_step "teacher prefill M=1" 150 \
-    "$PYTHON" bench/teacher_prefill.py --device cuda --views 1 --rollouts 192 --no-sweep --out "$M1_DIR"
+    "$PYTHON" bench/teacher_prefill.py --device cuda --views 1 --rollouts 192 --no-sweep --no-profile --out "$M1_DIR"
 if [ -f "$M1_DIR/teacher_prefill_cuda.json" ]; then
     cp "$M1_DIR/teacher_prefill_cuda.json" "$RESULTS/teacher_prefill_m1_cuda.json"
 fi

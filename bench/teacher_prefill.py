@@ -353,6 +353,54 @@ def measure_in_fresh_process(setup: dict, method: str, repeats: int, overrides: 
     return result
 
 
+# Where the packed path's time goes: aten ops by their own (self) device time, in categories.
+PROFILE_CATEGORIES = (  # first match wins; names are lower-cased aten/custom op names
+    ("attention", ("attn", "attention", "flash", "fmha")),
+    ("matmul (projections, MLP, output head)", ("mm", "matmul", "linear", "gemm")),
+    ("gathers and copies (packing, kv/hidden selection)", ("index", "copy", "cat", "to_copy", "contiguous", "memcpy")),
+)
+
+
+def profile_packed(model, sequences, token_budget, chunk_tokens, attn, device) -> dict:
+    """One packed call (after a warm-up) under torch.profiler: self time per op category, so a
+    result short of the ceiling says where the rest goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    kwargs = dict(token_budget=token_budget, logprob_chunk_tokens=chunk_tokens, attn=attn)
+    with torch.inference_mode():
+        packed_response_logprobs(model, sequences, **kwargs)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        start = time.perf_counter()
+        with profile(activities=activities) as prof:
+            packed_response_logprobs(model, sequences, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    totals: dict[str, float] = {}
+    regions: dict[str, float] = {}  # the prefill's named ranges, ms (on CUDA the kernels they launched)
+    for event in prof.key_averages():
+        if event.key.startswith("avsd_teacher/"):
+            us = getattr(event, "device_time_total", 0) if cuda else event.cpu_time_total
+            regions[event.key.removeprefix("avsd_teacher/")] = us / 1e3
+            continue
+        us = getattr(event, "self_device_time_total", 0) if cuda else event.self_cpu_time_total
+        if not us:
+            continue
+        name = event.key.lower()
+        category = next((c for c, keys in PROFILE_CATEGORIES if any(k in name for k in keys)), "other (norms, rope, activations)")
+        totals[category] = totals.get(category, 0.0) + us / 1e3
+    busy = sum(totals.values())
+    return {
+        "clock": "device self time" if cuda else "CPU self time",
+        "wall_ms": wall * 1e3,  # with the profiler's own overhead
+        "busy_ms": busy,  # on CUDA: wall - busy is the device idling (launches, host syncs)
+        "regions_ms": regions,  # layout (host), backbone (decoder layers), logprob_head (lm_head + log-softmax)
+        "ms": dict(sorted(totals.items(), key=lambda kv: -kv[1])),
+        "share": {c: ms / busy for c, ms in sorted(totals.items(), key=lambda kv: -kv[1])} if busy else {},
+    }
+
+
 def build_setup(setup: dict):
     """Deterministic model + workload from plain settings (so a child process rebuilds them)."""
     device = torch.device(setup["device"])
@@ -405,6 +453,12 @@ def main(argv=None) -> dict:
         help="comma-separated backends to sweep; default "
         "varlen,sdpa_varlen,sdpa_block,flash_attn,flex on cuda (flex last: it compiles), "
         "sdpa_varlen,sdpa_block on cpu",
+    )
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile one packed call: self time by op category (attention, matmul, head, gathers, other)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -547,6 +601,17 @@ def main(argv=None) -> dict:
     save()
     (args.out / f"teacher_prefill_{args.device}.md").write_text(report["summary"] + "\n")
     print(report["summary"], flush=True)
+
+    if args.profile:
+        try:
+            report["profile"] = profile_packed(model, sequences, budget, chunk, attn, torch.device(args.device))
+            shares = ", ".join(f"{c} {v:.0%}" for c, v in report["profile"]["share"].items())
+            regions = ", ".join(f"{r} {ms:.0f} ms" for r, ms in report["profile"]["regions_ms"].items())
+            print(f"  profile of packed ({report['profile']['clock']}): {shares}; {regions}", flush=True)
+        except Exception as error:  # noqa: BLE001 - a profiler failure must not cost the sweeps
+            report["profile"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+            print(f"  profile: {report['profile']['error']}", flush=True)
+        save()
 
     if args.sweep:
         sweep_repeats = max(1, repeats - 1)

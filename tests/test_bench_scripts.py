@@ -181,3 +181,29 @@ def test_step_overhead_summary_medians_and_ratios(bench_module):
     line = step_overhead.markdown(report)
     assert "avsd/opsd step 1.10x, teacher 3.00x" in line and "grpo 2.20 s/step" in line and "\n" not in line
     assert "avsd 3.30 s/step (teacher 0.90 s, 85% of its tokens fed)" in line
+
+
+def test_teacher_prefill_benchmark_end_to_end_at_a_tiny_size(tmp_path):
+    """The script a GPU session runs, at CPU size: every method, the sharing accounting, the
+    packed-vs-padded agreement and the profile land in the JSON and the summary line."""
+    command = [sys.executable, str(BENCH / "teacher_prefill.py"), "--device", "cpu", "--rollouts", "4",
+               "--rollouts-per-prompt", "2", "--target-tokens", "1500", "--repeats", "1", "--no-sweep",
+               "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "teacher_prefill_cpu.json").read_text())
+    methods = report["methods"]
+    assert list(methods) == ["dense", "naive", "sorted", "packed_noshare", "packed"]
+    assert methods["naive"]["processed_per_useful_token"] > 1  # padding
+    assert methods["packed_noshare"]["processed_per_useful_token"] == 1
+    # 2 rollouts a prompt x 3 views: the prompt is shared by 6 sequences, each context by 2
+    assert methods["packed"]["processed_per_useful_token"] < 0.9
+    assert all(m["useful_tokens_per_cpu_s"] > 0 and m["ratio_vs_dense_cpu_time"] > 0 for m in methods.values())
+    diffs = report["max_abs_diff"]
+    assert diffs["packed_vs_naive"] < 1e-4 and diffs["packed_vs_packed_noshare"] < 1e-4
+    profile = report["profile"]
+    assert set(profile["regions_ms"]) == {"layout", "backbone", "logprob_head"}
+    assert profile["busy_ms"] > 0 and abs(sum(profile["share"].values()) - 1) < 1e-6
+    assert "attention" in profile["ms"] and any(k.startswith("matmul") for k in profile["ms"])
+    summary = (tmp_path / "teacher_prefill_cpu.md").read_text()
+    assert "with shared prefixes fed once" in summary and "2 rollouts a prompt" in summary

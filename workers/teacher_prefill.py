@@ -627,7 +627,8 @@ def packed_response_logprobs(
     order: list[int] = []  # the sequences they score, in that order
     with _inference_setup(model, _TRANSFORMERS_ATTN_NAME[backend]):
         for batch in plan:
-            row = _layout(batch, sequences)
+            with torch.profiler.record_function("avsd_teacher/layout"):
+                row = _layout(batch, sequences)
             attn_kwargs = {}
             if backend in _CU_SEQLENS_BACKENDS:
                 q_lengths, k_lengths = row.cu_seqlens_q.diff(), row.cu_seqlens_k.diff()
@@ -641,16 +642,19 @@ def packed_response_logprobs(
 
             # use_cache=False matters: with a cache transformers skips packed-sequence detection
             # and the sdpa path would let sequences attend to each other.
-            hidden = backbone(
-                input_ids=row.input_ids.to(device)[None],  # [1, total]
-                position_ids=row.position_ids.to(device)[None],  # [1, total]
-                attention_mask=None,
-                use_cache=False,
-                **attn_kwargs,
-            ).last_hidden_state[0]  # [total, H]
-            logprobs = chunked_token_logprobs(
-                model, hidden[row.predict_at.to(device)], row.targets.to(device), logprob_chunk_tokens, temperature
-            )  # [N]
+            # (the named ranges cost nothing unless torch.profiler runs: bench/teacher_prefill.py --profile)
+            with torch.profiler.record_function("avsd_teacher/backbone"):
+                hidden = backbone(
+                    input_ids=row.input_ids.to(device)[None],  # [1, total]
+                    position_ids=row.position_ids.to(device)[None],  # [1, total]
+                    attention_mask=None,
+                    use_cache=False,
+                    **attn_kwargs,
+                ).last_hidden_state[0]  # [total, H]
+            with torch.profiler.record_function("avsd_teacher/logprob_head"):
+                logprobs = chunked_token_logprobs(
+                    model, hidden[row.predict_at.to(device)], row.targets.to(device), logprob_chunk_tokens, temperature
+                )  # [N]
             del hidden
 
             # Kept on the device: a copy to the host here would wait for the GPU, which could
