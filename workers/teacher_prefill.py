@@ -5,13 +5,20 @@ each), so a batch of B rollouts gives up to B*M sequences `context_ids + respons
 different lengths. This module computes, for each of them, log q(response[t] | context,
 response[:t]) with no padding:
 
-1. `plan_microbatches` groups the sequences into micro-batches of at most `token_budget`
-   tokens (first-fit decreasing, longest first).
-2. Each micro-batch becomes ONE packed row `[1, total]`: the sequences are concatenated,
-   position ids restart at 0 for every sequence, and attention stays inside each sequence.
-3. The decoder backbone runs once on the row; only the hidden states that predict response
+1. `prefix_forest` finds the context prefixes several sequences share (the problem, under all
+   M views of a rollout; the whole context, for the rollouts of one prompt): each becomes a
+   segment fed once, the sequences' remainders its children (`share_prefix_min_tokens`).
+2. `_fit` cuts each tree to `token_budget` tokens (copying a shared segment into each piece)
+   and `plan_microbatches` packs the pieces into micro-batches (first-fit decreasing).
+3. Each micro-batch becomes ONE packed row `[1, total]` (`_layout`): segments concatenated,
+   position ids continuing each segment's ancestors, and attention of every segment confined to
+   its ancestors and itself (causal), through the varlen kernels' separate query and key runs.
+4. The decoder backbone runs once on the row; only the hidden states that predict response
    tokens are kept, and the output embedding + log-softmax + gather run over them in chunks of
    `logprob_chunk_tokens`, so no float32 `[N, V]` logits tensor larger than one chunk exists.
+
+Without sharing (0, or the "sdpa_block"/"flex" backends) every sequence is one segment whose
+position ids restart at 0, and the row is the classic packed batch.
 
 Attention backends for the packed row (`attn=`):
 - "sdpa_block": transformers' own sdpa path. With `attention_mask=None`, no cache and reset
@@ -19,7 +26,7 @@ Attention backends for the packed row (`attn=`):
   (`masking_utils.find_packed_sequence_indices`) and builds the block-diagonal causal mask
   itself. Runs anywhere and knows sliding windows, but the mask is `[total, total]` and sdpa
   pays total^2 attention for it (about 2x slower than "sdpa_varlen" on CPU).
-- "sdpa_varlen": causal sdpa on each sequence's slice of the row, from the micro-batch's
+- "sdpa_varlen": causal sdpa on each segment's slice of the row, from the micro-batch's
   cu_seqlens (any device, sum(L^2) attention, no mask).
 - "varlen": `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10, CUDA, fp16/bf16).
 - "flash_attn": `flash_attn.flash_attn_varlen_func` (needs the flash-attn package).
