@@ -6,7 +6,8 @@
 #   2. teacher prefill at M=1: 192 rollouts x 1 view, the same 287k useful tokens and 32768-token
 #      micro-batches as step 3, no sweeps (only its peak memory is used) -> teacher_prefill_m1_cuda.json
 #   3. teacher prefill, the H100 workload: Qwen3-1.7B shape, bf16, 64 rollouts x 3 views, 287k useful
-#      tokens, then its sweeps (chunk size, token budget, attention backends)
+#      tokens, packed with and without shared prefixes, a profile of the packed call, then its
+#      sweeps (chunk size, token budget, share_prefix_min_tokens, attention backends)
 #                                                             -> teacher_prefill_cuda.{json,md}
 #   4. teacher peak memory of the packed path, M=3 over M=1 (target <= 1.15) -> teacher_memory_cuda.{json,md}
 #
