@@ -110,6 +110,9 @@ class EvalRow:
     extra_info: dict
 
 
+EVAL_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")  # all a benchmark row needs
+
+
 def read_benchmark(path: str, limit: int | None = None) -> list[EvalRow]:
     """The first `limit` rows of a verl dataset file (parquet, or JSON/JSONL with the same fields);
     a bad row is a BadInputError naming the file, row and field."""
@@ -123,9 +126,6 @@ def read_benchmark(path: str, limit: int | None = None) -> list[EvalRow]:
     if not rows:
         raise BadInputError(path, "has no rows")
     return rows
-
-
-EVAL_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
 
 
 def _eval_row(path: str, i: int, record: dict) -> EvalRow:
