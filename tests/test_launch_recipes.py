@@ -467,7 +467,11 @@ while [[ $1 == -* ]]; do
     if [[ $1 == -w ]]; then node=$2; shift 2; else shift; fi
 done
 if [[ $1 == hostname ]]; then echo "10.0.0.${node#node} fe80::${node#node}"; exit 0; fi
-exec "$@" --dry-run
+"$@" --dry-run
+status=$?
+# a node's GPUs join Ray once its `ray start` ran (FAKE_RAY counts them with FAKE_GPUS=joined)
+if [[ $* == *ray_start.sh* ]]; then echo "$node" >> "$FAKE_LOG.joined"; fi
+exit $status
 """
 FAKE_SCONTROL = """\
 #!/usr/bin/env bash
@@ -476,11 +480,16 @@ FAKE_SCONTROL = """\
 FAKE_RAY = """\
 #!/usr/bin/env bash
 [[ $1 == status && $3 == 10.0.0.1:6379 ]] || exit 1
-printf 'Resources\\n------\\nUsage:\\n 0.0/32.0 CPU\\n 0.0/%s.0 GPU\\n' "$FAKE_GPUS"
+gpus=$FAKE_GPUS
+if [[ $gpus == joined ]]; then gpus=$((8 * $(cat "$FAKE_LOG.joined" 2>/dev/null | wc -l))); fi
+printf 'Resources\\n------\\nUsage:\\n 0.0/32.0 CPU\\n 0.0/%s.0 GPU\\n' "$gpus"
 """
 
 
-def fake_slurm(tmp_path: Path, gpus_in_cluster: int, **extra: str) -> dict[str, str]:
+def fake_slurm(tmp_path: Path, gpus_in_cluster: int | str, **extra: str) -> dict[str, str]:
+    """A fake SLURM allocation of node1 + node2. `gpus_in_cluster`: what `ray status` reports, a
+    fixed count or "joined" (8 for each node whose Ray start step has finished, as on a real
+    cluster, so the script cannot run ahead of a node's start step)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("ray", FAKE_RAY)):
@@ -500,7 +509,7 @@ def fake_slurm(tmp_path: Path, gpus_in_cluster: int, **extra: str) -> dict[str, 
 
 
 def test_slurm_script_starts_head_and_workers_then_the_recipe_on_the_head(tmp_path):
-    env = fake_slurm(tmp_path, gpus_in_cluster=16, RECIPE="launch/recipes/math_rlsd_qwen3_8b.sh")
+    env = fake_slurm(tmp_path, gpus_in_cluster="joined", RECIPE="launch/recipes/math_rlsd_qwen3_8b.sh")
     result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), "trainer.total_training_steps=7", env=env, cwd=tmp_path)
     calls = (tmp_path / "srun.log").read_text().splitlines()
 
