@@ -76,3 +76,20 @@ def test_config_typo_is_an_error_with_a_hint():
     with pytest.raises(ValueError, match=r"algorithm\.avsd\.epistemc_tau .*did you mean algorithm\.avsd\.epistemic_tau"):
         est.token_advantages("avsd", _algo(epistemc_tau=0.1), student_logp=b["old_log_probs"], view_logq=b["view_logq"],
                              view_mask=b["view_mask"], response_mask=b["response_mask"])
+
+
+@pytest.mark.parametrize("name", est.TEACHER_ESTIMATORS)
+def test_sentinel_teacher_logprob_gives_finite_advantages_in_every_estimator(name):
+    # float32 finfo.min in one view of one token: dropped like a view the teacher could not
+    # score (it gave NaN with two views); every estimator's advantage stays finite and sane
+    b = _batch(B=4, M=3)
+    b["view_logq"][0, :2, 0] = torch.finfo(torch.float32).min
+    b["view_logq"][1, 1, 2] = torch.finfo(torch.float32).max
+    rewards = torch.zeros(4, 6)
+    rewards[0, -1] = 1.0
+    adv, s = est.token_advantages(
+        name, _algo(opsd_view="partial", epistemic_tau=0.1), student_logp=b["old_log_probs"], view_logq=b["view_logq"],
+        view_mask=b["view_mask"], response_mask=b["response_mask"], token_level_rewards=rewards, index=["a", "a", "b", "b"],
+    )
+    assert torch.isfinite(adv).all() and adv.abs().max() < 10
+    assert s.views_dropped == (2 if name == "opsd" else 3)  # opsd reads `partial` only

@@ -228,3 +228,74 @@ def test_rlsd_lam_zero_is_grpo():
     A = torch.tensor([1.5, -0.5])
     adv = rlsd_advantage(A, torch.randn(2, 3), torch.ones(2, 3), lam=0.0)
     assert torch.equal(adv, A[:, None].expand(2, 3))
+
+
+# ---- extreme but finite log-probs (a sentinel like float32 finfo.min is not a score) ----
+
+F32 = torch.finfo(torch.float32)
+SENTINELS = [F32.min, F32.max, -1e30, 1e30, -1e4 * 1.5, float("nan"), float("-inf"), float("inf")]
+
+
+def _reference_dropping_sentinels(logp, logq, vm, rm):
+    """The slow float64 reference, with every value beyond LOGPROB_LIMIT turned into NaN (which
+    the reference drops like a view the teacher could not score)."""
+    from verl_avsd.signals import LOGPROB_LIMIT
+
+    q = logq.double().clone()
+    q[~(q.abs() <= LOGPROB_LIMIT)] = float("nan")
+    return avsd_batch_reference(*_lists(logp.double(), q, vm, rm))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("M", [1, 2, 3])
+def test_finfo_min_teacher_logprob_is_dropped_and_counted(dtype, M):
+    # one view at finfo.min (the others, if any, ordinary): it gave NaN with 2 views, -5.7e37 with 3
+    logp = torch.tensor([[-1.0, -2.0]], dtype=dtype)
+    logq = torch.full((1, M, 2), -0.5, dtype=dtype)
+    logq[0, 0, 0] = F32.min
+    s = avsd_signals(logp, logq, torch.ones(1, M, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
+    for name in FIELDS:
+        assert torch.isfinite(getattr(s, name)).all(), name
+    assert s.views_dropped == 1
+    assert s.tokens_without_view == (1 if M == 1 else 0)
+    want = 0.0 if M == 1 else -0.5 - (-1.0)  # the remaining views agree: advantage = their delta
+    assert math.isclose(s.advantage[0, 0].item(), want, abs_tol=1e-6)
+    assert math.isclose(s.advantage[0, 1].item(), -0.5 + 2.0, abs_tol=1e-6)  # token 1 untouched
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches(), st.integers(0, 2**31 - 1), st.sampled_from([torch.float32, torch.float64]))
+def test_sentinel_logprobs_never_give_nan_or_absurd_advantages(batch, seed, dtype):
+    logp, logq, vm, rm = batch
+    g = torch.Generator().manual_seed(seed)
+    logq = logq.clone()
+    hit = torch.rand(logq.shape, generator=g) < 0.3
+    picks = torch.randint(len(SENTINELS), logq.shape, generator=g)
+    logq[hit] = torch.tensor(SENTINELS, dtype=torch.float64)[picks[hit]]
+    logq[0, 0, 0] = -9999.0  # inside the limit: a (very unlikely) real score, kept
+    s = avsd_signals(logp.to(dtype), logq.to(dtype), vm, rm)
+    ref = _reference_dropping_sentinels(logp, logq, vm, rm)
+    for name in FIELDS:
+        got = getattr(s, name)
+        assert torch.isfinite(got).all(), name
+        assert got.abs().max() <= 4e4, name  # bounded by the limit, never ~1e38
+        # float32 rounds -9999 to 1e-3 resolution; the reference is float64
+        tol = 1e-12 if dtype == torch.float64 else 2e-3
+        assert torch.allclose(got.double(), torch.tensor(ref[name], dtype=torch.float64), atol=tol, rtol=1e-6), name
+    expected_dropped = int((vm[:, :, None] & rm.bool()[:, None, :] & ~(logq.abs() <= 1e4)).sum())
+    assert s.views_dropped == expected_dropped
+
+
+def test_opsd_drops_a_sentinel_like_avsd_with_one_view():
+    logp = torch.tensor([[-1.0, -1.0]])
+    logq = torch.tensor([[F32.min, -0.25]])
+    adv = opsd_advantage(logp, logq, torch.ones(1, 2))
+    assert adv.tolist() == [[0.0, 0.75]]
+    assert torch.equal(adv, avsd_signals(logp, logq[:, None], torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 2)).advantage)
+
+
+@pytest.mark.parametrize("value", [F32.min, F32.max, -1e5])
+def test_student_logprob_beyond_the_limit_is_an_error_naming_the_position(value):
+    logp = torch.tensor([[-1.0, value]])
+    with pytest.raises(ValueError, match=r"beyond .*sample 0, position 1"):
+        avsd_signals(logp, torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2))

@@ -16,8 +16,10 @@ Since gate * J = C * |A_G| * J / (|A_G| + J + eps) < |A_G|, the residual can str
 weaken the consensus but never flip its sign.
 
 M is the number of *valid* views of a token: a view is valid where the sample has it
-(`view_mask`) and its log-prob is finite (a view the teacher could not score is dropped
-and counted, never propagated as NaN). A token with no valid view gets advantage 0.
+(`view_mask`) and its log-prob is a usable number: finite and within LOGPROB_LIMIT nats of 0
+(a view the teacher could not score is dropped and counted, never propagated as NaN, and so
+is a sentinel such as float32's finfo.min, whose sums over views would overflow). A token
+with no valid view gets advantage 0.
 
 Shapes: B samples, M views, T response positions.
 """
@@ -30,6 +32,18 @@ from dataclasses import dataclass
 import torch
 
 EPS = 1e-8  # the spec's epsilon in C and R
+
+# No model's log-softmax gives a log-prob beyond 1e4 nats (p = e^-10000; logits spread over
+# 1000 at temperature 0.1 still give only -1e4). A value past it is a sentinel, not a score
+# (float32 finfo.min = -3.4e38 from a masked logit, say): kept, it made the sum over two views
+# overflow to -inf and the advantage NaN, or the advantage -1e38 with one view. Inside the
+# limit every sum below stays finite in float32 (|delta| <= 2e4 per view).
+LOGPROB_LIMIT = 1e4
+
+
+def usable_logprob(x: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the entries that are log-probs a model can give: finite, |x| <= LOGPROB_LIMIT."""
+    return torch.isfinite(x) & (x.abs() <= LOGPROB_LIMIT)
 
 
 @dataclass
@@ -44,7 +58,7 @@ class AvsdSignals:
     advantage: torch.Tensor  # A_G + gate * J
     arithmetic: torch.Tensor  # log q_A - log p (the arithmetic-only advantage)
     views_valid: torch.Tensor  # [B, T] number of valid views per token (0 outside the mask)
-    views_dropped: int  # (sample, view, token) triples the sample has but whose log-prob is non-finite
+    views_dropped: int  # (sample, view, token) triples the sample has but whose log-prob is not usable_logprob
     tokens_without_view: int  # response tokens left with no valid view (advantage 0)
     token_mask: torch.Tensor  # [B, T] bool: response tokens that have at least one valid view
     sign_conflict: torch.Tensor  # [B, T] bool: two valid views' deltas have opposite signs (C < 1)
@@ -56,13 +70,14 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def check_student_logp(student_logp: torch.Tensor, response_mask: torch.Tensor) -> None:
-    """The student log-prob is the rollout policy's own: a non-finite value there is a bug
-    upstream (not a missing view), so it is an error that says where, not something to skip."""
-    bad = response_mask.bool() & ~torch.isfinite(student_logp)
+    """The student log-prob is the rollout policy's own, of a token it sampled: a non-finite value
+    there, or one beyond LOGPROB_LIMIT (a sentinel like finfo.min), is a bug upstream (not a
+    missing view), so it is an error that says where, not something to skip."""
+    bad = response_mask.bool() & ~usable_logprob(student_logp)
     if bad.any():
         rows, cols = bad.nonzero(as_tuple=True)
         raise ValueError(
-            f"student log-prob (old_log_prob) is non-finite at {int(bad.sum())} response token(s); "
+            f"student log-prob (old_log_prob) is non-finite or beyond +-{LOGPROB_LIMIT:g} at {int(bad.sum())} response token(s); "
             f"first at sample {int(rows[0])}, position {int(cols[0])} "
             f"(value {student_logp[rows[0], cols[0]].item()})"
         )
@@ -95,9 +110,9 @@ def avsd_signals(
     logp = torch.where(resp, student_logp.to(dtype), 0.0)  # [B, T], finite everywhere
     logq = view_logq.to(dtype)  # [B, M, T]
 
-    # A view counts for a token where the sample has it and its log-prob is finite.
+    # A view counts for a token where the sample has it and its log-prob is usable.
     has_view = view_mask.bool()[:, :, None] & resp[:, None, :]  # [B, M, T]
-    valid = has_view & torch.isfinite(logq)  # [B, M, T]
+    valid = has_view & usable_logprob(logq)  # [B, M, T]
     views_dropped = int((has_view & ~valid).sum())
     n = valid.sum(dim=1).to(dtype)  # [B, T] valid views per token
     has_any = n > 0  # [B, T]
@@ -148,11 +163,12 @@ def opsd_advantage(
     response_mask: torch.Tensor,  # [B, T]
 ) -> torch.Tensor:
     """On-policy self-distillation: log q(y_t) - log p(y_t); 0 where the teacher log-prob is
-    non-finite or outside the response. Equals `avsd_signals(...).advantage` with M = 1."""
+    not usable (non-finite, beyond LOGPROB_LIMIT) or outside the response. Equals
+    `avsd_signals(...).advantage` with M = 1."""
     resp = response_mask.bool()
     check_student_logp(student_logp, resp)
     dtype = _compute_dtype(student_logp, teacher_logq)
-    ok = resp & torch.isfinite(teacher_logq)
+    ok = resp & usable_logprob(teacher_logq)
     return torch.where(ok, teacher_logq.to(dtype) - student_logp.to(dtype), 0.0)
 
 
