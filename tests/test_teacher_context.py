@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from verl_avsd.config import avsd_config
 from verl_avsd.toy.tiny_model import build_tokenizer
-from verl_avsd.workers.teacher_context import ViewDataError, build_teacher_contexts, views_of_row
+from verl_avsd.workers.teacher_context import ViewDataError, build_teacher_contexts, check_view_coverage, views_of_row
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,63 @@ def test_prompt_without_user_turn_names_the_row(tokenizer):
     rows = [_row(3, [{"name": "full", "text": "x"}])]
     with pytest.raises(ViewDataError, match=r"row index=3.*raw_prompt"):
         build_teacher_contexts(tokenizer, [[{"role": "system", "content": "hi"}]], rows, _cfg())
+
+
+def test_batch_whose_views_all_have_empty_text_says_so_naming_row_and_view(tokenizer):
+    # the views are there, their text is empty: not a naming problem, so no "set algorithm.avsd.views"
+    rows = [_row(4, [{"name": "full", "text": ""}, {"name": "answer", "text": "  "}])]
+    with pytest.raises(ViewDataError) as e:
+        build_teacher_contexts(tokenizer, [PROMPT], rows, _cfg())
+    msg = str(e.value)
+    assert "empty text" in msg and "row index=4" in msg and "'full'" in msg and "'answer'" in msg
+    assert "no row has ['partial']" in msg
+    assert "set algorithm.avsd.views" not in msg
+
+
+# ---- the first batch against algorithm.avsd.views ----
+
+MATH_VIEWS = [{"name": "full", "text": "12 + 30 = 42"}, {"name": "partial", "text": "12 + 30"}, {"name": "answer", "text": "42"}]
+
+
+def test_misspelt_view_is_an_error_naming_the_views_found():
+    rows = [_row(i, MATH_VIEWS) for i in range(4)]
+    with pytest.raises(ViewDataError) as e:
+        check_view_coverage(rows, ["full", "partail", "answer"])
+    msg = str(e.value)
+    assert "'partail'" in msg and "['answer', 'full', 'partial']" in msg and "did you mean 'partial'" in msg
+
+
+def test_view_present_only_with_empty_text_is_an_error_naming_a_row():
+    rows = [_row(i, MATH_VIEWS[:2] + [{"name": "answer", "text": ""}]) for i in (8, 9)]
+    with pytest.raises(ViewDataError, match=r"'answer'.*empty.*row index=8"):
+        check_view_coverage(rows, ["full", "answer"])
+
+
+def test_view_missing_in_most_rows_is_a_warning_with_the_counts(caplog):
+    rows = [_row(0, MATH_VIEWS)] + [_row(i, MATH_VIEWS[:1]) for i in range(1, 4)]
+    with caplog.at_level("WARNING"):
+        share = check_view_coverage(rows, ["full", "answer"])
+    assert share == {"full": 1.0, "answer": 0.25}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "'answer' is missing (absent or empty) in 3 of the 4 rows" in warned[0]
+
+
+def test_views_every_row_has_pass_quietly(caplog):
+    with caplog.at_level("WARNING"):
+        assert check_view_coverage([_row(i, MATH_VIEWS) for i in range(3)], ["full", "partial", "answer"]) == dict.fromkeys(
+            ["full", "partial", "answer"], 1.0
+        )
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_feedback_view_is_there_where_the_row_has_public_tests():
+    code = [{"name": "reference", "text": "print(1)"}]
+    with_tests = {**_row(0, code), "public_tests": '{"inputs": [""], "outputs": ["1"]}'}
+    assert check_view_coverage([with_tests, _row(1, code)], ["reference", "feedback"]) == {"reference": 1.0, "feedback": 0.5}
+    with pytest.raises(ViewDataError, match=r"'feedback'.*extra_info\.public_tests"):
+        check_view_coverage([_row(1, code)], ["reference", "feedback"])
+
+
+def test_malformed_first_batch_row_is_an_error_naming_it():
+    with pytest.raises(ViewDataError, match=r"row index=2.*extra_info\.views is missing"):
+        check_view_coverage([_row(1, MATH_VIEWS), {"index": 2}], ["full"])

@@ -1,17 +1,28 @@
 """`algorithm.avsd.*`: defaults live in `config/avsd.yaml`; this module merges a run's keys onto
-them and rejects what cannot be right (unknown keys, bad values) with a message that names the key."""
+them and rejects what cannot be right (unknown keys, wrong types, inf/nan, out-of-range values)
+at config time, with a message that names the key, before any Ray work starts."""
 
 from __future__ import annotations
 
 import difflib
+import math
+import string
+from collections.abc import Mapping
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 DEFAULTS_PATH = Path(__file__).parent / "config" / "avsd.yaml"
 
 TEACHERS = ("ref", "current")
+# verl_avsd.sandbox.runner.ISOLATIONS (not imported: the config stays free of the sandbox's imports)
+SANDBOX_ISOLATIONS = ("auto", "bwrap", "unshare", "sandbox_fusion")
+# The names view_template may use, as str.format fields (teacher_context.teacher_messages fills them).
+TEMPLATE_FIELDS = ("prompt", "view", "view_name", "view_title")
+MAX_TOKENS = 2**31 - 1  # token counts go into torch int tensors; past this a value is a typo
+
+KEY = "algorithm.avsd"
 
 
 class AvsdConfigError(ValueError):
@@ -29,24 +40,38 @@ def avsd_config(algorithm_config) -> DictConfig:
     cfg = default_config()
     if user is None:
         return cfg
-    user = OmegaConf.create(OmegaConf.to_container(user, resolve=True) if isinstance(user, DictConfig) else dict(user))
+    if not isinstance(user, (Mapping, DictConfig)):
+        raise AvsdConfigError(f"{KEY} must be a mapping of AVSD options, got {type(user).__name__} {user!r:.80}")
+    try:
+        user = OmegaConf.to_container(user, resolve=True) if isinstance(user, DictConfig) else dict(user)
+    except OmegaConfBaseException as e:
+        raise AvsdConfigError(f"{KEY}: {e}") from None
     known = set(cfg.keys())
-    for key in user.keys():
+    for key in user:
         if key not in known:
             hint = difflib.get_close_matches(str(key), sorted(known), n=1)
             raise AvsdConfigError(
-                f"algorithm.avsd.{key} is not an AVSD option"
-                + (f"; did you mean algorithm.avsd.{hint[0]}?" if hint else "")
+                f"{KEY}.{key} is not an AVSD option"
+                + (f"; did you mean {KEY}.{hint[0]}?" if hint else "")
                 + f" Known options: {', '.join(sorted(known))} (defaults in {DEFAULTS_PATH})."
             )
+    # Shapes a merge would choke on (or silently accept: a string onto a list) are checked first.
+    if "views" in user and not isinstance(user["views"], (list, tuple, ListConfig)):
+        raise AvsdConfigError(
+            f"{KEY}.views must be a list of view names like [full,partial,answer], got {user['views']!r:.80}"
+        )
+    if "view_titles" in user and not isinstance(user["view_titles"], (Mapping, DictConfig)):
+        raise AvsdConfigError(
+            f"{KEY}.view_titles must be a mapping of view name to title like {{full: 'A worked solution'}}, "
+            f"got {user['view_titles']!r:.80}"
+        )
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.view_titles, False)  # users may title views of their own
-    try:
-        cfg = OmegaConf.merge(cfg, user)
-    except ConfigKeyError as e:
-        raise AvsdConfigError(f"algorithm.avsd: {e}") from e
-    # A template written on a command line cannot hold a newline; a literal backslash-n stands for one.
-    cfg.view_template = cfg.view_template.replace("\\n", "\n")
+    for key, value in user.items():  # one key at a time, so an error can name it
+        try:
+            cfg = OmegaConf.merge(cfg, {key: value})
+        except OmegaConfBaseException as e:
+            raise AvsdConfigError(f"{KEY}.{key}={value!r:.80} cannot be used: {e}") from None
     _validate(cfg)
     return cfg
 
@@ -59,25 +84,119 @@ def _get(obj, key):
     return getattr(obj, key, None)
 
 
-def _validate(cfg: DictConfig) -> None:
+# ---- value checks: each names its key and says what a good value looks like ----
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _real(cfg, key: str, lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> float:
+    """A finite number (not a bool, not a string), within [lo, hi] (or [lo, hi))."""
+    value = cfg[key]
+    if not _is_number(value) or not math.isfinite(value):
+        raise AvsdConfigError(f"{KEY}.{key} must be a finite number, got {value!r:.80}")
+    if (lo is not None and value < lo) or (hi is not None and (value >= hi if hi_open else value > hi)):
+        bounds = f"[{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else f">= {lo}"
+        raise AvsdConfigError(f"{KEY}.{key} must be {'in ' if hi is not None else ''}{bounds}, got {value}")
+    return float(value)
+
+
+def _count(cfg, key: str, lo: int, *, allow_none: bool = False, what: str = "") -> None:
+    """An integer >= lo (an integral float like 1.6e4, from a command line, is stored as int)."""
+    value = cfg[key]
+    if value is None and allow_none:
+        return
+    ok = _is_number(value) and math.isfinite(value) and float(value).is_integer() and lo <= value <= MAX_TOKENS
+    if not ok:
+        kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise AvsdConfigError(f"{KEY}.{key} must be {kind}{' or null' if allow_none else ''}{what}, got {value!r:.80}")
+    cfg[key] = int(value)
+
+
+def _text(cfg, key: str, *, allow_none: bool = False, what: str = "") -> None:
+    """A non-blank string (or null when allowed)."""
+    value = cfg[key]
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise AvsdConfigError(f"{KEY}.{key} must be a non-empty string{' or null' if allow_none else ''}{what}, got {value!r:.80}")
+
+
+def _check_views(cfg) -> list[str]:
     views = list(cfg.views)
-    if not views or len(set(views)) != len(views):
-        raise AvsdConfigError(f"algorithm.avsd.views must be a non-empty list of distinct view names, got {views}")
+    if not views:
+        raise AvsdConfigError(f"{KEY}.views must be a non-empty list of distinct view names, got []")
+    for name in views:
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise AvsdConfigError(
+                f"{KEY}.views must be a list of view names (non-empty strings without surrounding spaces), "
+                f"got {name!r} in {views}"
+            )
+    if len(set(views)) != len(views):
+        raise AvsdConfigError(f"{KEY}.views must be a non-empty list of distinct view names, got {views}")
+    return views
+
+
+def _check_template(cfg) -> None:
+    template = cfg.view_template
+    if not isinstance(template, str):
+        raise AvsdConfigError(f"{KEY}.view_template must be a string with {{prompt}} and {{view}}, got {template!r:.80}")
+    # A template written on a command line cannot hold a newline; a literal backslash-n stands for one.
+    template = cfg.view_template = template.replace("\\n", "\n")
+    literal_hint = "write a literal brace as {{ or }}"
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as e:  # a stray { or }
+        raise AvsdConfigError(f"{KEY}.view_template has a stray brace ({e}); {literal_hint}: {template!r:.120}") from None
+    for field in fields:
+        if field not in TEMPLATE_FIELDS:
+            raise AvsdConfigError(
+                f"{KEY}.view_template has the unknown placeholder {{{field}}}; it may use "
+                f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)} ({literal_hint})"
+            )
+    for placeholder in ("prompt", "view"):
+        if placeholder not in fields:
+            raise AvsdConfigError(f"{KEY}.view_template must contain {{{placeholder}}}, got {template!r:.120}")
+    try:  # a format spec or conversion that str.format rejects ({view:d}, {prompt!z})
+        template.format(**{f: "x" for f in TEMPLATE_FIELDS})
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise AvsdConfigError(f"{KEY}.view_template cannot be filled in ({e}): {template!r:.120}") from None
+
+
+def _check_titles(cfg) -> None:
+    titles = cfg.view_titles
+    if not isinstance(titles, DictConfig):
+        raise AvsdConfigError(f"{KEY}.view_titles must be a mapping of view name to title, got {titles!r:.80}")
+    for name, title in titles.items():
+        if not isinstance(title, str) or not title.strip():
+            raise AvsdConfigError(f"{KEY}.view_titles.{name} must be a non-empty string (the view's title), got {title!r:.80}")
+
+
+def _validate(cfg: DictConfig) -> None:
+    views = _check_views(cfg)
+    if not isinstance(cfg.opsd_view, str) or cfg.opsd_view not in views:
+        raise AvsdConfigError(f"{KEY}.opsd_view={cfg.opsd_view!r} is not in {KEY}.views={views}")
     if cfg.teacher not in TEACHERS:
-        raise AvsdConfigError(f"algorithm.avsd.teacher must be one of {TEACHERS}, got {cfg.teacher!r}")
-    if cfg.opsd_view not in views:
-        raise AvsdConfigError(f"algorithm.avsd.opsd_view={cfg.opsd_view!r} is not in algorithm.avsd.views={views}")
+        raise AvsdConfigError(f"{KEY}.teacher must be one of {TEACHERS}, got {cfg.teacher!r}")
+    _check_template(cfg)
+    _check_titles(cfg)
     for key in ("max_view_tokens", "token_budget", "logprob_chunk_tokens", "credit_top_k"):
-        if int(cfg[key]) <= 0:
-            raise AvsdConfigError(f"algorithm.avsd.{key} must be positive, got {cfg[key]}")
-    if int(cfg.share_prefix_min_tokens) < 0:
-        raise AvsdConfigError(f"algorithm.avsd.share_prefix_min_tokens must be >= 0 (0 = off), got {cfg.share_prefix_min_tokens}")
-    if not 0.0 <= float(cfg.rlsd_lam) <= 1.0:
-        raise AvsdConfigError(f"algorithm.avsd.rlsd_lam must be in [0, 1], got {cfg.rlsd_lam}")
-    if not 0.0 <= float(cfg.rlsd_eps_w) < 1.0:
-        raise AvsdConfigError(f"algorithm.avsd.rlsd_eps_w must be in [0, 1), got {cfg.rlsd_eps_w}")
-    if float(cfg.epistemic_tau) < 0:
-        raise AvsdConfigError(f"algorithm.avsd.epistemic_tau must be >= 0, got {cfg.epistemic_tau}")
-    for placeholder in ("{prompt}", "{view}"):
-        if placeholder not in cfg.view_template:
-            raise AvsdConfigError(f"algorithm.avsd.view_template must contain {placeholder}")
+        _count(cfg, key, 1)
+    _count(cfg, "share_prefix_min_tokens", 0, what=" (0 = off)")
+    if not isinstance(cfg.teacher_group_by_prompt, bool):
+        raise AvsdConfigError(f"{KEY}.teacher_group_by_prompt must be true or false, got {cfg.teacher_group_by_prompt!r:.80}")
+    _real(cfg, "epistemic_tau", lo=0.0)
+    _real(cfg, "rlsd_lam", lo=0.0, hi=1.0)
+    _real(cfg, "rlsd_eps_w", lo=0.0, hi=1.0, hi_open=True)
+    _real(cfg, "wrong_below")
+    _real(cfg, "gate_open_threshold", lo=0.0, hi=1.0)
+    _text(cfg, "dump_rollouts_dir", allow_none=True, what=" (a directory; null = off)")
+    if cfg.sandbox_isolation not in SANDBOX_ISOLATIONS:
+        raise AvsdConfigError(f"{KEY}.sandbox_isolation must be one of {SANDBOX_ISOLATIONS}, got {cfg.sandbox_isolation!r:.80}")
+    _count(cfg, "sandbox_max_concurrent", 1, allow_none=True, what=" (null = the sandbox's default)")
+    url = cfg.sandbox_fusion_url
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise AvsdConfigError(f"{KEY}.sandbox_fusion_url must be an http(s) URL of a SandboxFusion /run_code endpoint or null, got {url!r:.80}")
+    if cfg.sandbox_isolation == "sandbox_fusion" and url is None:
+        raise AvsdConfigError(f"{KEY}.sandbox_isolation=sandbox_fusion needs {KEY}.sandbox_fusion_url (the server's /run_code URL)")

@@ -9,14 +9,25 @@ For every rollout b and configured view m the teacher reads
 so the teacher scores exactly the tokens the student sampled. Views come from the row's
 `extra_info["views"]`, an ordered list of {"name": str, "text": str}; `algorithm.avsd.views`
 picks and orders the ones a run uses (this fixes M). A view a row lacks, or whose text is
-empty, is masked out for that row (never passed off as a view).
+empty, is masked out for that row (never passed off as a view). On the first batch the trainer
+checks the configured names against the rows (`check_view_coverage`): a view no row has is an
+error (a misspelt name would otherwise train with that view masked everywhere), a view most rows
+lack is a warning.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+# The rollout-dependent view: built by the trainer from the rollout's program run on the row's
+# extra_info.public_tests, so a row "has" it when it has public tests.
+FEEDBACK_VIEW = "feedback"
 
 
 class ViewDataError(ValueError):
@@ -118,9 +129,88 @@ def build_teacher_contexts(
             context_ids[b][m] = torch.tensor(ids, dtype=torch.long)
             view_mask[b, m] = True
     if B and not view_mask.any():
-        found = sorted({v.get("name") for e in extra_infos if isinstance(e, dict) for v in (e.get("views") or []) if isinstance(v, dict)})
-        raise ViewDataError(
-            f"no row of this batch has any of the views algorithm.avsd.views={names} "
-            f"(views found in the rows: {found}); set algorithm.avsd.views to the names your data uses"
-        )
+        raise ViewDataError(_no_view_message(extra_infos, names, "this batch"))
     return TeacherContexts(context_ids=context_ids, view_mask=view_mask, truncated=truncated)
+
+
+def _names_found(extra_infos) -> list[str]:
+    """Every view name the rows carry (sorted), for messages."""
+    return sorted({
+        v["name"] for e in extra_infos if isinstance(e, dict) for v in (e.get("views") or [])
+        if isinstance(v, dict) and isinstance(v.get("name"), str)
+    })
+
+
+def _first_empty(extra_infos, name: str) -> str | None:
+    """The first row that names the view but leaves its text empty, as an error names it."""
+    for b, e in enumerate(extra_infos):
+        if isinstance(e, dict) and any(isinstance(v, dict) and v.get("name") == name for v in (e.get("views") or [])):
+            return row_name(e, b)
+    return None
+
+
+def _no_view_message(extra_infos, names: list[str], where: str) -> str:
+    """Why no row of `where` has any configured view: the views are there with empty text (a data
+    problem, naming a row and view), or absent (a naming problem, listing the views found)."""
+    empty = [(n, row) for n in names if (row := _first_empty(extra_infos, n)) is not None]
+    if empty:
+        shown = "; ".join(f"{row}: view {n!r}" for n, row in empty)
+        absent = [n for n in names if n not in dict(empty)]
+        return (
+            f"every view of algorithm.avsd.views={names} that the rows of {where} have is there with empty "
+            f"text (field extra_info.views[].text), e.g. {shown}"
+            + (f" (and no row has {absent})" if absent else "")
+            + "; the views exist but hold nothing to show the teacher: check the data prep that wrote them"
+        )
+    return (
+        f"no row of {where} has any of the views algorithm.avsd.views={names} "
+        f"(views found in the rows: {_names_found(extra_infos)}); set algorithm.avsd.views to the names your data uses"
+    )
+
+
+def check_view_coverage(extra_infos: list, names: list[str], warn_below: float = 0.5) -> dict[str, float]:
+    """The first batch against `algorithm.avsd.views`: the share of rows with each configured view
+    (with non-empty text; `feedback`: rows with public tests). A view no row has is a
+    ViewDataError (a misspelt name, naming the views found, or views whose text is empty, naming a
+    row); a view fewer than `warn_below` of the rows have is logged as a warning."""
+    B = len(extra_infos)
+    if not B:
+        return {}
+    have = dict.fromkeys(names, 0)
+    for b, info in enumerate(extra_infos):
+        texts = views_of_row(info, names, b)  # also a clear error for a malformed row
+        for n, text in zip(names, texts):
+            if n == FEEDBACK_VIEW:
+                have[n] += info.get("public_tests") is not None
+            else:
+                have[n] += text is not None
+    for n in names:
+        if have[n]:
+            continue
+        if n == FEEDBACK_VIEW:
+            raise ViewDataError(
+                f"algorithm.avsd.views has {n!r}, but no row of the first batch has field extra_info.public_tests "
+                "to run a rollout's program on (the feedback view is built from them); code rows from "
+                "`verl-avsd prep code` carry them"
+            )
+        empty_row = _first_empty(extra_infos, n)
+        if empty_row is not None:
+            raise ViewDataError(
+                f"algorithm.avsd.views has {n!r}: the rows of the first batch that have it leave its text empty "
+                f"(field extra_info.views[].text), e.g. {empty_row}; check the data prep that wrote them"
+            )
+        found = _names_found(extra_infos)
+        hint = difflib.get_close_matches(n, found, n=1)
+        raise ViewDataError(
+            f"algorithm.avsd.views has {n!r}, which no row of the first batch has "
+            f"(views found in the rows: {found}{f'; did you mean {hint[0]!r}?' if hint else ''}); without it every row "
+            "would train with that view masked: set algorithm.avsd.views to the names your data uses"
+        )
+    for n in names:
+        if have[n] < warn_below * B:
+            logger.warning(
+                "algorithm.avsd.views: %r is missing (absent or empty) in %d of the %d rows of the first batch; "
+                "those rows train without it (views found in the rows: %s)",
+                n, B - have[n], B, _names_found(extra_infos),
+            )
+    return {n: have[n] / B for n in names}
