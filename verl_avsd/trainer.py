@@ -40,7 +40,7 @@ from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
 from verl_avsd.sandbox import get_sandbox
-from verl_avsd.workers.teacher_context import row_name
+from verl_avsd.workers.teacher_context import check_view_coverage, row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 
 
@@ -212,6 +212,10 @@ class AvsdTrainer(PPOTrainerSync):
             self._comparison_metrics(batch, metrics)
             return batch
 
+        if not getattr(self, "_views_checked", False):  # first batch: a misspelt view fails here, by name
+            rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info"])
+            check_view_coverage(_rows(rows["extra_info"]), list(self.avsd.views))
+            self._views_checked = True
         if "feedback" in self.avsd.views:
             with marked_timer("feedback_view", self.timing_raw, color="olive"):
                 batch = self._build_feedback_views(batch, metrics)
