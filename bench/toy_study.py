@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ import torch
 
 from verl_avsd.estimators import token_advantages
 from verl_avsd.metrics import wrong_rollout_positive_topk
+from verl_avsd.output_dir import OutputDirError, claim_output_dir, is_previous_output
 from verl_avsd.plots import plot_metrics
 from verl_avsd.report import dump_tensors, read_metrics_file
 from verl_avsd.toy import TOY_MODEL_DIR
@@ -56,6 +56,11 @@ from verl_avsd.toy_run import (
 METHODS = ("grpo", "opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
+# What the study and each of its runs write: an interrupted run is started over only in a folder
+# the study made (verl_avsd.output_dir), and --out must be new, empty or a previous study.
+STUDY_COMMAND, RUN_COMMAND = "toy study", "toy study run"
+STUDY_OUTPUTS = ("toy_study.json", "toy_study.md", "study_*.png", "data", "runs", "report")
+RUN_OUTPUTS = ("train.log", "verl_metrics.jsonl", "done.json", "checkpoints", "rollouts", "outputs")
 VAL_KEY_PREFIX = "val-core/"  # verl: val-core/<data_source>/<reward var>/mean@1
 
 
@@ -72,8 +77,9 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
         if estimator != "grpo":
             record["paired"] = paired_credit(run_dir / "rollouts", views)
         return record
-    if run_dir.exists():  # an interrupted run: start it over
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and not is_previous_output(run_dir, RUN_COMMAND, RUN_OUTPUTS):
+        raise OutputDirError(f"{run_dir} holds files the toy study did not write; move them away or choose another --out")
+    claim_output_dir(run_dir, RUN_COMMAND, RUN_OUTPUTS, overwrite=True)  # an interrupted run: start it over
     grpo = estimator == "grpo"  # no teacher: nothing to dump
     run = ToyRun(
         model_dir=str(args.model),
@@ -338,6 +344,7 @@ def parse_args(argv):
     p.add_argument("--n-val", type=int, default=128)
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out the study did not make (deletes nothing there)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (default 2, one per core)")
     return p.parse_args(argv)
 
@@ -346,8 +353,10 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not (args.model / "config.json").exists():
         raise SystemExit(f"no model at {args.model}: build it with `python -m verl_avsd.toy.warmup --out {args.model}`")
-    out = args.out  # absolute (parse_args): the runs execute in their own folders
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # absolute (parse_args): the runs execute in their own folders; a previous study resumes
+        out = claim_output_dir(args.out, STUDY_COMMAND, STUDY_OUTPUTS, overwrite=args.overwrite, keep=True)
+    except OutputDirError as error:
+        raise SystemExit(f"toy_study: error: {error}") from None
     data = toy_data(str(out / "data"), n_train=args.steps * args.rollouts_per_step, n_val=args.n_val, seed=0)
     start = time.monotonic()
     # (group, run name, estimator, seed, views) of every run; the M3 sweep point is the avsd run itself

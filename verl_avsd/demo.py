@@ -11,23 +11,32 @@ Writes to --output DIR:
     reward.png, gate.png, credit.png
     train.log         verl's own output
     data/             the toy parquet files
+
+DIR must be new or empty; a DIR holding a previous demo run is replaced only with --overwrite
+(which removes the demo's own files there and nothing else), and a DIR the demo did not make is
+never emptied: with --overwrite the demo writes into it, replacing only files of the same name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from verl_avsd.output_dir import OutputDirError, claim_output_dir
 from verl_avsd.plots import plot_metrics
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import ToyRun, random_toy_model, run_main_ppo, toy_data
 
+# what a demo run writes in its folder (verl runs there: hydra's outputs/, checkpoints/ if saved)
+DEMO_OUTPUTS = (
+    "metrics.jsonl", "verl_metrics.jsonl", "config.yaml", "train.log", "reward.png", "gate.png", "credit.png",
+    "data", "model", "outputs", "checkpoints", "rollouts",
+)
 ESTIMATORS = ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "rlsd", "grpo")
 
 
@@ -40,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="model folder (default: the shipped warmed-up toy model)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output (or write into a non-empty folder)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds before the run is stopped")
     return p.parse_args(argv)
 
@@ -61,10 +71,11 @@ def _progress(total: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    out = Path(args.output).resolve()
-    if out.exists():
-        shutil.rmtree(out)  # a demo directory holds one run
-    out.mkdir(parents=True)
+    try:
+        out = claim_output_dir(args.output, "verl-avsd demo", DEMO_OUTPUTS, overwrite=args.overwrite)
+    except OutputDirError as error:
+        print(f"verl-avsd demo: error: {error}", file=sys.stderr)
+        return 2
 
     model_dir = args.model or str(TOY_MODEL_DIR)
     if not (Path(model_dir) / "config.json").exists():

@@ -423,6 +423,8 @@ def merged_hf_folder(actor: Path) -> Path:
     record_file = target / MERGE_RECORD
     if record_file.is_file() and json.loads(record_file.read_text()).get("shards") == source:
         return target
+    if target.exists() and not record_file.is_file():  # not a merge of ours: never delete it
+        raise ModelPathError(f"{target} exists and was not written by verl-avsd eval (no {MERGE_RECORD}); move it away to merge {actor}")
 
     from verl.model_merger.base_model_merger import ModelMergerConfig
     from verl.model_merger.fsdp_model_merger import FSDPModelMerger
@@ -445,7 +447,7 @@ def merged_hf_folder(actor: Path) -> Path:
         _fold_lora_adapter(work)
     record = {"checkpoint": str(actor), "shards": source, "lora_folded": lora_folded}
     (work / MERGE_RECORD).write_text(json.dumps(record))
-    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)  # an older merge of ours (checked above)
     os.replace(work, target)
     return target
 

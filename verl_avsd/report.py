@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from verl_avsd.config import default_config
+from verl_avsd.output_dir import claim_output_dir
 from verl_avsd.plots import TEACHER_SHARE, plot_metrics, plt, report_plots
 
 METRICS_FILES = ("metrics.jsonl", "verl_metrics.jsonl")  # the demo's, then verl's file logger's
@@ -61,6 +62,8 @@ NEGATIVE_RGB = (178, 24, 43)  # red: it lowers it
 GATE_RGB = (27, 120, 55)  # green, intensity = gate in [0, 1]
 PNG_TOKENS_PER_LINE = 24
 PNG_MAX_TOKENS = 480  # the PNG is an overview; the HTML shows every token
+# what a report writes: a previous report folder is written over, any other non-empty one needs --overwrite
+REPORT_OUTPUTS = ("summary.md", "summary.json", "*.png", "credit_*.html")
 
 
 class ReportError(ValueError):
@@ -573,6 +576,11 @@ def parse_args(argv):
         "--output", default=None, help="output folder (default RUN_DIR/report for one run, report/ for several)"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --output that holds other files (nothing there is deleted)",
+    )
+    p.add_argument(
         "--smooth", type=int, default=1, help="plot the moving average over N logged points (default 1: raw)"
     )
     p.add_argument(
@@ -607,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load_run(d, label) for d, label in zip(args.run_dirs, labels)]
         summary = summarize(runs, args.last)
         out = Path(args.output) if args.output else (runs[0].run_dir / "report" if len(runs) == 1 else Path("report"))
-        out.mkdir(parents=True, exist_ok=True)
+        out = claim_output_dir(out, "verl-avsd report", REPORT_OUTPUTS, overwrite=args.overwrite, keep=True)
 
         curves = {run.label: run.metrics for run in runs}
         plots = plot_metrics(curves, out, report_plots(validation_keys(runs)), smooth=args.smooth)
