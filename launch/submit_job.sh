@@ -14,7 +14,8 @@
 # nodes share). Every AVSD_* variable exported here (AVSD_MODEL, AVSD_TRAIN_FILES, AVSD_OUTPUT_DIR,
 # ...) is passed to the job, except AVSD_PYTHON and AVSD_RAY. Paths are read on the cluster: relative ones are relative to the
 # uploaded copy, which Ray deletes eventually, so point AVSD_OUTPUT_DIR at shared storage.
-# Environment: AVSD_RAY, the ray executable [ray from PATH].
+# Environment: AVSD_RAY, the ray executable [ray from PATH]; RAY_AUTH_MODE, token or disabled
+# [decided as launch/ray_start.sh does: token when a Ray token exists here, else disabled].
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -74,5 +75,6 @@ if ((dry_run)); then
     echo
     exit 0
 fi
+use_ray_auth_mode
 command -v "${command[0]}" >/dev/null || die "'${command[0]}' not found: activate the environment that has verl-avsd or set AVSD_RAY"
 exec "${command[@]}"

@@ -40,7 +40,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("AVSD_", "SLURM_")) and k not in ("RAY_ADDRESS", "RECIPE")
+        if not k.startswith(("AVSD_", "SLURM_", "RAY_AUTH_")) and k not in ("RAY_ADDRESS", "RECIPE")
     }
     env["AVSD_PYTHON"] = sys.executable
     env.update(extra)
@@ -466,8 +466,16 @@ node=""
 while [[ $1 == -* ]]; do
     if [[ $1 == -w ]]; then node=$2; shift 2; else shift; fi
 done
-if [[ $1 == hostname ]]; then echo "10.0.0.${node#node} fe80::${node#node}"; exit 0; fi
-"$@" --dry-run
+# the head's address (launch/lib.sh routable_ip); FAKE_NO_IP: a node with only loopback
+if [[ $* == *routable_ip* ]]; then [[ -n ${FAKE_NO_IP:-} ]] || echo "10.0.0.${node#node}"; exit 0; fi
+# --dry-run goes before a `--` (after it, ray_start.sh passes words on to `ray start`)
+args=() dry=0
+for arg in "$@"; do
+    if [[ $arg == -- && $dry == 0 ]]; then args+=(--dry-run); dry=1; fi
+    args+=("$arg")
+done
+((dry)) || args+=(--dry-run)
+"${args[@]}"
 status=$?
 # a node's GPUs join Ray once its `ray start` ran (FAKE_RAY counts them with FAKE_GPUS=joined)
 if [[ $* == *ray_start.sh* ]]; then echo "$node" >> "$FAKE_LOG.joined"; fi
@@ -476,26 +484,31 @@ exit $status
 FAKE_SCONTROL = """\
 #!/usr/bin/env bash
 [[ "$1 $2 $3" == "show hostnames node[1-2]" ]] && printf 'node1\\nnode2\\n'
+[[ "$1 $2 $3" == "show hostnames node1" ]] && printf 'node1\\n'
 """
 FAKE_RAY = """\
 #!/usr/bin/env bash
-[[ $1 == status && $3 == 10.0.0.1:6379 ]] || exit 1
+echo "ray $* | RAY_AUTH_MODE=${RAY_AUTH_MODE:-}" >> "$FAKE_LOG.ray"
+# FAKE_RAY_ERROR: `ray status` fails as a real one does, with its error on stderr
+if [[ -n ${FAKE_RAY_ERROR:-} ]]; then echo "$FAKE_RAY_ERROR" >&2; exit 1; fi
+[[ $1 == status && ($3 == 10.0.0.1:6379 || $3 == 127.0.0.1:6379) ]] || exit 1
 gpus=$FAKE_GPUS
-if [[ $gpus == joined ]]; then gpus=$((8 * $(cat "$FAKE_LOG.joined" 2>/dev/null | wc -l))); fi
+if [[ $gpus == joined ]]; then gpus=$((${FAKE_GPUS_PER_NODE:-8} * $(cat "$FAKE_LOG.joined" 2>/dev/null | wc -l))); fi
 printf 'Resources\\n------\\nUsage:\\n 0.0/32.0 CPU\\n 0.0/%s.0 GPU\\n' "$gpus"
 """
 
 
 def fake_slurm(tmp_path: Path, gpus_in_cluster: int | str, **extra: str) -> dict[str, str]:
-    """A fake SLURM allocation of node1 + node2. `gpus_in_cluster`: what `ray status` reports, a
-    fixed count or "joined" (8 for each node whose Ray start step has finished, as on a real
-    cluster, so the script cannot run ahead of a node's start step)."""
+    """A fake SLURM allocation of node1 + node2 with 8 GPUs a node. `gpus_in_cluster`: what
+    `ray status` reports, a fixed count or "joined" (FAKE_GPUS_PER_NODE, 8, for each node whose
+    Ray start step has finished, as on a real cluster, so the script cannot run ahead of a node's
+    start step). An `extra` value None removes that variable."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("ray", FAKE_RAY)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    return clean_env(
+    env = clean_env(
         PATH=f"{bin_dir}:{os.environ['PATH']}",
         FAKE_LOG=str(tmp_path / "srun.log"),
         FAKE_GPUS=str(gpus_in_cluster),
@@ -504,8 +517,12 @@ def fake_slurm(tmp_path: Path, gpus_in_cluster: int | str, **extra: str) -> dict
         SLURM_GPUS_ON_NODE="8",
         SLURM_CPUS_PER_TASK="16",
         AVSD_VENV=str(tmp_path / "no-venv"),  # keep the fake ray first on PATH
-        **extra,
+        RAY_AUTH_MODE="disabled",
     )
+    env.update({k: v for k, v in extra.items() if v is not None})
+    for k in [k for k, v in extra.items() if v is None]:
+        env.pop(k, None)
+    return env
 
 
 def test_slurm_script_starts_head_and_workers_then_the_recipe_on_the_head(tmp_path):

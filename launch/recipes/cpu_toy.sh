@@ -18,10 +18,31 @@
 #   AVSD_EXPERIMENT     [cpu_toy]
 #   AVSD_TIMEOUT_S      [1800]   verl waits forever when Ray lacks CPUs, so the run has a timeout
 #   AVSD_PYTHON         interpreter with verl-avsd installed [.venv/bin/python, else python3]
+#   AVSD_NNODES         [1]   AVSD_GPUS_PER_NODE [1]: data-parallel ranks, one per placeholder
+#                       "GPU" (verl_avsd/config/cpu.yaml); the 16 prompts of a step are split
+#                       between them, so their product must divide 16
+#   RAY_ADDRESS         a Ray cluster to join (set by launch/submit_job.sh's Ray job and by
+#                       launch/slurm_avsd.sbatch); each node must offer AVSD_GPUS_PER_NODE
+#                       placeholder GPUs (launch/ray_start.sh --num-gpus 1). Unset: main_ppo starts
+#                       its own Ray on this machine (one node only).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_recipe_args "$0" "$@"
+
+# Data-parallel ranks. verl splits each step's 16 prompts between them; every rank then takes its
+# share in one micro-batch.
+prompts_per_step=16
+nnodes=${AVSD_NNODES:-1}
+gpus_per_node=${AVSD_GPUS_PER_NODE:-1}
+[[ $nnodes =~ ^[1-9][0-9]*$ ]] || die "$0: AVSD_NNODES must be a whole number >= 1, got '$nnodes'"
+[[ $gpus_per_node =~ ^[1-9][0-9]*$ ]] || die "$0: AVSD_GPUS_PER_NODE must be a whole number >= 1, got '$gpus_per_node'"
+ranks=$((nnodes * gpus_per_node))
+((prompts_per_step % ranks == 0)) ||
+    die "$0: AVSD_NNODES x AVSD_GPUS_PER_NODE = $ranks ranks must divide the $prompts_per_step prompts of a step"
+micro_batch=$((prompts_per_step / ranks))
+[[ -n ${RAY_ADDRESS:-} ]] || ((nnodes == 1)) ||
+    die "$0: AVSD_NNODES=$nnodes needs a Ray cluster of $nnodes nodes: set RAY_ADDRESS, or submit with launch/submit_job.sh (see launch/README.md)"
 
 experiment=${AVSD_EXPERIMENT:-cpu_toy}
 run_dir=$(absolute_path "${AVSD_OUTPUT_DIR:-runs}/$experiment")
@@ -50,6 +71,16 @@ cpu_overrides_text=$("$PYTHON" -m verl_avsd.cpu_platform 2>/dev/null) ||
     die "$0: '$PYTHON -m verl_avsd.cpu_platform' failed; run it to see why (is verl-avsd installed? set AVSD_PYTHON)"
 mapfile -t cpu_overrides <<<"$cpu_overrides_text"
 
+cpu_overrides+=(trainer.nnodes="$nnodes" trainer.n_gpus_per_node="$gpus_per_node")
+if [[ -n ${RAY_ADDRESS:-} ]]; then
+    # Joining a cluster: its nodes declare their own CPUs and GPUs, and ray.init refuses
+    # num_cpus/num_gpus when connecting to an existing cluster.
+    cpu_overrides+=(ray_kwargs.ray_init.num_cpus=null ray_kwargs.ray_init.num_gpus=null)
+else
+    # main_ppo's own Ray: one placeholder GPU a rank
+    cpu_overrides+=(ray_kwargs.ray_init.num_gpus="$gpus_per_node")
+fi
+
 overrides=(
     "${cpu_overrides[@]}"
     # --- the AVSD trainer and estimator; the view wording the toy model was warmed up on ---
@@ -63,19 +94,19 @@ overrides=(
     actor_rollout_ref.model.path="$model"
     data.train_files="$data_dir/train.parquet"
     data.val_files="$data_dir/val.parquet"
-    data.train_batch_size=16
+    data.train_batch_size="$prompts_per_step"
     data.max_prompt_length=96
     data.max_response_length=48
     data.seed=0
 
-    # --- one rollout per prompt; one on-policy update per step, the whole batch in one micro-batch ---
+    # --- one rollout per prompt; one on-policy update per step, each rank's share in one micro-batch ---
     actor_rollout_ref.rollout.n=1
     actor_rollout_ref.rollout.temperature=1.0
-    actor_rollout_ref.actor.ppo_mini_batch_size=16
+    actor_rollout_ref.actor.ppo_mini_batch_size="$prompts_per_step"
     actor_rollout_ref.actor.ppo_epochs=1
-    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16
-    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
-    actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$micro_batch"
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$micro_batch"
+    actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$micro_batch"
     actor_rollout_ref.actor.optim.lr=1e-4
     actor_rollout_ref.actor.use_kl_loss=false
     actor_rollout_ref.actor.entropy_coeff=0
