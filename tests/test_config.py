@@ -10,6 +10,10 @@ def test_defaults_when_absent():
     assert cfg == default_config()
 
 
+def test_defaults_pass_their_own_checks():
+    assert avsd_config({"avsd": {}}) == default_config()
+
+
 def test_override_and_custom_view_title():
     cfg = avsd_config({"avsd": {"views": ["full", "mine"], "view_titles": {"mine": "My view"}, "teacher": "current"}})
     assert list(cfg.views) == ["full", "mine"] and cfg.view_titles.mine == "My view" and cfg.teacher == "current"

@@ -30,6 +30,7 @@ def signal_metrics(signals: AvsdSignals, gate_open_threshold: float = 0.5) -> di
         "avsd/consensus_abs_mean": _masked_mean(signals.consensus.abs(), mask),
         "avsd/advantage_abs_mean": _masked_mean(signals.advantage.abs(), mask),
         "avsd/views_valid_mean": _masked_mean(signals.views_valid, mask),
+        # teacher log-probs a sample's view has but that are non-finite or beyond LOGPROB_LIMIT
         "avsd/views_dropped": float(signals.views_dropped),
         "avsd/tokens_without_view": float(signals.tokens_without_view),
         "avsd/sign_conflict_rate": _masked_mean(conflict, mask),
