@@ -39,6 +39,7 @@ from verl_avsd.config import avsd_config
 from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
+from verl_avsd.resume import ResumableFileLogger, drop_dumps_after
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.workers.teacher_context import check_view_coverage, row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
@@ -136,6 +137,39 @@ class AvsdTrainer(PPOTrainerSync):
         for role in (Role.ActorRollout, Role.ActorRolloutRef):
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(AvsdActorRolloutRefWorker)
+
+    # ---- resume: each step's metrics and rollout dumps exactly once (verl_avsd/resume.py) ----
+
+    def fit(self, agent_loop_manager):
+        resumed_step = int(self.global_steps)  # set by _load_checkpoint: the checkpoint's step, 0 if fresh
+        if self.avsd.dump_rollouts_dir:
+            drop_dumps_after(self.avsd.dump_rollouts_dir, resumed_step)
+        backends = self.config.trainer.logger
+        backends = [backends] if isinstance(backends, str) else list(backends or [])
+        if "file" in backends:
+            # verl's FileLogger would truncate the metrics of steps 1..K; PPOTrainer.fit builds its
+            # Tracking without it, and the `logger` setter below adds ResumableFileLogger instead
+            self.__dict__["_file_backend"] = (backends, resumed_step)
+            self.config.trainer.logger = [b for b in backends if b != "file"]
+        try:
+            return super().fit(agent_loop_manager)
+        finally:
+            self.config.trainer.logger = backends
+
+    @property
+    def logger(self):
+        """verl's Tracking of this run (PPOTrainer.fit sets it)."""
+        return self.__dict__.get("_tracking")
+
+    @logger.setter
+    def logger(self, tracking) -> None:
+        pending = self.__dict__.pop("_file_backend", None)
+        if pending is not None:
+            backends, resumed_step = pending
+            self.config.trainer.logger = backends  # as the user set it, for everything after Tracking
+            trainer = self.config.trainer
+            tracking.logger["file"] = ResumableFileLogger(trainer.project_name, trainer.experiment_name, resumed_step)
+        self.__dict__["_tracking"] = tracking
 
     # ---- the teacher step ----
 
