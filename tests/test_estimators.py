@@ -93,3 +93,16 @@ def test_sentinel_teacher_logprob_gives_finite_advantages_in_every_estimator(nam
     )
     assert torch.isfinite(adv).all() and adv.abs().max() < 10
     assert s.views_dropped == (2 if name == "opsd" else 3)  # opsd reads `partial` only
+
+
+def test_epistemic_tau_outside_avsd_is_a_warning_not_silently_ignored(caplog, monkeypatch):
+    monkeypatch.setattr(est, "_ignored_tau_warned", set())
+    b = _batch()
+    kw = dict(student_logp=b["old_log_probs"], view_logq=b["view_logq"], view_mask=b["view_mask"], response_mask=b["response_mask"])
+    with caplog.at_level("WARNING"):
+        est.token_advantages("avsd", _algo(epistemic_tau=0.3), **kw)
+        assert not caplog.records  # avsd applies it
+        for _ in range(2):
+            est.token_advantages("avsd_consensus", _algo(epistemic_tau=0.3), **kw)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "epistemic_tau=0.3 has no effect with algorithm.adv_estimator=avsd_consensus" in warned[0]

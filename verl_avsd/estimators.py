@@ -11,6 +11,8 @@ instead of falling back to anything.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from verl.trainer.ppo import core_algos
 
@@ -24,6 +26,10 @@ TRAINER_HINT = (
     "every rollout under each view in `algorithm.avsd.views` and passes the teacher log-probs to "
     "the estimator); with verl-avsd installed it registers itself, no import needed"
 )
+
+
+logger = logging.getLogger(__name__)
+_ignored_tau_warned: set[str] = set()  # estimators already warned about, once per process
 
 
 class TeacherLogprobsMissing(RuntimeError):
@@ -44,6 +50,12 @@ def token_advantages(
 ) -> tuple[torch.Tensor, AvsdSignals]:
     """Token advantages [B, T] of one estimator, and the AVSD signals they came from (for metrics)."""
     cfg = avsd_config(config)
+    if float(cfg.epistemic_tau) > 0 and estimator != "avsd" and estimator not in _ignored_tau_warned:
+        _ignored_tau_warned.add(estimator)  # a setting that silently did nothing otherwise
+        logger.warning(
+            "algorithm.avsd.epistemic_tau=%s has no effect with algorithm.adv_estimator=%s: only avsd applies it",
+            cfg.epistemic_tau, estimator,
+        )
     if estimator == "opsd":
         # OPSD reads one view; M = 1 AVSD is exactly OPSD (tested), so reuse the same code path.
         m = list(cfg.views).index(cfg.opsd_view)
