@@ -6,7 +6,7 @@
     verl-avsd prep inspect FILE [--rows N]
 
 Exit status: 0 on success, 2 for bad input or bad options (the message names the file, row
-and field), 1 for anything unexpected.
+and field, or the option), 1 for anything unexpected.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from verl_avsd.data_prep.errors import BadInputError
+from verl_avsd.data_prep.errors import BadInputError, printable
+from verl_avsd.data_prep.option_checks import CODE_LANGUAGES, EVAL_NAME
 
 
 def _eval_pair(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise argparse.ArgumentTypeError(f"eval set name {name!r} must be letters, digits, '-' or '_'")
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {printable(repr(text))}")
+    if not EVAL_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"eval set name {printable(repr(name))} must be letters, digits, '-' or '_'")
     return name, path
 
 
@@ -134,7 +135,9 @@ def _code_parser(subparsers) -> None:
     parser.add_argument("--reference-key", help="generic problems: an inline reference program column")
     parser.add_argument("--time-limit-key", help="generic problems: time limit (seconds) column")
     parser.add_argument("--memory-key", help="generic problems: memory limit (MB) column")
-    parser.add_argument("--language", default="python", help="language the student writes (default python)")
+    parser.add_argument(
+        "--language", choices=CODE_LANGUAGES, default="python", help="language the student writes (default python)"
+    )
     parser.add_argument(
         "--keep-without-reference",
         action="store_true",
@@ -242,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             from verl_avsd.data_prep.inspect_file import inspect_file
 
             print(inspect_file(args.file, args.rows, args.max_chars))
-    except (BadInputError, ValueError, FileNotFoundError) as error:
-        print(f"verl-avsd prep {args.command}: error: {error}", file=sys.stderr)
+    except (BadInputError, ValueError, OSError) as error:  # OSError: a full disk, a file that vanished, ...
+        print(f"verl-avsd prep {args.command}: error: {printable(str(error))}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,7 +8,12 @@
    hidden tests (`no_hidden_tests`) or no reference (`no_reference_solution`, unless
    `--keep-without-reference`); build the `reference` and `hint` views; filter repeats (same
    main statement text, e.g. a problem shared by a Div. 1 and a Div. 2 round), evaluation
-   problems (full statement or main text) and rows over the token limits, like math.
+   problems (full statement or main text) and rows over the token limits, like math; drop rows
+   whose prompt already holds a view (`view_in_prompt`).
+A problem id shared by two different problems is a bad row (the first keeps it): the reference
+solutions are joined by id, so both would otherwise get the first one's program.
+Time and memory limits must be ones the sandbox can run (see option_checks); null or NaN gives
+`--default-time-limit` / `--default-memory-mb`.
 Hidden tests go to `reward_model.ground_truth` only; the statement's examples go to
 `extra_info.public_tests`, the only tests the per-rollout `feedback` view may run.
 """
@@ -37,7 +42,8 @@ from verl_avsd.data_prep.code_readers import (
 )
 from verl_avsd.data_prep.contract import CODE_ABILITY, chat_prompt, make_row, tests_json
 from verl_avsd.data_prep.filters import TrainingFilters
-from verl_avsd.data_prep.pipeline import PrepRun, dataset_name
+from verl_avsd.data_prep.option_checks import check_code_options, check_common_options
+from verl_avsd.data_prep.pipeline import PrepRun, ProblemIds, dataset_name, leaked_views
 
 CODE_VIEW_NAMES = ("reference", "hint", "feedback")
 LANGUAGE_NAMES = {"python": "Python 3", "cpp": "C++17", "java": "Java"}
@@ -45,6 +51,7 @@ DEFAULT_CODE_PROMPT = (
     "{problem}\n\nWrite a {language_name} program that reads the input from standard input and writes the "
     "answer to standard output. Put the whole program in one ```{language} code block."
 )
+PROMPT_FIELDS = ("problem", "language", "language_name")  # what --prompt-template may use
 DEFAULT_STARTER_PROMPT = (
     "{problem}\n\nComplete the following starter code. Put the whole solution in one ```{language} code block."
     "\n\n```{language}\n{starter_code}\n```"
@@ -109,8 +116,8 @@ def _tests_fields(options: CodeOptions, problem: CodeProblem) -> dict:
         "public_tests": tests_json(
             [t[0] for t in problem.public_tests], [t[1] for t in problem.public_tests], problem.fn_name
         ),
-        "time_limit_s": problem.time_limit_s or options.default_time_limit_s,
-        "memory_mb": problem.memory_mb or options.default_memory_mb,
+        "time_limit_s": options.default_time_limit_s if problem.time_limit_s is None else problem.time_limit_s,
+        "memory_mb": options.default_memory_mb if problem.memory_mb is None else problem.memory_mb,
         "language": options.language,
     }
 
@@ -129,6 +136,17 @@ def _unscorable(problem: CodeProblem) -> str | None:
     return None
 
 
+def _with_unique_ids(read, ids: ProblemIds):
+    """`read`, and then a check that the problem's id is not another problem's (a bad row if it is)."""
+
+    def read_checked(record):
+        problem = read(record)
+        ids.check(record, problem.id_field, problem.problem_id, problem.problem)
+        return problem
+
+    return read_checked
+
+
 def _prepare_evals(run: PrepRun, options: CodeOptions) -> tuple[dict[str, list[dict]], list[str]]:
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
@@ -136,7 +154,8 @@ def _prepare_evals(run: PrepRun, options: CodeOptions) -> tuple[dict[str, list[d
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
         required = (LIVECODEBENCH_COLUMNS, "livecodebench")
-        for problem in run.items(path, f"eval:{name}", tally, read_livecodebench, required_columns=required):
+        read = _with_unique_ids(read_livecodebench, ProblemIds())
+        for problem in run.items(path, f"eval:{name}", tally, read, required_columns=required):
             reason = _unscorable(problem)
             if reason is not None:
                 tally.drop(reason)
@@ -243,11 +262,13 @@ def code_views(reference: Solution | None) -> list[dict]:
 
 def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
     """Run the code pipeline; returns the manifest (also written to OUT/manifest.json)."""
-    if "{problem}" not in options.prompt_template:
-        raise ValueError("--prompt-template must contain {problem}")
+    check_common_options(options, PROMPT_FIELDS)
+    check_code_options(options)
     read, columns, required = _problem_reader(options)
-    filters = TrainingFilters(options)
+    read = _with_unique_ids(read, ProblemIds())
     run = PrepRun.for_options("code", options)
+    run.check_output_folder(options.problems + options.solutions + [path for _, path in options.evals])
+    filters = TrainingFilters(options)
     eval_rows, eval_problems = _prepare_evals(run, options)
     references = _best_solutions(run, options)
     filters.decontaminate_against(eval_problems)
@@ -268,17 +289,22 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
                 continue
             views = code_views(reference)
             user_text = _student_prompt(options, problem)
+            prompt = chat_prompt(user_text, options.system_prompt)
             # a repeat is the same main text, e.g. a problem shared by a Div. 1 and a Div. 2 round
             filtered = filters.reason(problem.description, (problem.problem, problem.description), user_text, views)
             if filtered is not None:
                 tally.filter(filtered)
+                continue
+            leaked = leaked_views(prompt, views)
+            if leaked is not None:
+                tally.drop(leaked)
                 continue
             fields = _tests_fields(options, problem)
             rows.append(
                 make_row(
                     data_source=f"code/{name}",
                     ability=CODE_ABILITY,
-                    prompt=chat_prompt(user_text, options.system_prompt),
+                    prompt=prompt,
                     ground_truth=fields.pop("ground_truth"),
                     problem=problem.problem,
                     problem_id=problem.problem_id,

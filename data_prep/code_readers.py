@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import pickle
 import re
 import zlib
@@ -45,6 +44,8 @@ from dataclasses import dataclass, field
 
 from verl_avsd.data_prep.code_hint import CPP, JAVA, PYTHON, guess_language
 from verl_avsd.data_prep.contract import text_id
+from verl_avsd.data_prep.json_text import JsonProblem, parse_json
+from verl_avsd.data_prep.option_checks import run_limit_problem
 from verl_avsd.data_prep.records import Record
 
 CODEFORCES_COLUMNS = [
@@ -60,6 +61,7 @@ CODEFORCES_COLUMNS = [
 CODEFORCES_OPTIONAL_COLUMNS = ["title", "note", "interaction_format", "generated_checker", "input_mode"]
 LIVECODEBENCH_COLUMNS = ["question_title", "question_content", "public_test_cases", "private_test_cases"]
 SOLUTION_FORMATS = ("auto", "cots", "submissions", "code_contests", "generic")
+MAX_DECOMPRESSED_TESTS_BYTES = 1 << 30  # a LiveCodeBench test column; more is a zip bomb, not tests
 
 Tests = list[tuple[str, str]]
 
@@ -78,6 +80,7 @@ class CodeProblem:
     fn_name: str | None = None
     starter_code: str = ""
     reference: Solution | None = None
+    id_field: str | None = None  # the field the id came from (None: the statement's hash), for errors
 
 
 @dataclass
@@ -119,9 +122,9 @@ def read_tests(record: Record, field_name: str, value=None) -> Tests:
         if not value.strip():
             return []
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise record.error(f"tests are not valid JSON: {exc.msg}", field_name) from None
+            value = parse_json(value)
+        except JsonProblem as exc:
+            raise record.error(f"tests are {exc.reason}", field_name) from None
     if isinstance(value, dict):
         inputs, outputs = value.get("inputs", value.get("input")), value.get("outputs", value.get("output"))
         if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
@@ -143,6 +146,18 @@ def read_tests(record: Record, field_name: str, value=None) -> Tests:
             )
         return tests
     raise record.error(f"expected a list of tests, got {type(value).__name__}", field_name)
+
+
+def run_limit(record: Record, field_name: str | None, kind: str) -> float | None:
+    """A time limit (kind 'time', seconds) or memory limit ('memory', MB) column; null or NaN gives None
+    (the default applies); a value the sandbox cannot use is an error (see option_checks)."""
+    if field_name is None:
+        return None
+    value = record.number(field_name)
+    problem = None if value is None else run_limit_problem(kind, value)
+    if problem is not None:
+        raise record.error(problem, field_name)
+    return value
 
 
 # --- problems -------------------------------------------------------------------------------
@@ -184,10 +199,11 @@ def read_codeforces(record: Record) -> CodeProblem:
         description=description.strip(),
         public_tests=examples,
         hidden_tests=read_tests(record, "official_tests"),
-        time_limit_s=record.number("time_limit"),
-        memory_mb=record.number("memory_limit"),
+        time_limit_s=run_limit(record, "time_limit", "time"),
+        memory_mb=run_limit(record, "memory_limit", "memory"),
         source="codeforces",
         unusable=unusable,
+        id_field="id",
     )
 
 
@@ -204,18 +220,19 @@ def read_generic_problem(
     language: str,
 ) -> CodeProblem:
     problem = record.text(problem_key)
-    problem_id = record.value(id_key) if id_key else None
+    problem_id = record.identifier(id_key) if id_key else None
     reference = record.text(reference_key) if reference_key else ""
     return CodeProblem(
-        problem_id=normalize_problem_id(str(problem_id)) if problem_id not in (None, "") else text_id(problem),
+        problem_id=normalize_problem_id(problem_id) if problem_id else text_id(problem),
         problem=problem.strip(),
         description=problem.strip(),
         public_tests=read_tests(record, public_tests_key) if public_tests_key else [],
         hidden_tests=read_tests(record, tests_key),
-        time_limit_s=record.number(time_limit_key) if time_limit_key else None,
-        memory_mb=record.number(memory_key) if memory_key else None,
+        time_limit_s=run_limit(record, time_limit_key, "time"),
+        memory_mb=run_limit(record, memory_key, "memory"),
         source="",
         reference=Solution("", reference, language, None) if reference.strip() else None,
+        id_field=id_key if problem_id else None,
     )
 
 
@@ -229,16 +246,26 @@ class _TextOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from test data")
 
 
+def _inflate(compressed: bytes) -> bytes:
+    """zlib data, refusing more than MAX_DECOMPRESSED_TESTS_BYTES (a few KB can inflate to many GB)."""
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(compressed, MAX_DECOMPRESSED_TESTS_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"test cases decompress to more than {MAX_DECOMPRESSED_TESTS_BYTES} bytes")
+    return data
+
+
 def decode_livecodebench_tests(encoded: str) -> list:
     """LiveCodeBench test cases: plain JSON, or base64(zlib(pickle(JSON string)))."""
     try:
-        return json.loads(encoded)
-    except json.JSONDecodeError:
-        pass
-    unpacked = _TextOnlyUnpickler(io.BytesIO(zlib.decompress(base64.b64decode(encoded.encode("ascii"))))).load()
+        return parse_json(encoded)
+    except JsonProblem as exc:
+        if not exc.syntax:
+            raise
+    unpacked = _TextOnlyUnpickler(io.BytesIO(_inflate(base64.b64decode(encoded.encode("ascii"))))).load()
     if not isinstance(unpacked, str):
         raise ValueError(f"expected a pickled JSON string, got {type(unpacked).__name__}")
-    return json.loads(unpacked)
+    return parse_json(unpacked)
 
 
 def _livecodebench_tests(record: Record, field_name: str) -> tuple[Tests, str | None]:
@@ -251,7 +278,7 @@ def _livecodebench_tests(record: Record, field_name: str) -> tuple[Tests, str | 
     except Exception as exc:  # noqa: BLE001  base64, zlib, pickle and json each raise their own type
         raise record.error(f"cannot decode test cases ({type(exc).__name__}: {exc})", field_name) from None
     tests = read_tests(record, field_name, cases)
-    types = {case.get("testtype") for case in cases if isinstance(case, dict)}
+    types = {case.get("testtype") for case in cases if isinstance(case, dict) and isinstance(case.get("testtype"), str)}
     return tests, ("functional" if "functional" in types else "stdin")
 
 
@@ -264,15 +291,18 @@ def read_livecodebench(record: Record) -> CodeProblem:
     if "functional" in (public_type, private_type):
         metadata_text = record.text("metadata", required=False) or "{}"
         try:
-            metadata = json.loads(metadata_text)
-        except json.JSONDecodeError as exc:
-            raise record.error(f"not valid JSON: {exc.msg}", "metadata") from None
+            metadata = parse_json(metadata_text)
+        except JsonProblem as exc:
+            raise record.error(exc.reason, "metadata") from None
         fn_name = metadata.get("func_name") if isinstance(metadata, dict) else None
         if not fn_name:
             raise record.error("call-based tests need metadata.func_name", "metadata")
+        if not isinstance(fn_name, str) or not fn_name.isidentifier():
+            raise record.error(f"func_name must be a Python identifier, got {fn_name!r}", "metadata")
     question_id = record.text("question_id", required=False)
     return CodeProblem(
         problem_id=question_id or title,
+        id_field="question_id" if question_id else "question_title",
         problem=f"{title.strip()}\n\n{content.strip()}" if title.strip() else content.strip(),
         description=content.strip(),
         public_tests=public,
@@ -338,13 +368,19 @@ _CODE_CONTESTS_LANGUAGES = {1: "python2", 2: CPP, 3: PYTHON, 4: JAVA}
 
 
 def read_code_contests_solutions(record: Record) -> tuple[list[Solution], str | None]:
-    contest = record.data.get("cf_contest_id")
+    contest = record.identifier("cf_contest_id") if "cf_contest_id" in record.data else None
     index = record.text("cf_index", required=False)
-    problem_id = f"{contest}/{index}" if contest and index else record.text("name")
+    problem_id = f"{contest}/{index}" if contest and contest != "0" and index else record.text("name")
     solutions = record.value("solutions")
-    if not isinstance(solutions, dict) or not isinstance(solutions.get("solution"), list):
+    if not isinstance(solutions, dict) or not isinstance(solutions.get("solution"), list | tuple):
         raise record.error("expected {'language': [...], 'solution': [...]}", "solutions")
     languages = solutions.get("language") or [0] * len(solutions["solution"])
+    if (
+        not isinstance(languages, list | tuple)
+        or len(languages) != len(solutions["solution"])
+        or any(isinstance(language, bool) or not isinstance(language, int) for language in languages)
+    ):
+        raise record.error("expected as many integer language codes as solutions", "solutions.language")
     found = [
         Solution(
             normalize_problem_id(problem_id),
@@ -372,7 +408,10 @@ def read_generic_solution(
     if not code.strip():
         return [], "empty_code"
     language = (normalize_language(record.text(language_key)) if language_key else "") or guess_language(code)
-    return [Solution(normalize_problem_id(str(record.value(id_key))), code, language, accepted)], None
+    problem_id = record.identifier(id_key)
+    if problem_id is None:
+        raise record.error("no problem id (null or empty): the solution cannot be joined to a problem", id_key)
+    return [Solution(normalize_problem_id(problem_id), code, language, accepted)], None
 
 
 def better_solution(candidate: Solution, current: Solution | None, language: str) -> bool:

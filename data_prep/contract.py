@@ -119,35 +119,62 @@ def tests_json(inputs: list[str], outputs: list[str], fn_name: str | None = None
     return json.dumps(tests, ensure_ascii=False)
 
 
-def contract_problems(row: dict) -> list[str]:
-    """What is wrong with a row, as readable sentences; [] for a row that follows the contract."""
+def views_in_prompt(prompt: list[dict], views: list[dict]) -> list[str]:
+    """Names of the views whose text (16+ characters) the student's messages already contain.
+
+    Such a row is useless for self-distillation (the "privileged" view is in the prompt) and
+    breaks the contract; the pipelines drop it as `view_in_prompt` (e.g. a proof problem whose
+    boxed answer is the statement itself).
+    """
+    prompt_text = "\n".join(str(message.get("content", "")) for message in prompt if isinstance(message, dict))
+    names = []
+    for view in views:
+        text = view.get("text") if isinstance(view, dict) else None
+        if isinstance(text, str) and len(text.strip()) >= MIN_CHECKED_VIEW_CHARS and text.strip() in prompt_text:
+            names.append(view.get("name"))
+    return names
+
+
+def contract_problems(row) -> list[str]:
+    """What is wrong with a row, as readable sentences; [] for a row that follows the contract.
+
+    Any value is accepted (`prep inspect` runs this on files written by other tools): a field of
+    the wrong type is reported, never raised on.
+    """
+    if not isinstance(row, dict):
+        return [f"the row is a {type(row).__name__}, not a struct"]
     problems = []
     ability = row.get("ability")
-    if ability not in KNOWN_VIEW_NAMES:
+    if not isinstance(ability, str) or ability not in KNOWN_VIEW_NAMES:
         problems.append(f"ability {ability!r} is not one of {sorted(KNOWN_VIEW_NAMES)}")
     prompt = row.get("prompt")
     if not isinstance(prompt, list) or not prompt or any(not isinstance(m, dict) for m in prompt):
         problems.append("prompt is not a non-empty list of chat messages")
-        prompt_text = ""
-    else:
-        prompt_text = "\n".join(str(message.get("content", "")) for message in prompt)
-    extra_info = row.get("extra_info") or {}
+        prompt = []
+    extra_info = row.get("extra_info")
+    if extra_info is not None and not isinstance(extra_info, dict):
+        problems.append(f"extra_info is a {type(extra_info).__name__}, not a struct")
+    extra_info = extra_info if isinstance(extra_info, dict) else {}
     views = extra_info.get("views") or []
+    if not isinstance(views, list) or any(not isinstance(view, dict) for view in views):
+        problems.append("extra_info.views is not a list of {name, text} structs")
+        views = [view for view in views if isinstance(view, dict)] if isinstance(views, list) else []
     names = [view.get("name") for view in views]
-    if len(set(names)) != len(names):
+    if len(set(map(str, names))) != len(names):
         problems.append(f"view names repeat: {names}")
-    allowed = KNOWN_VIEW_NAMES.get(ability, ())
+    allowed = KNOWN_VIEW_NAMES.get(ability, ()) if isinstance(ability, str) else ()
     for view in views:
         name, text = view.get("name"), view.get("text")
         if name not in allowed:
             problems.append(f"view {name!r} is not a {ability} view ({', '.join(allowed)})")
         if not isinstance(text, str) or not text.strip():
             problems.append(f"view {name!r} is empty")
-        elif len(text.strip()) >= MIN_CHECKED_VIEW_CHARS and text.strip() in prompt_text:
-            problems.append(f"the student prompt contains the text of view {name!r}")
+    for name in views_in_prompt(prompt, views):
+        problems.append(f"the student prompt contains the text of view {name!r}")
     if extra_info.get("split") not in SPLITS:
         problems.append(f"extra_info.split {extra_info.get('split')!r} is not one of {SPLITS}")
-    ground_truth = (row.get("reward_model") or {}).get("ground_truth")
+    reward_model = row.get("reward_model")
+    ground_truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
     if not isinstance(ground_truth, str) or not ground_truth.strip():
         problems.append("reward_model.ground_truth is empty")
     return problems

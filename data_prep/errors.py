@@ -2,9 +2,27 @@
 
 Every problem with an input file is reported as `FILE: row N: field 'F': what is wrong`, so a
 user can open the file at that row and fix it. The CLI prints the message and exits non-zero.
+Messages are made printable (`printable`): a file name, key or value may hold bytes that are
+not UTF-8 (kept by `surrogateescape` as lone surrogates), which no terminal or UTF-8 file can
+show; they are written as `\\udcff` escapes instead of crashing the print or the manifest.
 """
 
 from __future__ import annotations
+
+import re
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with lone surrogates as `\\udcXX` escapes, so it can be printed or written as UTF-8."""
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", str(text))
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates escaped and line breaks as '; ' (one line per message)."""
+    return _LINE_BREAKS.sub("; ", escape_surrogates(text).strip())
 
 
 class BadInputError(ValueError):
@@ -37,4 +55,4 @@ class BadInputError(ValueError):
             where.append(f"row {self.row}" + (f" (line {self.line})" if self.line is not None else ""))
         if self.field is not None:
             where.append(f"field '{self.field}'")
-        return ": ".join(where) + ": " + self.problem
+        return printable(": ".join(where) + ": " + self.problem)

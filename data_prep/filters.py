@@ -65,7 +65,10 @@ class TokenCounter:
         from transformers import AutoTokenizer  # imported here: only the length filters need it
 
         self.path = tokenizer_path
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001  transformers raises OSError, ValueError, ImportError, ...
+            raise ValueError(f"--tokenizer {tokenizer_path}: cannot load a tokenizer from this folder ({exc})") from None
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

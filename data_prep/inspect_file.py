@@ -26,31 +26,73 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in str(text).splitlines() or [""])
 
 
+def _struct(value) -> dict:
+    """`value` if it is a struct, else {} (a file written by another tool may hold anything)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def format_row(row: dict, number: int, max_chars: int) -> str:
-    extra_info = row.get("extra_info") or {}
+    extra_info = _struct(row.get("extra_info"))
     lines = [f"--- row {number} ---"]
     lines.append(
         f"data_source: {row.get('data_source')}   ability: {row.get('ability')}   problem_id: {extra_info.get('problem_id')}"
     )
-    for message in row.get("prompt") or []:
+    if not isinstance(row.get("prompt"), list):
+        lines.append("prompt (not a list of messages): " + _clip(row.get("prompt"), max_chars))
+    for message in _list(row.get("prompt")):
+        message = message if isinstance(message, dict) else {"role": "?", "content": message}
         lines.append(f"prompt [{message.get('role')}]:")
         lines.append(_indent(_clip(message.get("content", ""), max_chars)))
-    ground_truth = (row.get("reward_model") or {}).get("ground_truth", "")
+    ground_truth = _struct(row.get("reward_model")).get("ground_truth", row.get("reward_model"))
     lines.append("ground_truth: " + _clip(ground_truth, max_chars))
+    if row.get("extra_info") is not None and not isinstance(row.get("extra_info"), dict):
+        lines.append("extra_info (not a struct): " + _clip(row.get("extra_info"), max_chars))
     for key in ("public_tests", "time_limit_s", "memory_mb", "language"):
         if extra_info.get(key) is not None:
             lines.append(f"{key}: {_clip(extra_info[key], max_chars)}")
-    views = extra_info.get("views") or []
+    views = _list(extra_info.get("views"))
     if not views:
         lines.append("views: none")
     for view in views:
-        lines.append(f"view {view.get('name')} ({len(view.get('text') or '')} chars):")
-        lines.append(_indent(_clip(view.get("text", ""), max_chars)))
+        view = view if isinstance(view, dict) else {"name": "?", "text": str(view)}
+        text = view.get("text") if isinstance(view.get("text"), str) else str(view.get("text"))
+        lines.append(f"view {view.get('name')} ({len(text)} chars):")
+        lines.append(_indent(_clip(text, max_chars)))
     return "\n".join(lines)
+
+
+def _key(value):
+    """A value to count by (lists and structs are unhashable)."""
+    return value if value is None or isinstance(value, str | int | float) else str(value)
+
+
+def _batches(parquet: pq.ParquetFile, path: str):
+    """The file's record batches; a corrupt page is a BadInputError naming the file."""
+    batches = parquet.iter_batches(batch_size=1024)
+    first_row = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001  pyarrow raises OSError, ArrowInvalid, ... for corrupt data
+            raise BadInputError(path, f"cannot read rows from row {first_row} on (corrupt file?): {exc}") from None
+        if batch is None:
+            return
+        yield batch
+        first_row += batch.num_rows
 
 
 def inspect_file(path: str, rows_to_show: int = 3, max_chars: int = 400) -> str:
     """The text `prep inspect` prints."""
+    if rows_to_show < 0:
+        raise ValueError(f"--rows must be at least 0, got {rows_to_show}")
+    if max_chars < 1:
+        raise ValueError(f"--max-chars must be at least 1, got {max_chars}")
+    if os.path.isdir(path):
+        raise BadInputError(path, "is a folder, not a file")
     if not os.path.isfile(path):
         raise BadInputError(path, "no such file")
     try:
@@ -66,13 +108,13 @@ def inspect_file(path: str, rows_to_show: int = 3, max_chars: int = 400) -> str:
     rows_with_problems = 0
     shown: list[str] = []
     row_number = 0
-    for batch in parquet.iter_batches(batch_size=1024):
+    for batch in _batches(parquet, path):
         for row in batch.to_pylist():
-            extra_info = row.get("extra_info") or {}
-            counts["data_source"][row.get("data_source")] += 1
-            counts["ability"][row.get("ability")] += 1
-            counts["split"][extra_info.get("split")] += 1
-            counts["view"].update(view.get("name") for view in extra_info.get("views") or [])
+            extra_info = _struct(row.get("extra_info"))
+            counts["data_source"][_key(row.get("data_source"))] += 1
+            counts["ability"][_key(row.get("ability"))] += 1
+            counts["split"][_key(extra_info.get("split"))] += 1
+            counts["view"].update(_key(_struct(view).get("name")) for view in _list(extra_info.get("views")))
             problems = contract_problems(row)
             if problems:
                 rows_with_problems += 1

@@ -9,7 +9,10 @@ For each training row, in this order:
 4. build the views and the student prompt (which never holds a view);
 5. filter repeats (`duplicate_problem`), evaluation problems (`eval_overlap_exact`,
    `eval_overlap_whitespace`) and rows over the token limits (`problem_too_long`,
-   `view_too_long:<view>`).
+   `view_too_long:<view>`);
+6. drop rows whose prompt already holds a view's text (`view_in_prompt`, e.g. a proof whose
+   boxed answer is the statement).
+A problem id shared by two different problems is a bad row (the first keeps it).
 Evaluation sets (`--eval NAME=FILE`) become `eval_NAME.parquet` rows without views.
 """
 
@@ -30,7 +33,8 @@ from verl_avsd.data_prep.math_readers import (
     read_openthoughts,
 )
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
-from verl_avsd.data_prep.pipeline import PrepRun, dataset_name
+from verl_avsd.data_prep.option_checks import check_common_options
+from verl_avsd.data_prep.pipeline import PrepRun, ProblemIds, dataset_name, leaked_views
 
 DEFAULT_MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -68,8 +72,7 @@ class MathOptions:
 
 
 def _check_options(options: MathOptions) -> None:
-    if "{problem}" not in options.prompt_template:
-        raise ValueError("--prompt-template must contain {problem}")
+    check_common_options(options, ("problem",))
     if options.format == "generic" and not (options.solution_key or options.answer_key):
         raise ValueError("--format generic needs --solution-key and/or --answer-key")
     if options.solution_source not in ("ground_truth", "deepseek"):
@@ -111,15 +114,24 @@ def _final_answer(item: MathItem) -> tuple[str | None, str | None]:
     return None, "empty_answer"
 
 
+def _with_unique_ids(read, ids: ProblemIds):
+    """`read`, and then a check that the row's id is not another problem's (a bad row if it is)."""
+
+    def read_checked(record):
+        item = read(record)
+        ids.check(record, item.id_field, item.problem_id, item.problem)
+        return item
+
+    return read_checked
+
+
 def _prepare_evals(run: PrepRun, options: MathOptions) -> tuple[dict[str, list[dict]], list[str]]:
     """Rows of every evaluation set, and all their problems (for decontamination)."""
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
 
-    def read(record):
-        return read_eval(record, options.eval_problem_key, options.eval_answer_key)
-
     for name, path in options.evals:
+        read = _with_unique_ids(lambda r: read_eval(r, options.eval_problem_key, options.eval_answer_key), ProblemIds())
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
         for item in run.items(path, f"eval:{name}", tally, read):
@@ -153,8 +165,10 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
     if options.format == "openthoughts" and options.domains is None:
         options.domains = ["math"]  # the paper trains on OpenThoughts' math subset
     read, columns, required = _reader(options)
-    filters = TrainingFilters(options)
+    read = _with_unique_ids(read, ProblemIds())
     run = PrepRun.for_options("math", options)
+    run.check_output_folder(options.inputs + [path for _, path in options.evals])
+    filters = TrainingFilters(options)
     eval_rows, eval_problems = _prepare_evals(run, options)
     filters.decontaminate_against(eval_problems)
     domains = {d.lower() for d in options.domains} if options.domains else None
@@ -184,15 +198,20 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
                 continue
             views = math_views(item.solution, answer)
             user_text = options.prompt_template.format(problem=item.problem)
+            prompt = chat_prompt(user_text, options.system_prompt)
             filtered = filters.reason(item.problem, (item.problem,), user_text, views)
             if filtered is not None:
                 tally.filter(filtered)
+                continue
+            leaked = leaked_views(prompt, views)
+            if leaked is not None:
+                tally.drop(leaked)
                 continue
             rows.append(
                 make_row(
                     data_source=f"math/{name}",
                     ability=MATH_ABILITY,
-                    prompt=chat_prompt(user_text, options.system_prompt),
+                    prompt=prompt,
                     ground_truth=answer,
                     problem=item.problem,
                     problem_id=item.problem_id,

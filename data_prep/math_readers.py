@@ -47,14 +47,18 @@ class MathItem:
     source: str
     domain: str
     problem_id: str
+    id_field: str | None = None  # the field the id came from (None: the problem's hash), for errors
 
 
 def answer_text(record: Record, field: str, value=None) -> str:
     """An answer column as text: numbers are accepted (AIME answers often are), `$...$` and a
-    surrounding `\\boxed{}` are removed."""
+    surrounding `\\boxed{}` are removed. NaN counts as null (no answer); an infinite number is an error."""
     value = record.value(field) if value is None else value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # exact, however long
+    elif isinstance(value, float):
+        number = record.as_number(value, field)
+        value = None if number is None else str(int(number)) if number.is_integer() else str(number)
     text = record.as_text(value, field).strip()
     text = re.sub(r"^\$+|\$+$", "", text).strip()
     boxes = find_boxes(text)
@@ -107,13 +111,15 @@ def read_dapo(record: Record) -> MathItem:
     problem = _verl_form_problem(record)
     extra_info = record.data.get("extra_info")
     index = extra_info.get("index") if isinstance(extra_info, dict) else None
+    index = record.identifier("extra_info.index", index)
     return MathItem(
         problem=problem,
         solution="",
         answer=_verl_form_answer(record),
         source=record.text("data_source", required=False) or "dapo",
         domain="math",
-        problem_id=str(index) if index not in (None, "") else text_id(problem),
+        problem_id=index or text_id(problem),
+        id_field="extra_info.index" if index else None,
     )
 
 
@@ -127,14 +133,15 @@ def read_generic(
     id_key: str | None = None,
 ) -> MathItem:
     problem = record.text(problem_key)
-    problem_id = record.value(id_key) if id_key else None
+    problem_id = record.identifier(id_key) if id_key else None
     return MathItem(
         problem=problem,
         solution=record.text(solution_key) if solution_key else "",
         answer=answer_text(record, answer_key) if answer_key else "",
         source=record.text(source_key) if source_key else "",
         domain=record.text(domain_key) if domain_key else "",
-        problem_id=str(problem_id) if problem_id not in (None, "") else text_id(problem),
+        problem_id=problem_id or text_id(problem),
+        id_field=id_key if problem_id else None,
     )
 
 
@@ -155,12 +162,14 @@ def read_eval(record: Record, problem_key: str | None = None, answer_key: str | 
         problem_field = _first_present(record, EVAL_PROBLEM_KEYS, "problem", problem_key)
         answer_field = _first_present(record, EVAL_ANSWER_KEYS, "answer", answer_key)
         problem, answer = record.text(problem_field), answer_text(record, answer_field)
-    identifier = record.data.get("id", record.data.get("problem_idx"))
+    id_field = next((key for key in ("id", "problem_idx") if key in record.data), None)
+    identifier = record.identifier(id_field) if id_field else None
     return MathItem(
         problem=problem,
         solution="",
         answer=answer,
         source="",
         domain="math",
-        problem_id=str(identifier) if identifier not in (None, "") else text_id(problem),
+        problem_id=identifier or text_id(problem),
+        id_field=id_field if identifier else None,
     )

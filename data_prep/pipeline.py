@@ -5,6 +5,7 @@ manifest and printed summary.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import sys
@@ -14,12 +15,26 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from verl_avsd.data_prep.errors import BadInputError
-from verl_avsd.data_prep.output import describe_input, split_train_validation, write_manifest, write_rows
+from verl_avsd.data_prep.contract import views_in_prompt
+from verl_avsd.data_prep.errors import BadInputError, escape_surrogates, printable
+from verl_avsd.data_prep.filters import normalize_whitespace
+from verl_avsd.data_prep.output import (
+    TRAIN_NAME,
+    VALIDATION_NAME,
+    check_output_folder,
+    describe_input,
+    output_names,
+    previous_outputs,
+    remove_stale_outputs,
+    split_train_validation,
+    write_manifest,
+    write_rows,
+)
 from verl_avsd.data_prep.records import InputFile, Record, require_columns
 from verl_avsd.data_prep.summary import Tally, view_counts
 
 BAD_ROW = "bad_row"
+VIEW_IN_PROMPT = "view_in_prompt"
 Item = TypeVar("Item")
 
 
@@ -28,8 +43,35 @@ def dataset_name(name: str | None, format: str, inputs: list[str]) -> str:
     if name:
         return name
     if format == "generic":
-        return os.path.basename(inputs[0]).split(".")[0]
+        return printable(os.path.basename(inputs[0]).split(".")[0])  # a non-UTF-8 file name cannot go to parquet
     return format
+
+
+class ProblemIds:
+    """Each problem id names one problem in a stream of rows (training rows, or one eval set).
+
+    A second row with the same id and a different problem (after whitespace normalisation) is
+    bad input: joins by id (code reference solutions) would give it the first one's data, and
+    per-problem results could not be told apart. The same id with the same problem is a repeat,
+    which the duplicate filter handles. Only a hash of each problem is kept.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[bytes, str, int]] = {}
+
+    def check(self, record: Record, field: str | None, problem_id: str, problem: str) -> None:
+        if not problem.strip():
+            return  # dropped as empty_problem anyway
+        digest = hashlib.sha1(normalize_whitespace(problem).encode("utf-8", "surrogateescape")).digest()
+        first_digest, first_file, first_row = self._first.setdefault(problem_id, (digest, record.file, record.row))
+        if first_digest != digest:
+            where = f"row {first_row}" if first_file == record.file else f"{first_file} row {first_row}"
+            raise record.error(f"problem id {problem_id!r} is already the id of a different problem ({where})", field)
+
+
+def leaked_views(prompt: list[dict], views: list[dict]) -> str | None:
+    """`view_in_prompt` when the student's messages already hold a view's text (the row is dropped), else None."""
+    return VIEW_IN_PROMPT if views_in_prompt(prompt, views) else None
 
 
 def _package_version() -> str | None:
@@ -60,6 +102,11 @@ class PrepRun:
         self.limit = limit
         self.inputs: list[dict] = []
         self.tallies: dict[str, Tally] = {}
+        self.eval_names: list[str] = [name for name, _ in options.get("evals") or []]
+
+    def check_output_folder(self, input_paths: list[str]) -> None:
+        """Before any input is read: `--out` is a writable folder and no output lands on an input."""
+        check_output_folder(self.out_dir, output_names(self.eval_names), input_paths)
 
     @classmethod
     def for_options(cls, task: str, options) -> PrepRun:
@@ -93,6 +140,8 @@ class PrepRun:
         fails fast when a parquet file lacks one. `--limit` caps the rows read per file.
         """
         input_file = InputFile(path, columns)
+        if input_file.num_rows == 0:
+            raise BadInputError(path, "has no rows (an empty file?)")
         if required_columns is not None:
             require_columns(input_file, *required_columns)
         self.inputs.append(describe_input(path, role, input_file.num_rows))
@@ -152,18 +201,25 @@ class PrepRun:
         seed: int,
         argv: list[str] | None,
     ) -> dict:
-        """Write train/validation/eval parquet and the manifest; print the summary; return the manifest."""
+        """Write train/validation/eval parquet and the manifest; print the summary; return the manifest.
+
+        An eval set with no rows left gets no file (the summary says why); outputs of an earlier
+        run that this one does not write are removed, so the folder matches the manifest.
+        """
         os.makedirs(self.out_dir, exist_ok=True)
+        stale = previous_outputs(self.out_dir)
         outputs = []
         if rows:
             train, validation = split_train_validation(rows, val_size, seed)
-            outputs.append(write_rows(train, os.path.join(self.out_dir, "train.parquet"), "train"))
+            outputs.append(write_rows(train, os.path.join(self.out_dir, TRAIN_NAME), "train"))
             if validation:
-                outputs.append(write_rows(validation, os.path.join(self.out_dir, "validation.parquet"), "validation"))
+                outputs.append(write_rows(validation, os.path.join(self.out_dir, VALIDATION_NAME), "validation"))
         for name, rows_of_set in eval_rows.items():
-            outputs.append(write_rows(rows_of_set, os.path.join(self.out_dir, f"eval_{name}.parquet"), "eval"))
+            if rows_of_set:
+                outputs.append(write_rows(rows_of_set, os.path.join(self.out_dir, f"eval_{name}.parquet"), "eval"))
         for tally in self.tallies.values():
             tally.check()
+        removed = remove_stale_outputs(self.out_dir, stale, {entry["path"] for entry in outputs})
         manifest = {
             "tool": "verl-avsd prep",
             "version": _package_version(),
@@ -176,7 +232,9 @@ class PrepRun:
             "summary": {name: tally.as_dict() for name, tally in self.tallies.items()},
         }
         write_manifest(self.out_dir, manifest)
-        print(self.format_summary(outputs, manifest["views"]["rows_with_view"], len(rows)))
+        summary = self.format_summary(outputs, manifest["views"]["rows_with_view"], len(rows))
+        summary += "".join(f"\nremoved {name} (an earlier run's output that this run does not write)" for name in removed)
+        print(escape_surrogates(summary))
         return manifest
 
     def format_summary(self, outputs: list[dict], views: dict[str, int], prepared: int) -> str:
@@ -189,3 +247,4 @@ class PrepRun:
         lines += [f"wrote {entry['path']}: {entry['rows']} rows" for entry in outputs]
         lines.append(f"wrote {os.path.join(self.out_dir, 'manifest.json')}")
         return "\n".join(lines)
+

@@ -12,13 +12,22 @@ Conventions:
   `surrogateescape`, so a stray non-UTF-8 byte survives parsing and is reported on the field
   that holds it instead of failing the whole line.
 - Parquet is read in batches and only the requested columns, so a multi-GB dump is streamed.
+- JSON text is parsed by `json_text.parse_json`: too deep nesting, over-long integers and a key
+  repeated in one object are errors of that row, never a traceback or a silently chosen value.
+  A UTF-8 byte order mark at the start of a file is skipped; UTF-16 text, a parquet file named
+  `.jsonl` and an unreadable `.gz` are errors of the whole file. `.jsonl.gz`, `.json.gz` and
+  `.ndjson.gz` are read through gzip.
+- Numbers: `NaN` counts as null (pandas writes it for a missing value); an infinite or
+  too-large number is an error.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import json
+import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from verl_avsd.data_prep.errors import BadInputError
+from verl_avsd.data_prep.json_text import JsonProblem, parse_json
 
-SUPPORTED_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".json")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+SUPPORTED_SUFFIXES = (".parquet", *JSON_SUFFIXES, *(suffix + ".gz" for suffix in JSON_SUFFIXES))
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+PARQUET_MAGIC = b"PAR1"
+_READ_FIELD = object()  # `Record.identifier`: read the value from the field
 PARQUET_BATCH_ROWS = 1024
 
 
@@ -36,13 +51,14 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _first_undecodable_byte(text: str) -> tuple[int, int] | None:
-    """(character offset, byte value) of the first byte that `surrogateescape` kept, if any."""
+def _undecodable_text(text: str) -> str | None:
+    """What makes `text` unwritable as UTF-8: a byte `surrogateescape` kept, or a lone surrogate
+    (a JSON `\\ud800` escape); None for good text."""
     for offset, char in enumerate(text):
         if "\udc80" <= char <= "\udcff":
-            return offset, ord(char) - 0xDC00
-        if "\ud800" <= char <= "\udfff":  # any other lone surrogate is not text either
-            return offset, ord(char)
+            return f"text is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02x} at character {offset})"
+        if "\ud800" <= char <= "\udfff":
+            return f"text holds a lone surrogate U+{ord(char):04X} at character {offset} (not valid Unicode)"
     return None
 
 
@@ -93,22 +109,45 @@ class Record:
                 ) from None
         if not isinstance(value, str):
             raise self.error(f"expected text, got {_type_name(value)} ({str(value)[:40]!r})", field)
-        bad = _first_undecodable_byte(value)
+        bad = _undecodable_text(value)
         if bad is not None:
-            offset, byte = bad
-            raise self.error(f"text is not valid UTF-8 (byte 0x{byte:02x} at character {offset})", field)
+            raise self.error(bad, field)
         return value
 
     def number(self, field: str, *, required: bool = True) -> float | None:
-        """A numeric field as float; null (or a missing optional field) gives None."""
+        """A numeric field as a finite float; null, NaN (or a missing optional field) give None."""
         if not required and field not in self.data:
             return None
-        value = self.value(field)
+        return self.as_number(self.value(field), field)
+
+    def as_number(self, value: Any, field: str) -> float | None:
+        """`value` (read from `field`) as a finite float; null and NaN give None."""
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(f"expected a number, got {_type_name(value)} ({str(value)[:40]!r})", field)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self.error(f"number too large ({len(str(abs(value)))} digits)", field) from None
+        if math.isnan(number):
+            return None
+        if math.isinf(number):
+            raise self.error(f"expected a finite number, got {number}", field)
+        return number
+
+    def identifier(self, field: str, value: Any = _READ_FIELD) -> str | None:
+        """A problem id as text (text, or a number: 7 and 7.0 give "7"); null, NaN and "" give None."""
+        value = self.value(field) if value is _READ_FIELD else value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = self.as_number(value, field)
+            if number is None:
+                return None
+            return str(int(number)) if number.is_integer() and isinstance(value, float) else str(value)
+        if value is not None and not isinstance(value, str | bytes):
+            raise self.error(f"expected an id (text or a number), got {_type_name(value)} ({str(value)[:40]!r})", field)
+        text = self.as_text(value, field).strip()
+        return text or None
 
     def text_list(self, field: str, *, required: bool = True) -> list[str]:
         """A list of strings (e.g. tags); null or a missing optional field gives []."""
@@ -131,6 +170,8 @@ def file_sha256(path: str) -> str:
 
 
 def _check_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise BadInputError(path, "is a folder, not a file")
     if not os.path.isfile(path):
         raise BadInputError(path, "no such file")
     if not path.endswith(SUPPORTED_SUFFIXES):
@@ -155,28 +196,47 @@ class InputFile:
                 raise BadInputError(path, f"cannot read as parquet: {exc}") from None
             self.num_rows = self._parquet.metadata.num_rows
             self.columns = list(self._parquet.schema_arrow.names)
+            repeated = sorted({name for name in self.columns if self.columns.count(name) > 1})
+            if repeated:
+                raise BadInputError(path, f"column(s) {', '.join(repeated)} appear more than once (which one is meant?)")
         else:
             self._parquet = None
             self.num_rows, self.columns = self._scan_json()
 
     # --- JSON / JSONL -------------------------------------------------------------------------
 
+    def _raw_lines(self) -> Iterator[bytes]:
+        """The file's lines as bytes (gunzipped for .gz), without a leading UTF-8 byte order mark."""
+        opener = gzip.open if self.path.endswith(".gz") else open
+        try:
+            with opener(self.path, "rb") as handle:
+                head = handle.peek(4)[:4]
+                if head.startswith(UTF16_BOMS):
+                    raise BadInputError(self.path, "is UTF-16 text; data prep reads UTF-8 (convert the file)")
+                if head.startswith(PARQUET_MAGIC):
+                    raise BadInputError(self.path, "is a parquet file, not JSON (name it .parquet)")
+                if head.startswith(UTF8_BOM):
+                    handle.read(len(UTF8_BOM))
+                yield from handle
+        except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip, unreadable file
+            raise BadInputError(self.path, f"cannot read the file: {exc}") from None
+
     def _scan_json(self) -> tuple[int, list[str] | None]:
         """Row count of a JSON/JSONL file; a .json file holding one array is parsed once here."""
-        if self.path.endswith(".json"):
-            with open(self.path, "rb") as handle:
-                raw = handle.read()
+        if self.path.endswith((".json", ".json.gz")):
+            text = b"".join(self._raw_lines()).decode("utf-8", errors="surrogateescape")
             try:
-                parsed = json.loads(raw.decode("utf-8", errors="surrogateescape"))
-            except json.JSONDecodeError:
+                parsed = parse_json(text)
+            except JsonProblem as exc:
+                if not exc.syntax and text.lstrip().startswith("["):  # an array: no row can be read on its own
+                    raise BadInputError(self.path, exc.reason, field=exc.key) from None
                 parsed = None  # many hub ".json" files are JSON lines; read them as such
             if isinstance(parsed, list):
                 self._rows = parsed
                 return len(parsed), None
             if isinstance(parsed, dict):
                 raise BadInputError(self.path, "expected a JSON array of rows or JSON lines, got one JSON object")
-        with open(self.path, "rb") as handle:
-            count = sum(1 for raw_line in handle if raw_line.strip())
+        count = sum(1 for raw_line in self._raw_lines() if raw_line.strip())
         return count, None
 
     def _json_records(self) -> Iterator[Record]:
@@ -189,29 +249,38 @@ class InputFile:
                 yield Record(self.path, index, row)
             return
         index = 0
-        with open(self.path, "rb") as handle:
-            for line_number, raw_line in enumerate(handle, start=1):
-                if not raw_line.strip():
-                    continue
-                try:
-                    row = json.loads(raw_line.decode("utf-8", errors="surrogateescape"))
-                    problem = None if isinstance(row, dict) else f"expected a JSON object, got {_type_name(row)}"
-                except json.JSONDecodeError as exc:
-                    problem = f"not valid JSON: {exc.msg} at character {exc.pos}"
-                if problem is None:
-                    yield Record(self.path, index, row, line=line_number)
-                else:
-                    error = BadInputError(self.path, problem, row=index, line=line_number)
-                    yield Record(self.path, index, {}, line=line_number, unreadable=error)
-                index += 1
+        for line_number, raw_line in enumerate(self._raw_lines(), start=1):
+            if not raw_line.strip():
+                continue
+            field = None
+            try:
+                row = parse_json(raw_line.decode("utf-8", errors="surrogateescape"))
+                problem = None if isinstance(row, dict) else f"expected a JSON object, got {_type_name(row)}"
+            except JsonProblem as exc:
+                problem, field = exc.reason, exc.key
+            if problem is None:
+                yield Record(self.path, index, row, line=line_number)
+            else:
+                error = BadInputError(self.path, problem, row=index, line=line_number, field=field)
+                yield Record(self.path, index, {}, line=line_number, unreadable=error)
+            index += 1
 
     # --- parquet ------------------------------------------------------------------------------
 
     def _parquet_records(self) -> Iterator[Record]:
         columns = self.columns if self.wanted_columns is None else [c for c in self.wanted_columns if c in self.columns]
         first_row = 0
-        for batch in self._parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-            as_lists = {name: _column_to_pylist(batch.column(name)) for name in batch.schema.names}
+        batches = self._parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                as_lists = {name: _column_to_pylist(batch.column(name)) for name in batch.schema.names}
+            except Exception as exc:  # noqa: BLE001  a corrupt page raises OSError, ArrowInvalid, ...
+                raise BadInputError(
+                    self.path, f"cannot read rows from row {first_row} on (corrupt file?): {exc}"
+                ) from None
             for offset in range(batch.num_rows):
                 yield Record(self.path, first_row + offset, {name: values[offset] for name, values in as_lists.items()})
             first_row += batch.num_rows

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from verl_avsd.data_prep.contract import MATH_ABILITY, chat_prompt, make_row, text_id
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES
-from verl_avsd.data_prep.output import write_manifest, write_rows
+from verl_avsd.data_prep.option_checks import at_least
+from verl_avsd.data_prep.output import check_output_folder, output_names, write_manifest, write_rows
 from verl_avsd.data_prep.summary import view_counts
 from verl_avsd.toy import task as toy_task
 
@@ -47,7 +48,12 @@ def toy_rows(n: int, seed: int, split: str, num_steps: int, max_operand: int) ->
 
 
 def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
-    os.makedirs(options.out_dir, exist_ok=True)
+    # both splits must have rows (an empty parquet file only fails later, in the trainer)
+    at_least("--n-train", options.n_train, 1)
+    at_least("--n-val", options.n_val, 1)
+    at_least("--num-steps", options.num_steps, 2)  # the toy task's own minimums
+    at_least("--max-operand", options.max_operand, 2)
+    check_output_folder(options.out_dir, output_names([]), [])
     train = toy_rows(options.n_train, options.seed, "train", options.num_steps, options.max_operand)
     validation = toy_rows(options.n_val, options.seed, "val", options.num_steps, options.max_operand)
     outputs = [
