@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# AVSD on code: the paper recipe (math_avsd_qwen3_8b.sh: Qwen3-8B, LoRA 64/128, lr 5e-6, 32
-# prompts x 1 rollout, 500 steps, 4096-token responses, temperature 0.7, thinking off) on the
+# AVSD on code: the paper recipe (math_avsd_qwen3_8b.sh: Qwen3-8B, LoRA 64/128, lr 5e-6 -> 3e-6,
+# clipping 0.1, 32 prompts x 1 rollout, 200 steps, 4096-token responses, temperature 0.7, top-p
+# 0.95, top-k 20, thinking off; the authors' code script has the same values) on the
 # `verl-avsd prep code` output, with the code views:
 #   reference  a reference program       (stored by prep code)
 #   hint       the approach, read off it  (stored by prep code)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# AVSD on math, the paper's setting: Qwen3-8B with LoRA (rank 64, alpha 128), lr 5e-6, 32 prompts
-# per step with one rollout each, 500 steps, 4096-token responses at temperature 0.7, thinking
-# off, three views [full, partial, answer], vLLM rollout, math-verify reward.
+# AVSD on math, the paper's setting: Qwen3-8B with LoRA (rank 64, alpha 128), lr 5e-6 decaying to
+# 3e-6, no weight decay, gradient clipping 0.1, 32 prompts per step with one rollout each, 200
+# steps, 4096-token responses at temperature 0.7 / top-p 0.95 / top-k 20, thinking off, three
+# views [full, partial, answer], vLLM rollout, math-verify reward. launch/paper_settings.yaml
+# (shown in launch/README.md) lists every setting beside the paper's and the authors' script's.
 #
 # Usage: launch/recipes/math_avsd_qwen3_8b.sh [--dry-run] [--help] [hydra overrides...]
 #   --dry-run   print the full python -m verl.trainer.main_ppo command and exit
@@ -68,6 +70,18 @@ overrides=(
 
     # --- actor: one on-policy update per step (mini-batch = the whole batch), no KL, no entropy ---
     actor_rollout_ref.actor.optim.lr=5e-6
+    # the authors' optimizer (transformers' defaults): no weight decay, no warmup, and a linear decay
+    # over 500 steps read at step 200, i.e. 5e-6 -> 3e-6. verl has only constant and cosine: a half
+    # cosine down to 0.6 x lr over these 200 steps has the same start, end and mean
+    actor_rollout_ref.actor.optim.weight_decay=0.0
+    actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0
+    actor_rollout_ref.actor.optim.lr_scheduler_type=cosine
+    actor_rollout_ref.actor.optim.min_lr_ratio=0.6
+    actor_rollout_ref.actor.optim.num_cycles=0.5
+    # the authors clip the gradient norm at 0.1 (verl: 1.0); verl 0.9.1's FSDP engine reads
+    # optim.clip_grad, actor.grad_clip is set alike so the config shows one value
+    actor_rollout_ref.actor.optim.clip_grad=0.1
+    actor_rollout_ref.actor.grad_clip=0.1
     actor_rollout_ref.actor.ppo_mini_batch_size=32
     actor_rollout_ref.actor.ppo_epochs=1
     actor_rollout_ref.actor.use_kl_loss=false
@@ -79,31 +93,33 @@ overrides=(
     actor_rollout_ref.actor.fsdp_config.param_offload=false
     actor_rollout_ref.actor.fsdp_config.optimizer_offload=false
 
-    # --- rollout: vLLM, one sample per prompt at temperature 0.7 ---
+    # --- rollout: vLLM, one sample per prompt at temperature 0.7, top-p 0.95, top-k 20 (the authors') ---
     actor_rollout_ref.rollout.name=vllm
     actor_rollout_ref.rollout.n=1
     actor_rollout_ref.rollout.temperature=0.7
-    actor_rollout_ref.rollout.top_p=1.0
-    actor_rollout_ref.rollout.top_k=-1
+    actor_rollout_ref.rollout.top_p=0.95
+    actor_rollout_ref.rollout.top_k=20
     actor_rollout_ref.rollout.tensor_model_parallel_size=1
     actor_rollout_ref.rollout.gpu_memory_utilization=0.6
     # LoRA: vLLM loads the base weights itself and receives only the adapter after each update
     actor_rollout_ref.rollout.load_format=safetensors
     actor_rollout_ref.rollout.layered_summon=true
-    # validation (AIME 2024): 8 samples per problem at the training temperature
+    # validation (AIME 2024): Avg@8 sampled as the authors' evaluation (temperature 0.7, top-p 0.95),
+    # the same for every method
     actor_rollout_ref.rollout.val_kwargs.n=8
     actor_rollout_ref.rollout.val_kwargs.do_sample=true
     actor_rollout_ref.rollout.val_kwargs.temperature=0.7
-    actor_rollout_ref.rollout.val_kwargs.top_p=1.0
+    actor_rollout_ref.rollout.val_kwargs.top_p=0.95
+    actor_rollout_ref.rollout.val_kwargs.top_k=-1
 
     # --- reward: math-verify on the final answer ---
     reward.custom_reward_function.path=pkg://verl_avsd.rewards
     reward.custom_reward_function.name=compute_score
 
-    # --- trainer: 500 steps, validation every 50, a checkpoint every 100 ---
+    # --- trainer: the paper's 200 steps, validation every 50, a checkpoint every 100 ---
     trainer.nnodes="${AVSD_NNODES:-1}"
     trainer.n_gpus_per_node="${AVSD_GPUS_PER_NODE:-8}"
-    trainer.total_training_steps=500
+    trainer.total_training_steps=200
     trainer.val_before_train=true
     trainer.test_freq=50
     trainer.save_freq=100
