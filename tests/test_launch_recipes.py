@@ -32,7 +32,7 @@ LAUNCH = REPO / "launch"
 RECIPES = LAUNCH / "recipes"
 RECIPE_NAMES = sorted(p.name for p in RECIPES.glob("*.sh") if p.name != "common.sh")
 SCRIPTS = sorted(LAUNCH.rglob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
-MATH_BUDGET = {"rollouts_per_step": 32, "steps": 500}
+MATH_BUDGET = {"rollouts_per_step": 32, "steps": 200}  # the paper's 200 steps (launch/paper_settings.yaml)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -190,7 +190,7 @@ def test_math_avsd_recipe_is_the_paper_setting():
     assert (model.lora_rank, model.lora_alpha, model.target_modules) == (64, 128, "all-linear")
     assert actor.optim.lr == 5e-6
     assert (cfg.data.train_batch_size, rollout.n) == (32, 1)
-    assert cfg.trainer.total_training_steps == 500
+    assert cfg.trainer.total_training_steps == MATH_BUDGET["steps"]
     assert cfg.data.max_response_length == 4096 and rollout.response_length == 4096  # rollout reads data's
     assert rollout.temperature == 0.7 and rollout.name == "vllm"
     assert cfg.data.apply_chat_template_kwargs == {"enable_thinking": False}
@@ -250,6 +250,14 @@ def test_an_unknown_avsd_key_fails_validation():
 
 # ---------------------------------------------------------------- baselines -----------------
 
+# GRPO and RLSD sample and average their loss as the paper's GRPO baseline (launch/paper_settings.yaml).
+GRPO_SAMPLING = {
+    "actor_rollout_ref.rollout.temperature": 1.0,
+    "actor_rollout_ref.rollout.top_p": 1.0,
+    "actor_rollout_ref.rollout.top_k": -1,
+    "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-mean",
+}
+
 # What each math baseline changes relative to math_avsd_qwen3_8b.sh, and nothing else.
 BASELINE_CHANGES = {
     "math_opsd_qwen3_8b.sh": {"algorithm.adv_estimator": "opsd", "algorithm.avsd.views": ["full"]},
@@ -260,15 +268,18 @@ BASELINE_CHANGES = {
         "data.train_batch_size": 4,
         "actor_rollout_ref.rollout.n": 8,
         "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+        **GRPO_SAMPLING,
     },
     "math_rlsd_qwen3_8b.sh": {
         "algorithm.adv_estimator": "rlsd",
         "algorithm.avsd.views": ["full"],
         "algorithm.avsd.rlsd_lam": 0.5,
         "algorithm.avsd.rlsd_eps_w": 0.2,
+        "algorithm.avsd.teacher": "current",
         "data.train_batch_size": 4,
         "actor_rollout_ref.rollout.n": 8,
         "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+        **GRPO_SAMPLING,
     },
 }
 
