@@ -150,6 +150,25 @@ class RunResult:
         return self.log_file.read_text(errors="replace")[-n:] if self.log_file.exists() else ""
 
 
+def start_main_ppo(overrides: list[str], run_dir: str | os.PathLike, log, timeout_s: int = 1800) -> subprocess.Popen:
+    """Start `python -m verl.trainer.main_ppo` in RUN_DIR (its output to the open file `log`) and
+    return at once; verl's file logger writes RUN_DIR/verl_metrics.jsonl."""
+    run_dir = Path(run_dir).resolve()  # verl runs in run_dir: a relative path would point elsewhere
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        VERL_FILE_LOGGER_PATH=str(run_dir / "verl_metrics.jsonl"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAY_DEDUP_LOGS="0",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    command = ["timeout", "-k", "30", str(timeout_s), sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+    log.write("$ " + " ".join(command) + "\n")
+    log.flush()
+    return subprocess.Popen(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def run_main_ppo(
     overrides: list[str],
     run_dir: str | os.PathLike,
@@ -158,23 +177,12 @@ def run_main_ppo(
 ) -> RunResult:
     """Run `python -m verl.trainer.main_ppo` with these overrides; verl's output goes to
     RUN_DIR/train.log, per-step metrics to RUN_DIR/verl_metrics.jsonl (and to `on_step`)."""
-    run_dir = Path(run_dir).resolve()  # verl runs in run_dir: a relative path would point elsewhere
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file, log_file = run_dir / "verl_metrics.jsonl", run_dir / "train.log"
-    env = dict(
-        os.environ,
-        VERL_FILE_LOGGER_PATH=str(metrics_file),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        RAY_DEDUP_LOGS="0",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    command = ["timeout", "-k", "30", str(timeout_s), sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
     start, seen = time.monotonic(), set()
     with open(log_file, "a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = start_main_ppo(overrides, run_dir, log, timeout_s)
         while process.poll() is None:
             time.sleep(1.0)
             if on_step:
