@@ -20,7 +20,7 @@ TORCH_INSTALL_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast clean slurm-up slurm-down test-clusters
 
 install: $(STAMP)
 
@@ -54,3 +54,21 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# A one-node SLURM cluster on this machine for tests/test_real_slurm.py and for trying
+# launch/slurm_avsd.sbatch: installs slurm-wlm and munge with apt-get when missing (as root), runs
+# munged, slurmctld and slurmd with a private config, state and munge socket in SLURM_DIR (the
+# test reads AVSD_SLURM_DIR, same default). Use it with: export SLURM_CONF=$(SLURM_DIR)/slurm.conf
+SLURM_DIR ?= $(or $(AVSD_SLURM_DIR),/tmp/avsd-slurm)
+export AVSD_SLURM_DIR := $(SLURM_DIR)
+
+slurm-up:
+	timeout 1800 bash launch/local_slurm.sh up --dir $(SLURM_DIR)
+
+slurm-down:
+	timeout 300 bash launch/local_slurm.sh down --dir $(SLURM_DIR)
+
+# Only the real cluster runs: two Ray nodes on this machine, and a job through the local SLURM
+# (started by the test when it is not up).
+test-clusters: install
+	$(PY) -m pytest -q -s tests/test_real_ray.py tests/test_real_slurm.py $(PYTEST_ARGS)

@@ -515,7 +515,7 @@ def fake_slurm(tmp_path: Path, gpus_in_cluster: int | str, **extra: str) -> dict
     Ray start step has finished, as on a real cluster, so the script cannot run ahead of a node's
     start step). An `extra` value None removes that variable."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("ray", FAKE_RAY)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -570,3 +570,122 @@ def test_slurm_script_stops_when_the_gpus_never_join(tmp_path):
 def test_slurm_script_outside_an_allocation_says_so():
     result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), check=False)
     assert result.returncode == 2 and "not inside a SLURM allocation" in result.stderr
+
+
+# ---------------------------------------------------------------- joining real clusters -----
+# tests/test_real_ray.py and tests/test_real_slurm.py run these paths on a real Ray cluster and a
+# real SLURM; the cases below check what those cannot reach cheaply (bad values, other modes).
+
+
+def test_ray_start_passes_ray_flags_and_takes_a_worker_temp_dir():
+    head = ray_start("head", "--port", "6390", "--temp-dir", "/tmp/r", "--dry-run", "--", "--dashboard-agent-listen-port=52370")
+    assert shlex.split(head.stdout)[-2:] == ["--temp-dir=/tmp/r", "--dashboard-agent-listen-port=52370"]
+    worker = ray_start("worker", "--address", "10.1.2.3:6390", "--temp-dir", "/tmp/w", "--dry-run", "--", "--min-worker-port=20000")
+    assert shlex.split(worker.stdout) == ["ray", "start", "--address=10.1.2.3:6390", "--temp-dir=/tmp/w", "--min-worker-port=20000"]
+
+
+def test_ray_start_prints_the_address_ray_itself_picks():
+    """Without --node-ip, the head's notes name the address Ray binds (its route-out address),
+    not `hostname`'s first guess."""
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    head = ray_start("head", "--port", "6390", "--dry-run")
+    assert f"launch/ray_start.sh worker --address {node_ip_address_from_perspective()}:6390" in head.stderr
+
+
+def test_every_launch_script_picks_token_auth_when_a_token_exists(tmp_path):
+    """Ray 2.60's `ray start --head` turns token auth on when a token exists, its other commands do
+    not: the scripts export one RAY_AUTH_MODE for all of them."""
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    no_token = clean_env(HOME=str(tmp_path / "home"))
+    with_token = clean_env(HOME=str(tmp_path / "home"), RAY_AUTH_TOKEN_PATH=str(token))
+    assert "auth disabled" in run_bash(str(LAUNCH / "ray_start.sh"), "head", "--dry-run", env=no_token).stderr
+    head = run_bash(str(LAUNCH / "ray_start.sh"), "head", "--dry-run", env=with_token).stderr
+    assert "auth token" in head and "RAY_AUTH_MODE=token ray status" in head
+    bad = run_bash(str(LAUNCH / "ray_start.sh"), "head", "--dry-run", env={**no_token, "RAY_AUTH_MODE": "yes"}, check=False)
+    assert bad.returncode == 2 and "RAY_AUTH_MODE must be 'token' or 'disabled', got 'yes'" in bad.stderr
+
+    # submit_job.sh runs `ray job submit` with the mode the head chose
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text('#!/usr/bin/env bash\necho "RAY_AUTH_MODE=$RAY_AUTH_MODE"\n')
+    fake_ray.chmod(0o755)
+    for env, mode in ((no_token, "disabled"), (with_token, "token")):
+        job = run_bash(str(LAUNCH / "submit_job.sh"), "launch/recipes/cpu_toy.sh", env={**env, "AVSD_RAY": str(fake_ray)})
+        assert job.stdout.strip() == f"RAY_AUTH_MODE={mode}"
+
+
+def test_cpu_toy_joins_a_cluster_with_ranks_from_the_environment(tmp_path):
+    env = clean_env(RAY_ADDRESS="10.0.0.1:6379", AVSD_NNODES="2", AVSD_GPUS_PER_NODE="1", AVSD_OUTPUT_DIR=str(tmp_path))
+    cfg = compose_verl_config(dry_run("cpu_toy.sh", env=env)[1])
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (2, 1)
+    # ray.init refuses num_cpus/num_gpus when it joins a cluster
+    assert cfg.ray_kwargs.ray_init.num_cpus is None and cfg.ray_kwargs.ray_init.num_gpus is None
+    # 16 prompts over 2 ranks: 8 a rank, in one micro-batch
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 8
+    assert cfg.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 8
+    verl_preflight(cfg)
+    # on its own Ray (no RAY_ADDRESS): one placeholder GPU a rank
+    alone = compose_verl_config(dry_run("cpu_toy.sh", env=clean_env(AVSD_GPUS_PER_NODE="2", AVSD_OUTPUT_DIR=str(tmp_path)))[1])
+    assert alone.ray_kwargs.ray_init.num_gpus == 2 and alone.ray_kwargs.ray_init.num_cpus == 16
+
+    for extra, message in (
+        ({"AVSD_NNODES": "2"}, "AVSD_NNODES=2 needs a Ray cluster of 2 nodes"),
+        ({"AVSD_NNODES": "3", "RAY_ADDRESS": "x:1"}, "3 ranks must divide the 16 prompts"),
+        ({"AVSD_GPUS_PER_NODE": "0"}, "AVSD_GPUS_PER_NODE must be a whole number >= 1, got '0'"),
+    ):
+        result = run_bash(str(RECIPES / "cpu_toy.sh"), "--dry-run", env=clean_env(**extra), check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_slurm_cpu_mode_runs_the_toy_recipe_on_placeholder_gpus(tmp_path):
+    env = fake_slurm(
+        tmp_path, gpus_in_cluster="joined", FAKE_GPUS_PER_NODE="1", SLURM_GPUS_ON_NODE=None, AVSD_CPU="1",
+        RECIPE="launch/recipes/cpu_toy.sh", AVSD_OUTPUT_DIR=str(tmp_path / "runs"),
+        CUDA_VISIBLE_DEVICES="0", ROCR_VISIBLE_DEVICES="0",
+    )  # fmt: skip
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path)
+    calls = (tmp_path / "srun.log").read_text().splitlines()
+    assert "CPU mode: 1 placeholder GPUs and 16 CPUs per node" in result.stdout
+    assert sum("ray_start.sh" in c and "--num-gpus 1 " in c for c in calls) == 2  # head and worker
+    recipe_run = [c for c in calls if "cpu_toy.sh" in c]
+    assert len(recipe_run) == 1 and "RAY_ADDRESS=10.0.0.1:6379 AVSD_NNODES=2 AVSD_GPUS_PER_NODE=1" in recipe_run[0]
+    # SLURM sets both for some gres setups; verl's workers refuse both
+    assert "env -u ROCR_VISIBLE_DEVICES bash launch/recipes/cpu_toy.sh" in recipe_run[0]
+    cfg = compose_verl_config(split_main_ppo(printed_main_ppo(result.stdout))[1])
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node) == (2, 1) and cfg.ray_kwargs.ray_init.num_cpus is None
+
+    # without AVSD_CPU an allocation with no GPUs is refused, saying how to run on CPUs
+    env = fake_slurm(tmp_path / "gpu", gpus_in_cluster="joined", SLURM_GPUS_ON_NODE=None)
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "--gpus-per-node=N" in result.stderr and "AVSD_CPU=1" in result.stderr
+
+
+def test_slurm_script_shows_why_ray_status_fails(tmp_path):
+    error = "ray.exceptions.AuthenticationError: InvalidAuthToken: token mismatch"
+    env = fake_slurm(tmp_path, gpus_in_cluster=16, FAKE_RAY_ERROR=error, AVSD_RAY_WAIT_S="0")
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and error in result.stderr
+    assert "`ray status` still fails after 0s" in result.stderr and "RAY_AUTH_MODE=disabled" in result.stderr
+
+
+def test_slurm_script_head_address_and_auth(tmp_path):
+    # a node with only loopback: fine alone, refused when other nodes must reach it
+    (tmp_path / "a").mkdir()
+    env = fake_slurm(tmp_path / "a", gpus_in_cluster="joined", FAKE_NO_IP="1", SLURM_JOB_NODELIST="node1")
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path)
+    assert "head node1 (127.0.0.1:6379)" in result.stdout
+    (tmp_path / "b").mkdir()
+    env = fake_slurm(tmp_path / "b", gpus_in_cluster="joined", FAKE_NO_IP="1")
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "node1 has no IPv4 address but loopback" in result.stderr
+
+    # a Ray token here: every `ray status` of the script runs in token mode, as the head does
+    (tmp_path / "c").mkdir()
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    env = fake_slurm(tmp_path / "c", gpus_in_cluster="joined", RAY_AUTH_MODE=None, RAY_AUTH_TOKEN_PATH=str(token))
+    result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path)
+    ray_calls = (tmp_path / "c" / "srun.log.ray").read_text().splitlines()
+    assert ray_calls and all(c.endswith("RAY_AUTH_MODE=token") for c in ray_calls)
+    assert "Ray auth token" in result.stdout

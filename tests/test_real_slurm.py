@@ -70,8 +70,12 @@ def test_sbatch_runs_the_cpu_toy_recipe_to_completion(slurm_conf, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="avsd-sl-", dir="/tmp")  # Ray's socket paths: keep it short
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVSD_", "SLURM_", "RAY_")) and k != "RECIPE"}
     env["SLURM_CONF"] = slurm_conf
+    env["AVSD_VENV"] = str(Path(sys.executable).parent.parent)  # the job activates this test's environment
     settings = {
         "AVSD_CPU": "1",
+        # two data-parallel ranks (placeholder GPUs) on the one node: the teacher's rank grouping
+        # (avsd/teacher_grouped_by_prompt) only happens with more than one
+        "AVSD_GPUS_PER_NODE": "2",
         "RECIPE": "launch/recipes/cpu_toy.sh",
         "AVSD_OUTPUT_DIR": str(tmp_path / "runs"),
         "AVSD_EXPERIMENT": "slurm_toy",
@@ -102,8 +106,8 @@ def test_sbatch_runs_the_cpu_toy_recipe_to_completion(slurm_conf, tmp_path):
         assert re.fullmatch(r"\d+", job_id), sbatch.stdout
 
         # the allocation was CPU-only, the head's address is the node's own, and Ray came up
-        assert "CPU mode: 1 placeholder GPUs and 16 CPUs per node" in log, log[-4000:]
-        assert "Ray cluster up: 1 nodes, 1 GPUs" in log, log[-4000:]
+        assert "CPU mode: 2 placeholder GPUs and 16 CPUs per node" in log, log[-4000:]
+        assert "Ray cluster up: 1 nodes, 2 GPUs" in log, log[-4000:]
         metrics = read_metrics_file(tmp_path / "runs" / "slurm_toy" / "verl_metrics.jsonl")
         assert sorted(metrics) == list(range(1, STEPS + 1))
         for step, row in metrics.items():
