@@ -68,7 +68,8 @@ class TokenCounter:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
         except Exception as exc:  # noqa: BLE001  transformers raises OSError, ValueError, ImportError, ...
-            raise ValueError(f"--tokenizer {tokenizer_path}: cannot load a tokenizer from this folder ({exc})") from None
+            message = f"--tokenizer {tokenizer_path}: cannot load a tokenizer from this folder ({exc})"
+            raise ValueError(message) from None
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

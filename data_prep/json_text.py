@@ -51,7 +51,8 @@ def parse_json(text: str) -> Any:
     except json.JSONDecodeError as exc:
         raise JsonProblem(f"not valid JSON: {exc.msg} at character {exc.pos}", syntax=True) from None
     except _RepeatedKey as exc:
-        raise JsonProblem(f"key {exc.key!r} appears twice in one JSON object (which value is meant?)", exc.key) from None
+        reason = f"key {exc.key!r} appears twice in one JSON object (which value is meant?)"
+        raise JsonProblem(reason, exc.key) from None
     except RecursionError:
         raise JsonProblem("JSON nested too deeply to read") from None
     except ValueError as exc:  # integers over sys.get_int_max_str_digits() digits

@@ -77,7 +77,8 @@ def check_output_folder(out_dir: str, names: list[str], input_paths: list[str]) 
                 os.path.exists(target) and os.path.exists(path) and os.path.samefile(target, path)
             ):
                 raise OutputFolderError(
-                    f"--out {shown}: writing {name} would overwrite the input file {printable(path)}; choose another --out"
+                    f"--out {shown}: writing {name} would overwrite the input file {printable(path)}; "
+                    "choose another --out"
                 )
 
 

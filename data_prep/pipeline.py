@@ -233,7 +233,7 @@ class PrepRun:
         }
         write_manifest(self.out_dir, manifest)
         summary = self.format_summary(outputs, manifest["views"]["rows_with_view"], len(rows))
-        summary += "".join(f"\nremoved {name} (an earlier run's output that this run does not write)" for name in removed)
+        summary += "".join(f"\nremoved {name} (an earlier run's output this run does not write)" for name in removed)
         print(escape_surrogates(summary))
         return manifest
 

@@ -198,7 +198,8 @@ class InputFile:
             self.columns = list(self._parquet.schema_arrow.names)
             repeated = sorted({name for name in self.columns if self.columns.count(name) > 1})
             if repeated:
-                raise BadInputError(path, f"column(s) {', '.join(repeated)} appear more than once (which one is meant?)")
+                problem = f"column(s) {', '.join(repeated)} appear more than once (which one is meant?)"
+                raise BadInputError(path, problem)
         else:
             self._parquet = None
             self.num_rows, self.columns = self._scan_json()
