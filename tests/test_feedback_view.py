@@ -7,7 +7,7 @@ import time
 import pytest
 
 from verl_avsd.feedback_view import FEEDBACK_STATUSES, build_feedback_views, feedback_metrics, run_feedback
-from verl_avsd.sandbox import RunResult, Status, get_sandbox
+from verl_avsd.sandbox import RunResult, SandboxUnavailable, Status, get_sandbox
 from verl_avsd.sandbox.judge import MalformedTests
 
 HAS_GXX = shutil.which("g++") is not None
@@ -79,12 +79,12 @@ def test_no_view_without_a_program_or_without_public_tests():
     assert one(fenced(READ_TWO + "print(a + b)"), tests=empty).text is None
 
 
-def test_no_view_when_the_sandbox_itself_fails(monkeypatch):
+def test_a_broken_sandbox_stops_the_run(monkeypatch):
     sandbox = get_sandbox()
     broken = RunResult(Status.SANDBOX_ERROR, None, None, "", "", False, False, 0.0, 0.0, sandbox.isolation, "boom")
     monkeypatch.setattr(sandbox.backend, "run", lambda *args: broken)
-    feedback = one(fenced(READ_TWO + "print(a + b)"), sandbox=sandbox)
-    assert feedback.text is None and feedback.status == "sandbox_error"
+    with pytest.raises(SandboxUnavailable, match="failed twice on one run: boom"):
+        one(fenced(READ_TWO + "print(a + b)"), sandbox=sandbox)
 
 
 def test_long_blocks_are_clipped():

@@ -12,8 +12,9 @@ other view:
 - otherwise "All N public tests pass."
 
 None (view mask false) where there is nothing honest to show: the response has no program,
-the row has no public tests, the program's language cannot run here, or the sandbox itself
-failed. Never an empty string passed off as a view.
+the row has no public tests, or the program's language cannot run here. Never an empty string
+passed off as a view. A sandbox that is missing or broke raises SandboxUnavailable (the
+sandbox retries a failed run once first): the run stops rather than train without the views.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ extra_info=...)` once per rollout, from worker threads; it is routed by `data_so
   response's last fenced code block runs in the sandbox on the hidden tests of `ground_truth`
   (JSON `{"inputs": [...], "outputs": [...]}`), with the row's `extra_info.time_limit_s` and
   `memory_mb`; the score is the share of tests passed, or 1/0 with `code_reward=all_or_nothing`.
-  verl's own code scorer is never used: it runs programs unsandboxed.
+  verl's own code scorer is never used: it runs programs unsandboxed. A sandbox that is missing
+  or broke raises SandboxUnavailable (naming the row): the run stops rather than train on 0s.
 - anything else: verl's `default_compute_score`.
 
 Every call returns the same keys, which verl logs per sample: `score` (the reward), `acc` (1.0
@@ -33,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
-from verl_avsd.sandbox import Sandbox, get_sandbox
+from verl_avsd.sandbox import Sandbox, SandboxUnavailable, get_sandbox
 from verl_avsd.sandbox.judge import MalformedTests, extract_program, judge, limits_of_row, parse_tests
 
 REWARD_KEYS = ("score", "acc", "pass_rate", "status")
@@ -154,7 +155,8 @@ def code_score(
 ) -> dict:
     """Share of hidden tests the response's program passes (1/0 with `all_or_nothing`).
 
-    Raises MalformedTests (naming the row and field) when the row's tests or limits are bad.
+    Raises MalformedTests (naming the row and field) when the row's tests or limits are bad, and
+    SandboxUnavailable (naming the row) when the sandbox cannot judge the program.
     """
     extra_info = extra_info or {}
     row = _row_name(data_source, extra_info)
@@ -165,9 +167,12 @@ def code_score(
     program = extract_program(solution_str, default_language=extra_info.get("language") or "python")
     if program is None:
         return _score(0.0, "no_program", pass_rate=0.0)
-    report = judge(
-        program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing
-    )
+    try:
+        report = judge(
+            program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing
+        )
+    except SandboxUnavailable as exc:
+        raise SandboxUnavailable(f"{row}: cannot score this response: {exc}") from exc
     acc = 1.0 if report.all_passed else 0.0
     return _score(acc if all_or_nothing else report.pass_rate, report.status, acc=acc, pass_rate=report.pass_rate)
 

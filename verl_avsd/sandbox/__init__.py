@@ -5,10 +5,12 @@
     result.status, result.stdout   # Status.OK, "cba\n"
 
 Modules, in reading order: `result` (Limits, RunResult, Status), `isolation` (what a sandboxed
-program can see and do), `_sandbox_init` (pid 1 inside every sandbox), `local` (running it here
-under bwrap or unshare), `fusion` (running it on a SandboxFusion server), `runner` (choosing the
-isolation, bounding concurrency), `judge` (finding the program in a response and checking it
-against tests).
+program can see: an allow-listed root, namespaces, its user), `seccomp` (the system calls it may
+not make), `cgroup` (bounding a run's memory, processes and CPU time as a whole), `_sandbox_init`
+(pid 1 inside every sandbox: builds the root, starts and watches the program), `local` (running
+it here under bwrap or unshare), `fusion` (running it on a SandboxFusion server), `runner`
+(choosing the isolation, bounding concurrency, stopping when the sandbox breaks), `judge`
+(finding the program in a response and checking it against tests).
 """
 
 from verl_avsd.sandbox.result import Limits, RunResult, Status

@@ -4,31 +4,38 @@ Two local isolations build the same sandbox from one mount plan (`mount_plan`):
 
 - `bwrap` (bubblewrap, preferred): `bwrap` runs the plan and creates the namespaces.
 - `unshare` (fallback, needs root): util-linux `unshare` creates the namespaces and the
-  sandbox's init runs the plan with mount(2).
+  sandbox's init runs the plan with mount(2) and pivot_root(2).
 
 Either way `_sandbox_init.py` is pid 1 of the sandbox: it dies with its parent, so killing the
-wrapper ends every process the program started, and it reports the program's exact exit status
-and CPU time.
+wrapper ends every process the program started; it counts the CPU time of the whole run and
+reports the program's exact exit status.
 
-What the program sees either way: the host's filesystem read-only; a private, size-limited,
-writable tmpfs at /tmp (its working directory, holding a read-only copy of its code); a private
-/dev/shm; no network (an empty network namespace: connecting anywhere fails with "network
-unreachable"); only its own processes (a pid namespace that dies with it); no other run's files.
+What the program sees either way is built from an allow-list, never from the host's root with
+holes in it: on an empty root, read-only, only the system folders a program and its interpreter
+or compiler need (/usr without /usr/local, /lib*, /bin and /sbin, the dynamic linker's cache
+and the time zone from /etc), the interpreter's installation folder with its site-packages
+hidden (standard library only, even through sys.path), a private size-limited /tmp (its working
+directory, holding a read-only copy of its code), a private /dev/shm, a /dev with only null,
+zero, full, random and urandom, and a /proc of its own pid namespace. The checkout, data files,
+virtual environments, home folders, /var, /run, /sys and every host unix socket are simply not
+there. No network (an empty network namespace) and no other run's files.
 
 Then `inner_command` wraps the program: `setpriv` makes it a throwaway user (when we are root,
 so RLIMIT_NPROC applies, which the kernel ignores for root, and root-only files stay closed) and
-sets no_new_privs (no setuid binary can give privileges back); `prlimit` sets CPU time, address
-space, processes/threads, file size, open files, stack and core limits.
+sets no_new_privs (no setuid binary can give privileges back); `prlimit` sets per-process CPU
+time, processes/threads, file size, open files, stack and core limits. The run as a whole is
+bounded by its cgroup (`cgroup.py`) and its system calls by a seccomp filter (`seccomp.py`).
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
 import math
 import os
 import random
 import shutil
-import stat
 import sys
 from dataclasses import asdict, dataclass
 
@@ -37,14 +44,20 @@ from verl_avsd.sandbox.result import MIB, Limits
 LOCAL_ISOLATIONS = ("bwrap", "unshare")
 SANDBOX_CWD = "/tmp"  # the private tmpfs: working directory, HOME and TMPDIR of the program
 SHM_BYTES = 16 * MIB
+HIDE_BYTES = 4096  # an empty read-only tmpfs laid over a folder the program must not see
 MIN_BWRAP_VERSION = (0, 7, 0)  # --size: without it a tmpfs may grow to half the machine's memory
-SAFE_DEVICES = ("null", "zero", "full", "random", "urandom")
-DEV_SYMLINKS = (
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-)
+WATCH_POLL_S = 0.02  # how often the init checks the run's CPU time (and, without cgroups, memory)
+
+# The allow-list. Top-level folders (or merged-/usr symlinks to them) bound read-only:
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# /usr/local holds whatever was installed by hand (pip packages, tools with credentials): hidden
+# unless an interpreter or compiler lives there, in which case only its own folder comes back.
+HIDDEN_SYSTEM_FOLDERS = ("/usr/local",)
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
+# Python package folders under an allowed folder: hidden so that `-I -S` cannot be undone with
+# sys.path.insert (relative to an interpreter prefix or to /usr).
+PACKAGE_FOLDER_PATTERNS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
+                           "lib64/python3*/site-packages")  # fmt: skip
 
 # Each run as root gets its own uid from this range: no real account uses it, and a fresh uid
 # has no processes, so RLIMIT_NPROC counts exactly the run's own processes and threads.
@@ -63,9 +76,9 @@ CLEAN_ENV = {
 
 @dataclass(frozen=True)
 class Mount:
-    """One step of the sandbox's filesystem layout, applied in order."""
+    """One step of the sandbox's filesystem layout, applied in order on an empty root."""
 
-    kind: str  # "tmpfs" | "dir" | "ro-bind" | "bind" | "symlink"
+    kind: str  # "ro-bind" | "bind" | "symlink" | "tmpfs" | "dir" | "dev" | "proc" | "remount-ro"
     target: str  # path inside the sandbox
     source: str | None = None  # host path, for binds; the link text, for symlinks
     mode: int = 0o755  # tmpfs and dir
@@ -83,77 +96,8 @@ def throwaway_uid() -> int | None:
     return THROWAWAY_UID_BASE + random.randrange(THROWAWAY_UID_SPAN)
 
 
-def _others_can_traverse(path: str) -> bool:
-    try:
-        return bool(os.stat(path).st_mode & stat.S_IXOTH)
-    except OSError:
-        return False
-
-
-def reachable_path_mounts(path: str) -> list[Mount]:
-    """Mounts that let a throwaway user reach `path` (e.g. an interpreter under /root, 0700).
-
-    A tmpfs replaces the topmost ancestor that others cannot enter (which also hides the rest
-    of it), world-traversable directories are made down to `path`, and `path` is bound back
-    read-only. [] when every ancestor is already world-traversable.
-    """
-    path = os.path.realpath(path)
-    ancestors = []
-    head = path
-    while head != "/":
-        head = os.path.dirname(head)
-        ancestors.append(head)
-    ancestors.reverse()  # "/", "/root", "/root/.pyenv", ...
-    blocked = next((a for a in ancestors if not _others_can_traverse(a)), None)
-    if blocked is None:
-        return []
-    mounts = [Mount("tmpfs", blocked, mode=0o755, size_bytes=MIB)]
-    for directory in ancestors[ancestors.index(blocked) + 1 :]:
-        mounts.append(Mount("dir", directory, mode=0o755))
-    mounts.append(Mount("ro-bind", path, source=path))
-    return mounts
-
-
-def mount_plan(
-    *,
-    files: list[tuple[str, str]],
-    writable_dirs: list[tuple[str, str]],
-    scratch_bytes: int,
-    hidden_dirs: list[str],
-    tool_paths: list[str],
-    drop_user: bool,
-    own_dev: bool,
-) -> list[Mount]:
-    """The filesystem of one run.
-
-    files: (host path, sandbox path) bound read-only (the program's code or binary).
-    writable_dirs: (host dir, sandbox dir) bound read-write (the compiler's output folder).
-    hidden_dirs: host folders replaced by an empty tmpfs (the folder holding every run's files).
-    tool_paths: folders the program must reach (interpreter prefix), made reachable when the
-    run drops to a throwaway user.
-    own_dev: build /dev here (unshare); bwrap builds it itself with --dev.
-    """
-    mounts = [Mount("tmpfs", SANDBOX_CWD, mode=0o1777, size_bytes=scratch_bytes)]
-    if own_dev:  # what bwrap's --dev gives: a fresh /dev with only the harmless devices
-        mounts.append(Mount("tmpfs", "/dev", mode=0o755, size_bytes=MIB))
-        mounts += [Mount("bind", f"/dev/{name}", source=f"/dev/{name}") for name in SAFE_DEVICES]
-        mounts += [Mount("symlink", f"/dev/{name}", source=link) for name, link in DEV_SYMLINKS]
-    mounts.append(Mount("tmpfs", "/dev/shm", mode=0o1777, size_bytes=SHM_BYTES))
-    for hidden in hidden_dirs:
-        if not _is_under(hidden, SANDBOX_CWD):  # under /tmp it is hidden already
-            mounts.append(Mount("tmpfs", hidden, mode=0o755, size_bytes=MIB))
-    if drop_user:
-        seen = set()
-        for path in tool_paths:
-            for step in reachable_path_mounts(path):
-                if (step.kind, step.target) not in seen:
-                    seen.add((step.kind, step.target))
-                    mounts.append(step)
-    for host, target in files:
-        mounts.append(Mount("ro-bind", target, source=host))
-    for host, target in writable_dirs:
-        mounts.append(Mount("bind", target, source=host))
-    return mounts
+def _hide(path: str) -> list[Mount]:
+    return [Mount("tmpfs", path, mode=0o555, size_bytes=HIDE_BYTES), Mount("remount-ro", path)]
 
 
 def _is_under(path: str, folder: str) -> bool:
@@ -161,15 +105,107 @@ def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def _visible_by_default(path: str) -> bool:
+    """Whether `path` is inside an allowed system folder (and not inside a hidden one)."""
+    allowed = any(_is_under(path, top) for top in SYSTEM_FOLDERS if os.path.isdir(top) and not os.path.islink(top))
+    return allowed and not any(_is_under(path, hidden) for hidden in HIDDEN_SYSTEM_FOLDERS)
+
+
+def mount_plan(
+    *,
+    files: list[tuple[str, str]],
+    writable_dirs: list[tuple[str, str]],
+    scratch_bytes: int,
+    tool_paths: list[str],
+    hidden_dirs: list[str] = (),
+) -> list[Mount]:
+    """The filesystem of one run, from the allow-list.
+
+    files: (host path, sandbox path) bound read-only (the program's code or binary).
+    writable_dirs: (host dir, sandbox dir) bound read-write (the compiler's output folder).
+    tool_paths: installation folders of the interpreter and compiler (bound read-only, their
+    package folders hidden). hidden_dirs: host folders to hide should they lie inside an allowed
+    one (the folder holding every run's files).
+    """
+    plan = []
+    for top in SYSTEM_FOLDERS:
+        if os.path.islink(top):  # merged /usr: /bin -> usr/bin
+            plan.append(Mount("symlink", top, source=os.readlink(top)))
+        elif os.path.isdir(top):
+            plan.append(Mount("ro-bind", top, source=top))
+    for hidden in HIDDEN_SYSTEM_FOLDERS:
+        if os.path.isdir(hidden) and not os.path.islink(hidden) and _visible_by_default(os.path.dirname(hidden)):
+            plan += _hide(hidden)
+    plan += [Mount("ro-bind", path, source=path) for path in SYSTEM_FILES if os.path.exists(path)]
+    plan += [Mount("dev", "/dev"), Mount("proc", "/proc")]
+    plan.append(Mount("tmpfs", SANDBOX_CWD, mode=0o1777, size_bytes=scratch_bytes))
+    plan.append(Mount("tmpfs", "/dev/shm", mode=0o1777, size_bytes=SHM_BYTES))
+    prefixes = list(dict.fromkeys(os.path.realpath(p) for p in tool_paths))
+    for prefix in prefixes:
+        if not _visible_by_default(prefix):
+            plan.append(Mount("ro-bind", prefix, source=prefix))
+    for folder in sorted({p for prefix in [*prefixes, "/usr"] for p in _package_folders(prefix)}):
+        plan += _hide(folder)
+    for hidden in hidden_dirs:
+        if _visible_by_default(hidden) or any(_is_under(hidden, prefix) for prefix in prefixes):
+            plan += _hide(hidden)
+    plan += [Mount("ro-bind", target, source=host) for host, target in files]
+    plan += [Mount("bind", target, source=host) for host, target in writable_dirs]
+    plan.append(Mount("remount-ro", "/"))
+    return _with_parent_folders(plan)
+
+
+def _with_parent_folders(plan: list[Mount]) -> list[Mount]:
+    """`plan` with a world-readable folder step before each mount whose parents are not there yet.
+
+    bwrap makes missing parents 0700, so a throwaway user could not reach an interpreter bound
+    at /root/.pyenv/... or read /etc/ld.so.cache; these steps make them 0755 first.
+    """
+    out: list[Mount] = []
+    made: dict[str, str | None] = {"/": None}  # sandbox folder -> host folder bound there (None: empty)
+
+    def exists(path: str) -> bool:
+        for target, source in made.items():
+            if path == target:
+                return True
+            if source is not None and path.startswith(target.rstrip("/") + "/"):
+                return os.path.isdir(source + path[len(target.rstrip("/")) :])
+        return False
+
+    for step in plan:
+        if step.kind != "remount-ro":
+            parent, missing = os.path.dirname(step.target.rstrip("/")), []
+            while not exists(parent):
+                missing.append(parent)
+                parent = os.path.dirname(parent)
+            for folder in reversed(missing):
+                out.append(Mount("dir", folder, mode=0o755))
+                made[folder] = None
+            bound = step.kind in ("ro-bind", "bind") and os.path.isdir(step.source)
+            made[step.target] = step.source if bound else None
+        out.append(step)
+    return out
+
+
+def _package_folders(prefix: str) -> list[str]:
+    found = []
+    for pattern in PACKAGE_FOLDER_PATTERNS:
+        found += [p for p in glob.glob(os.path.join(prefix, pattern)) if os.path.isdir(p) and not os.path.islink(p)]
+    return found
+
+
 def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]:
-    """`argv` wrapped in setpriv (user, no_new_privs) and prlimit (resource limits)."""
+    """`argv` wrapped in setpriv (user, no_new_privs) and prlimit (per-process limits).
+
+    No address-space limit: it counts what threads and malloc arenas merely reserve (64 MB per
+    thread stack), so it failed 4 Python threads at 256 MB; memory is bounded per run instead.
+    """
     user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
     cpu_soft = max(1, math.ceil(limits.time_limit_s))
     return [
         _tool("setpriv"), *user, "--no-new-privs", "--",
         _tool("prlimit"),
-        f"--cpu={cpu_soft}:{cpu_soft}",  # SIGKILL at the limit (a pid 1 ignores SIGXCPU)
-        f"--as={limits.memory_mb * MIB}",
+        f"--cpu={cpu_soft}:{cpu_soft}",  # per process, a backstop: the init counts the whole run
         f"--nproc={limits.max_processes}",
         f"--fsize={limits.max_file_mb * MIB}",
         f"--nofile={limits.max_open_files}",
@@ -180,60 +216,67 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
     ]  # fmt: skip
 
 
-def init_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
-    """The sandbox's pid 1 (`_sandbox_init.py`), which applies `mounts` (if any) and runs `inner`."""
-    plan = json.dumps({"mounts": [asdict(m) for m in mounts], "cwd": SANDBOX_CWD})
+@functools.lru_cache(maxsize=4)
+def _init_source(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def init_plan(mounts: list[Mount], limits: Limits, *, cgroup, seccomp_hex: str, pivot_root_nr: int) -> dict:
+    """What the init needs to know: the mounts it applies (unshare), the limits it watches."""
+    return {
+        "mounts": [asdict(m) for m in mounts],
+        "cwd": SANDBOX_CWD,
+        "wall_limit_s": limits.wall_limit_s,
+        "cpu_limit_s": limits.time_limit_s,
+        "memory_limit_bytes": limits.memory_mb * MIB,
+        "poll_s": WATCH_POLL_S,
+        "cgroup": None if cgroup is None else {
+            "procs_fds": cgroup.procs_fds, "cpu_fd": cgroup.cpu_fd, "cpu_format": cgroup.cpu_format,
+        },
+        "seccomp": seccomp_hex,
+        "pivot_root_nr": pivot_root_nr,
+    }  # fmt: skip
+
+
+def init_command(plan: dict, inner: list[str], *, status_fd: int) -> list[str]:
+    """The sandbox's pid 1, run from its source text: no file of the checkout need be visible."""
     # the real interpreter, not a venv's link to it: the init needs only the standard library
-    # (-I -S), and a venv folder may be out of reach inside the sandbox (e.g. under /tmp)
     python = os.path.realpath(sys.executable)
-    return [python, "-I", "-S", SANDBOX_INIT, str(status_fd), f"{wall_limit_s:.3f}", plan, "--", *inner]
+    source = _init_source(SANDBOX_INIT)
+    return [python, "-I", "-S", "-c", source, str(status_fd), json.dumps(plan), "--", *inner]
 
 
-def bwrap_command(
-    mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float, as_root: bool
-) -> list[str]:
+def bwrap_command(mounts: list[Mount], plan: dict, inner: list[str], *, status_fd: int, as_root: bool) -> list[str]:
     """bwrap applies `mounts` and creates the namespaces; our init runs as pid 1 inside."""
-    cmd = [_tool("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    cmd = [_tool("bwrap")]
     for m in mounts:
         if m.kind == "tmpfs":
             cmd += ["--perms", f"{m.mode:o}", "--size", str(m.size_bytes), "--tmpfs", m.target]
         elif m.kind == "dir":
             cmd += ["--perms", f"{m.mode:o}", "--dir", m.target]
-        elif m.kind == "ro-bind":
-            cmd += ["--ro-bind", m.source, m.target]
-        elif m.kind == "bind":
-            cmd += ["--bind", m.source, m.target]
-        elif m.kind == "symlink":
-            cmd += ["--symlink", m.source, m.target]
+        elif m.kind in ("ro-bind", "bind", "symlink"):
+            cmd += [f"--{m.kind}", m.source, m.target]
+        elif m.kind in ("dev", "proc", "remount-ro"):
+            cmd += [f"--{m.kind}", m.target]
         else:
             raise ValueError(f"unknown mount step {m.kind!r}")
     if as_root:
         # Root keeps its uid in the sandbox (no user namespace, whose uid map would hold only
-        # root) and only the two capabilities setpriv needs to become the throwaway user.
-        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        # root) and only the capabilities setpriv needs to become the throwaway user. No cgroup
+        # namespace: the program's process joins the run's cgroup from inside, after bwrap.
+        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         cmd += ["--unshare-all"]  # with a user namespace, which is how bwrap works unprivileged
-    # bwrap mounts the private /tmp before it starts our init, so an init script or interpreter
-    # that lives under the host's /tmp (a checkout or a Python installed there) is bound back,
-    # read-only, at its own path; without this the sandbox cannot start from such a checkout.
-    for host in (SANDBOX_INIT, _interpreter_prefix()):
-        if _is_under(host, SANDBOX_CWD):
-            cmd += ["--ro-bind", host, host]
     cmd += ["--as-pid-1", "--die-with-parent", "--new-session", "--chdir", SANDBOX_CWD]
-    return cmd + ["--", *init_command([], inner, status_fd=status_fd, wall_limit_s=wall_limit_s)]
+    return cmd + ["--", *init_command({**plan, "mounts": []}, inner, status_fd=status_fd)]
 
 
-def _interpreter_prefix() -> str:
-    """The installation folder of the interpreter that runs our init (bin/python -> its parent's parent)."""
-    return os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
-
-
-def unshare_command(mounts: list[Mount], inner: list[str], *, status_fd: int, wall_limit_s: float) -> list[str]:
-    """unshare creates the namespaces; our init, pid 1 inside, applies `mounts` itself."""
-    namespaces = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
-    init = init_command(mounts, inner, status_fd=status_fd, wall_limit_s=wall_limit_s)
-    return [_tool("unshare"), *namespaces, "--", *init]
+def unshare_command(plan: dict, inner: list[str], *, status_fd: int) -> list[str]:
+    """unshare creates the namespaces; our init, pid 1 inside, builds the root from the plan."""
+    namespaces = ["--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
+    return [_tool("unshare"), *namespaces, "--", *init_command(plan, inner, status_fd=status_fd)]
 
 
 def _tool(name: str) -> str:

@@ -4,8 +4,9 @@ A program is first prepared (its code written to a private host folder; C++ comp
 sandbox too) and then run once per input. Each run is one process tree that we start in its own
 process group and always end with SIGKILL to that group; the pid namespace takes down anything
 the program left behind (a daemon, a fork bomb's leftovers) when the sandbox's first process
-ends. Reading stdout/stderr and writing stdin go through one `select` loop with a deadline, so
-a program that floods output, never reads its input or never exits cannot block the caller.
+ends, and the run's cgroup (`cgroup.py`, where this machine has them) is emptied and removed.
+Reading stdout/stderr and writing stdin go through one `select` loop with a deadline, so a
+program that floods output, never reads its input or never exits cannot block the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import time
 from dataclasses import dataclass, replace
 
 from verl_avsd.sandbox import isolation as iso
-from verl_avsd.sandbox.result import COMPILE_LIMITS, Limits, RunResult, Status
+from verl_avsd.sandbox import seccomp
+from verl_avsd.sandbox.cgroup import RunCgroup, find_cgroups
+from verl_avsd.sandbox.result import COMPILE_LIMITS, Limits, RunResult, SandboxUnavailable, Status
 
 PIPE_CHUNK = 64 * 1024
 DRAIN_GRACE_S = 0.5  # after the program exits, how long to keep reading what it left in the pipes
@@ -55,6 +58,7 @@ class LocalBackend:
         cxx_compiler: str = "g++",
         cxx_flags: tuple[str, ...] = DEFAULT_CXX_FLAGS,
         work_root: str | None = None,
+        cgroups: bool | None = None,
     ):
         if isolation not in iso.LOCAL_ISOLATIONS:
             raise ValueError(f"local isolation must be one of {iso.LOCAL_ISOLATIONS}, got {isolation!r}")
@@ -67,6 +71,11 @@ class LocalBackend:
             found, needed = (".".join(map(str, v)) for v in (iso.bwrap_version(), iso.MIN_BWRAP_VERSION))
             raise ValueError(f"bubblewrap {found} is too old: {needed} or newer bounds the sandbox's /tmp (--size)")
         self.isolation = isolation
+        # Fails on an architecture without a syscall table: never run programs unfiltered.
+        self.seccomp_hex = seccomp.program_bytes().hex()
+        self.pivot_root_nr = seccomp.pivot_root_number()
+        # None: runs are bounded by sampling in the init (see `limits_description`).
+        self.cgroups, self.cgroups_unavailable_because = find_cgroups(enabled=cgroups)
         # The base interpreter, not a venv's symlink: with -S it needs only its own prefix.
         self.python = os.path.realpath(python_executable or sys.executable)
         self.python_flags = tuple(python_flags)
@@ -75,7 +84,22 @@ class LocalBackend:
         # Every run's files live under one private (0700) folder that sandboxes never see.
         self.base_dir = tempfile.mkdtemp(prefix="verl-avsd-sandbox-", dir=work_root)
         atexit.register(shutil.rmtree, self.base_dir, True)
-        self.tool_paths = [_prefix_of(self.python)] + ([_prefix_of(self.cxx)] if self.cxx else [])
+        # What the sandbox must see of the host: the program's interpreter, the init's (bwrap
+        # starts the init inside), the compiler.
+        self.tool_paths = [_prefix_of(self.python), _prefix_of(sys.executable)]
+        self.tool_paths += [_prefix_of(self.cxx)] if self.cxx else []
+
+    @property
+    def limits_description(self) -> str:
+        """How runs are bounded as a whole here, in words (the log says it once per worker)."""
+        if self.cgroups is not None:
+            return f"{self.cgroups.describe()}, seccomp filter"
+        return (
+            f"NO CGROUPS ({self.cgroups_unavailable_because}): CPU time of the run's processes and their "
+            f"memory (Pss) sampled every {iso.WATCH_POLL_S * 1000:.0f} ms, so a burst between samples can "
+            "overshoot; CPU of children auto-reaped with SIGCHLD ignored is seen only while they live; "
+            "processes bounded per user (RLIMIT_NPROC, only when root); seccomp filter"
+        )
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -90,7 +114,14 @@ class LocalBackend:
         if language not in self.languages:
             needs = " (it needs a C++ compiler, g++, which this machine lacks)" if language == "cpp" else ""
             raise ValueError(f"unsupported language {language!r}{needs}; supported here: {', '.join(self.languages)}")
-        host_dir = tempfile.mkdtemp(dir=self.base_dir)
+        try:
+            host_dir = tempfile.mkdtemp(dir=self.base_dir)
+        except FileNotFoundError:
+            raise SandboxUnavailable(
+                f"the code sandbox's work folder {self.base_dir} vanished (deleted by a /tmp cleaner such as "
+                "systemd-tmpfiles or tmpreaper?); no program can be prepared. Point work_root at a folder "
+                "that is not cleaned, or restart the worker"
+            ) from None
         if language == "python":
             path = os.path.join(host_dir, "main.py")
             _write(path, code, 0o644)
@@ -127,23 +158,32 @@ class LocalBackend:
         )
 
     def _execute(self, argv, stdin_bytes, limits, *, files, writable, uid) -> RunResult:
-        mounts = iso.mount_plan(
-            files=files,
-            writable_dirs=writable,
-            scratch_bytes=limits.scratch_mb * iso.MIB,
-            hidden_dirs=[self.base_dir],
-            tool_paths=self.tool_paths,
-            drop_user=uid is not None,
-            own_dev=self.isolation == "unshare",
-        )
-        inner = iso.inner_command(argv, limits, uid)
-        wall = limits.wall_limit_s
-        if self.isolation == "bwrap":
-            as_root = iso.running_as_root()
-            build = lambda fd: iso.bwrap_command(mounts, inner, status_fd=fd, wall_limit_s=wall, as_root=as_root)  # noqa: E731
-        else:
-            build = lambda fd: iso.unshare_command(mounts, inner, status_fd=fd, wall_limit_s=wall)  # noqa: E731
-        return _spawn_and_collect(build, stdin_bytes, limits, self.isolation)
+        started = time.monotonic()
+        try:
+            mounts = iso.mount_plan(
+                files=files,
+                writable_dirs=writable,
+                scratch_bytes=limits.scratch_mb * iso.MIB,
+                tool_paths=self.tool_paths,
+                hidden_dirs=[self.base_dir],
+            )
+            inner = iso.inner_command(argv, limits, uid)
+            cgroup = RunCgroup.create(self.cgroups, limits) if self.cgroups is not None else None
+        except OSError as exc:  # a tool or the cgroup hierarchy went missing since start-up
+            return _sandbox_error(self.isolation, f"could not set up the sandbox: {exc}", time.monotonic() - started)
+        try:
+            plan = iso.init_plan(
+                mounts, limits, cgroup=cgroup, seccomp_hex=self.seccomp_hex, pivot_root_nr=self.pivot_root_nr
+            )
+            if self.isolation == "bwrap":
+                as_root = iso.running_as_root()
+                build = lambda fd: iso.bwrap_command(mounts, plan, inner, status_fd=fd, as_root=as_root)  # noqa: E731
+            else:
+                build = lambda fd: iso.unshare_command(plan, inner, status_fd=fd)  # noqa: E731
+            return _spawn_and_collect(build, stdin_bytes, limits, self.isolation, cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.close()
 
 
 def _prefix_of(executable: str) -> str:
@@ -157,12 +197,14 @@ def _write(path: str, text: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolation: str) -> RunResult:
+def _spawn_and_collect(
+    build_command, stdin_bytes: bytes, limits: Limits, isolation: str, cgroup: RunCgroup | None
+) -> RunResult:
     """Run `build_command(status_fd)` and turn what happened into a RunResult.
 
     The sandbox's init reports on `status_fd` ("ready" once set up, then the program's exact
-    wait status and CPU time), which separates "the sandbox failed" from "the program failed"
-    without trusting anything the program prints.
+    wait status and CPU time, or the limit it ended the run at), which separates "the sandbox
+    failed" from "the program failed" without trusting anything the program prints.
     """
     status_read, status_write = os.pipe()
     started = time.monotonic()
@@ -174,7 +216,7 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
             stderr=subprocess.PIPE,
             env=dict(iso.CLEAN_ENV),
             cwd="/",
-            pass_fds=(status_write,),
+            pass_fds=(status_write, *(cgroup.fds if cgroup is not None else ())),
             start_new_session=True,  # its own process group, killed as a whole at the end
         )
     except OSError as exc:
@@ -201,12 +243,23 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
                 pass
         report = _read_available(status_read).split("\n")
         os.close(status_read)
+        oom_kills = 0
+        if cgroup is not None and cgroup.kill_and_wait():  # everything it started has ended
+            wrapper_cpu, oom_kills = cgroup.cpu_seconds(), cgroup.oom_kills()
     wall = time.monotonic() - started
     exit_line = next((line.split() for line in report if line.startswith("exit ")), None)
+    limit_line = next((line.split() for line in report if line.startswith("limit ")), None)
+    error_line = next((line for line in report if line.startswith("error ")), None)
     if exit_line is not None:  # the program ended on its own: its exact status and CPU time
         wait_status, cpu = int(exit_line[1]), float(exit_line[2])
-    else:  # we killed it (or the sandbox broke): the wrapper's view, a lower bound on CPU time
-        wait_status, cpu = wrapper_status, wrapper_cpu
+    else:  # we or the init killed it (or the sandbox broke)
+        wait_status, cpu = wrapper_status, float(limit_line[-1]) if limit_line else wrapper_cpu
+    if cgroup is not None:  # the exact total, including what ran after the init's report
+        cpu = max(cpu, wrapper_cpu)
+    if stop_reason != "output" and limit_line is not None:
+        stop_reason = f"{limit_line[1]}-limit"  # "cpu-limit" or "memory-limit"
+    elif stop_reason != "output" and oom_kills:
+        stop_reason = "memory-limit"
     exit_code, sig = _exit_of(wait_status)
     stdout = out.decode("utf-8", errors="replace")
     stderr = err.decode("utf-8", errors="replace")
@@ -221,8 +274,9 @@ def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolat
         cpu_time_s=cpu,
         isolation=isolation,
     )
-    if stop_reason is None and exit_line is None:
+    if error_line is not None or (stop_reason is None and exit_line is None):
         why = "did not start" if "ready" not in report else "ended without reporting the program's exit"
+        why = error_line or why
         detail = f"the sandbox {why}: {' '.join(report).strip()!r} {stderr[-500:]}"
         return RunResult(Status.SANDBOX_ERROR, **common, detail=detail)
     status, detail = _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits)
@@ -337,6 +391,10 @@ def _exit_of(wait_status: int) -> tuple[int, int | None]:
 def _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits: Limits) -> tuple[Status, str]:
     if stop_reason == "output":
         return Status.OUTPUT_LIMIT, f"printed more than {limits.max_output_bytes} bytes"
+    if stop_reason == "memory-limit":
+        return Status.MEMORY_LIMIT, f"the run's memory reached its limit of {limits.memory_mb} MB"
+    if stop_reason == "cpu-limit":
+        return Status.TIMEOUT, f"its processes used {cpu:.2f} s of CPU time, limit {limits.time_limit_s:g} s"
     if stop_reason == "wall":
         return Status.TIMEOUT, f"killed at the wall-time limit of {limits.wall_limit_s:.1f} s"
     # RLIMIT_CPU kills with SIGKILL at ceil(limit) seconds, by the kernel's tick-based clock,

@@ -9,6 +9,11 @@ from enum import Enum
 MIB = 1024 * 1024
 
 
+class SandboxUnavailable(RuntimeError):
+    """No isolation that this project trusts works (or it stopped working): code is never run
+    without one, and a run whose programs cannot be judged stops rather than score them 0."""
+
+
 class Status(str, Enum):
     """How a run ended. The judge adds `wrong_answer` on top of `ok` by comparing outputs."""
 
@@ -16,7 +21,7 @@ class Status(str, Enum):
     RUNTIME_ERROR = "runtime_error"  # non-zero exit code or killed by a signal
     COMPILE_ERROR = "compile_error"  # the compiler rejected the program (C++ only)
     TIMEOUT = "timeout"  # CPU time over the limit, or wall time over the wall limit
-    MEMORY_LIMIT = "memory_limit"  # ran out of address space (MemoryError, std::bad_alloc, ...)
+    MEMORY_LIMIT = "memory_limit"  # the run's memory reached its limit (OOM-killed, MemoryError, bad_alloc)
     OUTPUT_LIMIT = "output_limit"  # printed more than `max_output_bytes` (stdout + stderr)
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; says nothing about the program
 
@@ -28,12 +33,12 @@ class Limits:
     start-up and a busy machine, so that a program sleeping or blocked on input still ends."""
 
     time_limit_s: float = 2.0
-    memory_mb: int = 256  # address space (RLIMIT_AS) of each process
+    memory_mb: int = 256  # memory of the whole run: every process, its /tmp files (cgroup memory.max)
     wall_time_limit_s: float | None = None
-    max_processes: int = 32  # processes + threads of the sandbox user (RLIMIT_NPROC)
+    max_processes: int = 32  # processes + threads of the run (cgroup pids.max and RLIMIT_NPROC)
     max_file_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
     max_open_files: int = 64
-    stack_mb: int = 64  # also the default thread stack size, so keep it well under memory_mb
+    stack_mb: int = 64  # main stack; also each thread's reserved (not used) stack size
     scratch_mb: int = 64  # size of the private writable /tmp (a tmpfs, counted as memory)
     max_output_bytes: int = 8 * MIB  # stdout + stderr; more is killed as OUTPUT_LIMIT
     stderr_keep_bytes: int = 64 * 1024  # stderr kept in the result (the rest only counted)

@@ -3,7 +3,12 @@
 `Sandbox("auto")` uses bubblewrap when it works here, else (as root) the unshare fallback, and
 refuses to run code at all when neither does: model-written programs never run unsandboxed. The
 chosen isolation is checked with a probe program and written to the log as a WARNING, once per
-process, so a run's log always says how its programs were contained.
+process, with how runs are bounded (cgroups, or the weaker sampling without them), so a run's
+log always says how its programs were contained.
+
+A sandbox that breaks later (bwrap uninstalled, its work folder deleted, a SandboxFusion server
+gone) raises SandboxUnavailable from the run after one retry: a reward computed without the
+sandbox would score every program 0 and train on that.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from verl_avsd.sandbox import isolation as iso
 from verl_avsd.sandbox.fusion import SandboxFusionBackend
 from verl_avsd.sandbox.local import LocalBackend
-from verl_avsd.sandbox.result import Limits, RunResult, Status
+from verl_avsd.sandbox.result import Limits, RunResult, SandboxUnavailable, Status
+from verl_avsd.sandbox.seccomp import UnsupportedArchitecture
 
 logger = logging.getLogger(__name__)
 
@@ -33,21 +39,18 @@ HOW_TO_ISOLATE = (
 )
 DESCRIPTIONS = {
     "bwrap": (
-        "bubblewrap: read-only root, private /tmp, no network, own pid namespace, throwaway user when root, rlimits"
+        "bubblewrap: allow-listed read-only root, private /tmp, no network, own pid namespace, throwaway user "
+        "when root, rlimits"
     ),
     "unshare": (
-        "FALLBACK unshare + rlimits: mount/net/pid namespaces, read-only remount, private /tmp, throwaway user "
-        "(bubblewrap is the stronger default: apt-get install bubblewrap)"
+        "FALLBACK unshare: allow-listed read-only root built by pivot_root, mount/net/pid/ipc/uts namespaces, "
+        "private /tmp, throwaway user, rlimits (bubblewrap is the stronger default: apt-get install bubblewrap)"
     ),
     "sandbox_fusion": "remote SandboxFusion server (its own isolation)",
 }
 
 _announced: set[str] = set()
 _announce_lock = threading.Lock()
-
-
-class SandboxUnavailable(RuntimeError):
-    """No isolation that this project trusts is available; code is never run without one."""
 
 
 class Sandbox:
@@ -61,6 +64,7 @@ class Sandbox:
         sandbox_fusion_url: str | None = None,
         python_executable: str | None = None,
         work_root: str | None = None,
+        cgroups: bool | None = None,
     ):
         if isolation not in ISOLATIONS:
             raise ValueError(f"sandbox isolation must be one of {ISOLATIONS}, got {isolation!r}")
@@ -70,7 +74,7 @@ class Sandbox:
                 raise ValueError(f"{ISOLATION_ENV}={isolation!r} is not one of {ISOLATIONS}")
         self.max_concurrent = max_concurrent or os.cpu_count() or 1
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
-        local_options = dict(python_executable=python_executable, work_root=work_root)
+        local_options = dict(python_executable=python_executable, work_root=work_root, cgroups=cgroups)
         if isolation == "sandbox_fusion":
             if not sandbox_fusion_url:
                 raise ValueError("isolation 'sandbox_fusion' needs sandbox_fusion_url")
@@ -80,7 +84,7 @@ class Sandbox:
         else:
             self.backend = _probed_local_backend(isolation, local_options)
         self.isolation = self.backend.isolation
-        _announce(self.isolation)
+        _announce(self.isolation, getattr(self.backend, "limits_description", ""))
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -115,8 +119,7 @@ class Sandbox:
         try:
             results = []
             for index, stdin in enumerate(stdins):
-                with self._slots:
-                    result = self.backend.run(program, stdin, limits)
+                result = self._run_checked(program, stdin, limits)
                 results.append(result)
                 go_on = keep_going is None or keep_going(index, result)
                 if result.status is Status.COMPILE_ERROR:  # no binary: nothing else can run
@@ -126,6 +129,19 @@ class Sandbox:
             return results
         finally:
             self.backend.release(program)
+
+    def _run_checked(self, program, stdin: str, limits: Limits) -> RunResult:
+        """One run; a sandbox failure is retried once, then stops everything (SandboxUnavailable)."""
+        for _ in range(2):
+            with self._slots:
+                result = self.backend.run(program, stdin, limits)
+            if result.status is not Status.SANDBOX_ERROR:
+                return result
+            logger.warning("code sandbox (%s) failed on a run: %s", self.isolation, result.detail[:500])
+        raise SandboxUnavailable(
+            f"the code sandbox ({self.isolation}) failed twice on one run: {result.detail[:500]}; "
+            "stopping rather than scoring programs without it"
+        )
 
     def run_many(self, programs: Sequence[tuple[str, str]], *, language: str = "python",
                  limits: Limits = DEFAULT_LIMITS) -> list[RunResult]:  # fmt: skip
@@ -141,7 +157,7 @@ def _probed_local_backend(isolation: str, options: dict) -> LocalBackend:
     """A local backend whose isolation just ran a probe program correctly, or SandboxUnavailable."""
     try:
         backend = LocalBackend(isolation, **options)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnsupportedArchitecture) as exc:
         raise SandboxUnavailable(f"the {isolation} isolation cannot be used here: {exc}; {HOW_TO_ISOLATE}") from exc
     program = backend.prepare(PROBE_CODE, "python")
     try:
@@ -182,12 +198,13 @@ def working_isolations() -> dict[str, str]:
     return report
 
 
-def _announce(isolation: str) -> None:
+def _announce(isolation: str, limits: str) -> None:
     with _announce_lock:
         if isolation in _announced:
             return
         _announced.add(isolation)
-    logger.warning("verl_avsd code sandbox isolation: %s -- %s", isolation, DESCRIPTIONS[isolation])
+    bounded = f"; runs bounded by {limits}" if limits else ""
+    logger.warning("verl_avsd code sandbox isolation: %s -- %s%s", isolation, DESCRIPTIONS[isolation], bounded)
 
 
 _shared: dict[tuple, Sandbox] = {}
