@@ -87,6 +87,16 @@ def test_only_chosen_when_the_host_has_no_gpu(monkeypatch):
     assert not PlatformCPU().is_platform_available(use_smi_check=True)
 
 
+@pytest.mark.parametrize(
+    ("verl_platform", "host_has_gpu", "selected"),
+    [("", False, True), ("", True, False), ("cpu", True, True), (" CPU ", False, True), ("nvidia", False, False)],
+)
+def test_selected_by_verl_platform_else_by_a_host_without_accelerator(monkeypatch, verl_platform, host_has_gpu, selected):
+    monkeypatch.setenv("VERL_PLATFORM", verl_platform)
+    monkeypatch.setattr(cpu_platform, "_has_nvidia_gpu", lambda: host_has_gpu)
+    assert cpu_platform.cpu_platform_selected() is selected
+
+
 def test_registered_after_the_builtin_platforms():
     from verl.plugin.platform import PlatformRegistry
 

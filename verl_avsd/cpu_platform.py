@@ -3,8 +3,17 @@
 verl 0.9.1 reaches every accelerator through one platform object (`verl.plugin.platform`:
 `get_platform()` picks the first registered `PlatformBase` whose `is_platform_available`
 says yes, in registration order: nvidia, huawei, amd, then plugins). This module registers
-one more, named "cpu", that verl picks only when none of the built-in ones matches and no
-NVIDIA driver is present, so importing it on a GPU machine changes nothing.
+one more, named "cpu", for hosts with no accelerator.
+
+Importing this module changes verl, torch or the environment only where the CPU platform is
+selected (`cpu_platform_selected()`): `VERL_PLATFORM=cpu`, or `VERL_PLATFORM` unset and no
+accelerator on the host (no NVIDIA GPU, even one this process cannot see; no ROCm, no NPU).
+There, and only there, it
+- registers the "cpu" platform with verl (`PlatformRegistry`);
+- sets `VERL_ENGINE_DEVICE=cuda` unless already set (why: `_select_cpu_platform`);
+- wraps verl's `initialize_global_process_group_ray` (`_patch_process_group_backend`);
+- makes `torch.Tensor.pin_memory` a no-op when torch sees no accelerator (`_patch_pin_memory`).
+On a GPU machine (or with `VERL_PLATFORM` naming another platform) it only defines things.
 
 What the CPU platform answers:
 - device "cpu", process groups over gloo (FSDP2 and all collectives work on gloo);
@@ -15,10 +24,10 @@ What the CPU platform answers:
   so a CPU run gives Ray one placeholder GPU (`ray_init.num_gpus=1`, see `cpu_overrides()`).
   No code here or in torch touches it: the CPU torch build has no CUDA.
 
-Registration happens on import. verl imports plugins at `import verl` in every process,
-Ray workers included: from `VERL_USE_EXTERNAL_MODULES=verl_avsd.cpu_platform,...` (driver's
-environment, inherited by the Ray workers it starts) or from the `verl.plugins` entry point
-(`verl_avsd.plugin`, which imports this module).
+Selection and registration happen on import. verl imports plugins at `import verl` in every
+process, Ray workers included: from `VERL_USE_EXTERNAL_MODULES=verl_avsd.cpu_platform,...`
+(driver's environment, inherited by the Ray workers it starts) or from the `verl.plugins`
+entry point (`verl_avsd.plugin`, which imports this module).
 
 `cpu_overrides()` returns the hydra overrides a CPU run needs (from `config/cpu.yaml`), so
 the demo, the tests and the docs share one list.
@@ -87,6 +96,24 @@ def _host_memory_free_total() -> tuple[int, int]:
     return free_pages * page_size, pages * page_size
 
 
+def _host_has_accelerator() -> bool:
+    """An NVIDIA GPU (see `_has_nvidia_gpu`), a ROCm build of torch or an Ascend NPU."""
+    return _has_nvidia_gpu() or torch.version.hip is not None or hasattr(torch, "npu")
+
+
+def cpu_platform_selected() -> bool:
+    """Whether this process runs verl on the CPU platform (and so gets this module's patches).
+
+    `VERL_PLATFORM` is verl's own override of its platform detection: when it is set, "cpu"
+    selects this platform and any other name does not. Unset, verl detects, and this platform
+    is the one it finds exactly when the host has no accelerator.
+    """
+    forced = os.environ.get("VERL_PLATFORM", "").strip().lower()
+    if forced:
+        return forced == CPU_PLATFORM_NAME
+    return not _host_has_accelerator()
+
+
 def _has_nvidia_gpu() -> bool:
     """True if this host has an NVIDIA GPU, even when this process cannot see it.
 
@@ -97,19 +124,12 @@ def _has_nvidia_gpu() -> bool:
     return torch.cuda.is_available() or shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0")
 
 
-@PlatformRegistry.register(platform=CPU_PLATFORM_NAME)
 class PlatformCPU(PlatformBase):
     """verl platform for hosts without any accelerator: torch CPU tensors, gloo collectives."""
 
     def __init__(self) -> None:
         super().__init__()
         self._device_module = _build_cpu_device_module()
-        # verl's FSDP engine is plain torch and device-agnostic (it places tensors on
-        # `get_device_name()`), but it is registered only for devices "cuda" and "npu"
-        # (verl/workers/engine/fsdp/transformer_impl.py:1143). verl's own knob
-        # VERL_ENGINE_DEVICE (verl/workers/engine/base.py:405) picks the engine by another
-        # device's registration; this runs in each process that selects the CPU platform.
-        os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
 
     # --- core device management -------------------------------------------------------
 
@@ -129,9 +149,9 @@ class PlatformCPU(PlatformBase):
         return True
 
     def is_platform_available(self, use_smi_check: bool = False) -> bool:
-        # verl tries the built-in platforms first; this one only answers when no GPU exists,
-        # so a GPU host (or a CPU-only actor on one) never falls back to CPU.
-        return not _has_nvidia_gpu() and torch.version.hip is None and not hasattr(torch, "npu")
+        # verl tries the built-in platforms first; this one only answers when no accelerator
+        # exists, so a GPU host (or a CPU-only actor on one) never falls back to CPU.
+        return not _host_has_accelerator()
 
     def current_device(self) -> str:
         # verl moves tensors with `.to(get_device_id())`; an int would mean "cuda:<int>",
@@ -244,9 +264,6 @@ def _patch_process_group_backend() -> None:
         engine_workers.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
-_patch_process_group_backend()
-
-
 def _warn_if_platform_chosen_too_early() -> None:
     """verl picks its platform once per process, at the first `get_platform()` call; modules
     such as verl/workers/engine/fsdp/transformer_impl.py:89 even cache the device name at
@@ -255,7 +272,7 @@ def _warn_if_platform_chosen_too_early() -> None:
     from verl.plugin.platform import platform_manager
 
     chosen = platform_manager._current_platform
-    if chosen is not None and not isinstance(chosen, PlatformCPU) and PlatformCPU().is_platform_available():
+    if chosen is not None and not isinstance(chosen, PlatformCPU):
         logging.getLogger(__name__).warning(
             "verl chose platform %r before verl_avsd.cpu_platform was imported, so this process "
             "will not run on the CPU platform. Import verl_avsd.cpu_platform before anything that "
@@ -264,26 +281,38 @@ def _warn_if_platform_chosen_too_early() -> None:
         )
 
 
-# Run as `python -m verl_avsd.cpu_platform` this file executes a second time as __main__, next to
-# the copy the plugin imported; its PlatformCPU is another class, so the check would warn wrongly.
-if __name__ != "__main__":
-    _warn_if_platform_chosen_too_early()
-
-
 def _patch_pin_memory() -> None:
     """Page-locked memory exists only for an accelerator; with none, pinning is a no-op.
 
     verl's FSDP2 reference model (forward only) always uses `CPUOffloadPolicy(pin_memory=True)`
     (verl/workers/engine/fsdp/transformer_impl.py:459), and torch's FSDP2 then calls
     `Tensor.pin_memory()`, which raises "Cannot access accelerator device" when there is none.
-    On a host with any accelerator this does nothing.
+    Where torch sees an accelerator (`VERL_PLATFORM=cpu` on a GPU host) pinning works: untouched.
     """
-    if _has_nvidia_gpu() or torch.accelerator.is_available():
+    if torch.accelerator.is_available():
         return
     torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
 
 
-_patch_pin_memory()
+def _select_cpu_platform() -> None:
+    """Everything this module changes outside itself, in one place: run only where the CPU
+    platform is selected, before verl picks its platform (see the module docstring)."""
+    PlatformRegistry.register(platform=CPU_PLATFORM_NAME)(PlatformCPU)
+    # verl's FSDP engine is plain torch and device-agnostic (it places tensors on
+    # `get_device_name()`), but it is registered only for devices "cuda" and "npu"
+    # (verl/workers/engine/fsdp/transformer_impl.py:1143). verl's own knob
+    # VERL_ENGINE_DEVICE (verl/workers/engine/base.py:405) picks the engine by another
+    # device's registration; this runs in each process that selects the CPU platform.
+    os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
+    _patch_process_group_backend()
+    _patch_pin_memory()
+    _warn_if_platform_chosen_too_early()
+
+
+# Run as `python -m verl_avsd.cpu_platform` this file executes a second time as __main__, next to
+# the copy the plugin imported (which already did the selection); the __main__ copy only prints.
+if __name__ != "__main__" and cpu_platform_selected():
+    _select_cpu_platform()
 
 
 def cpu_overrides() -> list[str]:

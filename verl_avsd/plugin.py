@@ -11,8 +11,10 @@ verl swallows exceptions raised here, so `tests/test_plugin.py` imports it on it
 """
 
 # First: verl picks (and caches) its device platform the first time any verl module asks,
-# and importing the estimators or the trainer asks. The CPU platform is chosen only where no
-# accelerator is present, so on a GPU machine this changes nothing.
+# and importing the estimators or the trainer asks. cpu_platform registers and patches only
+# where the CPU platform is selected (no accelerator, or VERL_PLATFORM=cpu): on a GPU machine
+# verl and torch stay untouched (tests/test_plugin.py checks), and the other imports below
+# only add names to verl's registries ("hf", the estimators, "avsd_sync").
 from verl_avsd import cpu_platform  # noqa: F401,I001
 from verl_avsd.workers import hf_rollout  # noqa: F401  the `hf` rollout backend
 from verl_avsd import estimators  # noqa: F401
