@@ -2,7 +2,9 @@
 # The recipe to try first: AVSD on math with Qwen3-1.7B on ONE GPU (about 40 GB is plenty). It is
 # the paper recipe (math_avsd_qwen3_8b.sh) scaled down: 8 prompts per step (one rollout each),
 # 2048-token responses, LoRA rank 32 / alpha 64, 100 steps, 4 validation samples per problem.
-# Same data, views, reward, learning rate, temperature and thinking mode.
+# Same data, views, reward, optimizer (lr 5e-6 decaying to 3e-6, clipping 0.1, no weight decay),
+# sampling (temperature 0.7, top-p 0.95, top-k 20) and thinking mode; launch/paper_settings.yaml
+# lists what it scales down.
 #
 # Usage: launch/recipes/small_qwen3_1p7b_1gpu.sh [--dry-run] [--help] [hydra overrides...]
 # Environment: as math_avsd_qwen3_8b.sh, except AVSD_MODEL defaults to Qwen/Qwen3-1.7B
