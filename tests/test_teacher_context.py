@@ -141,3 +141,13 @@ def test_feedback_view_is_there_where_the_row_has_public_tests():
 def test_malformed_first_batch_row_is_an_error_naming_it():
     with pytest.raises(ViewDataError, match=r"row index=2.*extra_info\.views is missing"):
         check_view_coverage([_row(1, MATH_VIEWS), {"index": 2}], ["full"])
+
+
+def test_feedback_only_batch_without_programs_is_a_step_without_views_not_an_error(tokenizer):
+    # views=[feedback]: rows with public tests, but no rollout wrote a program (no feedback text)
+    rows = [{**_row(i, [{"name": "reference", "text": "print(1)"}]), "public_tests": "[]"} for i in range(2)]
+    ctx = build_teacher_contexts(tokenizer, [PROMPT] * 2, rows, _cfg(views=["feedback"], opsd_view="feedback"))
+    assert not ctx.view_mask.any()
+    # without public tests the feedback view can never exist: still an error
+    with pytest.raises(ViewDataError, match="no row of this batch has any of the views"):
+        build_teacher_contexts(tokenizer, [PROMPT], [_row(0, [{"name": "reference", "text": "x"}])], _cfg(views=["feedback"], opsd_view="feedback"))

@@ -128,7 +128,10 @@ def build_teacher_contexts(
                 ids = ids["input_ids"]
             context_ids[b][m] = torch.tensor(ids, dtype=torch.long)
             view_mask[b, m] = True
-    if B and not view_mask.any():
+    # No view at all is a data or naming problem, except where the feedback view is configured and
+    # the rows have public tests: then no rollout of the batch wrote a program, a step without signal.
+    feedback_possible = FEEDBACK_VIEW in names and any(isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos)
+    if B and not view_mask.any() and not feedback_possible:
         raise ViewDataError(_no_view_message(extra_infos, names, "this batch"))
     return TeacherContexts(context_ids=context_ids, view_mask=view_mask, truncated=truncated)
 
