@@ -221,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--check", action="store_true", help="compose every recipe and compare it with the table")
     what.add_argument("--markdown", action="store_true", help="print the README section")
     what.add_argument("--write-readme", action="store_true", help="put the section into launch/README.md")
+    parser.add_argument("--table", type=Path, default=TABLE, help=f"the table (default: {TABLE})")
     args = parser.parse_args(argv)
     try:
-        table = load_table()
+        table = load_table(args.table)
     except PaperTableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

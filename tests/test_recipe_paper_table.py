@@ -210,3 +210,13 @@ def test_a_key_the_config_lacks_is_reported():
              "settings": [{"setting": "S", "recipe": {"actor_rollout_ref.actor.optim.no_such_key": 1}}]}
     problems = paper_settings.mismatches(table, "math_avsd_qwen3_8b.sh", composed("math_avsd_qwen3_8b.sh"))
     assert problems == ["math_avsd_qwen3_8b.sh: S: 'actor_rollout_ref.actor.optim.no_such_key is not in the composed config'"]
+
+
+def test_the_command_line_says_what_is_wrong_with_a_table(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X}\n")
+    assert paper_settings.main(["--markdown", "--table", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{bad}: settings row 1 (S): give either `recipe`" in err
+    assert paper_settings.main(["--markdown"]) == 0
+    assert capsys.readouterr().out == paper_settings.render_markdown(TABLE)
