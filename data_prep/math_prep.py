@@ -33,7 +33,7 @@ from verl_avsd.data_prep.math_readers import (
     read_openthoughts,
 )
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
-from verl_avsd.data_prep.option_checks import check_common_options
+from verl_avsd.data_prep.option_checks import check_common_options, check_separate_columns
 from verl_avsd.data_prep.pipeline import PrepRun, ProblemIds, dataset_name, leaked_views
 
 DEFAULT_MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -75,6 +75,9 @@ def _check_options(options: MathOptions) -> None:
     check_common_options(options, ("problem",))
     if options.format == "generic" and not (options.solution_key or options.answer_key):
         raise ValueError("--format generic needs --solution-key and/or --answer-key")
+    if options.format == "generic":
+        privileged = [("--solution-key", options.solution_key), ("--answer-key", options.answer_key)]
+        check_separate_columns(("--problem-key", options.problem_key), privileged)
     if options.solution_source not in ("ground_truth", "deepseek"):
         raise ValueError("--solution-source must be ground_truth or deepseek")
 

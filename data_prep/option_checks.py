@@ -11,6 +11,10 @@ Why each exists (all were found by feeding the CLI careless or hostile values):
   memory limit of 268435456 "MB" is a byte count given in the wrong unit.
 - `--language` must be one the sandbox can run (`verl_avsd/sandbox`: python, cpp).
 - Text options must be valid Unicode: a non-UTF-8 byte in argv cannot be written to parquet.
+- Column options must name different columns where one is shown to the student and the other
+  is privileged: `--public-tests-key` equal to `--tests-key` would hand the hidden tests to the
+  per-rollout feedback view; a solution or answer column equal to the problem column puts the
+  view into the prompt.
 """
 
 from __future__ import annotations
@@ -91,6 +95,12 @@ def check_common_options(options, template_fields: tuple[str, ...]) -> None:
 
 
 def check_code_options(options) -> None:
+    if options.format == "generic":
+        shown = [("--problem-key", options.problem_key), ("--public-tests-key", options.public_tests_key)]
+        for student in shown:
+            check_separate_columns(
+                student, [("--tests-key", options.tests_key), ("--reference-key", options.reference_key)]
+            )
     if options.language not in CODE_LANGUAGES:
         raise ValueError(
             f"--language {options.language!r}: the sandbox runs only {', '.join(CODE_LANGUAGES)}"
@@ -103,3 +113,11 @@ def check_code_options(options) -> None:
         problem = run_limit_problem(kind, value)
         if problem is not None:
             raise ValueError(f"{option}: {problem}")
+
+
+def check_separate_columns(student: tuple[str, str | None], privileged: list[tuple[str, str | None]]) -> None:
+    """The student-visible column (option, key) is none of the privileged ones (option, key)."""
+    student_option, student_key = student
+    for option, key in privileged:
+        if key is not None and key == student_key:
+            raise ValueError(f"{option} {key!r} is also {student_option}: the student would see it")

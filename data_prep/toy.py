@@ -12,9 +12,17 @@ import os
 from dataclasses import asdict, dataclass
 
 from verl_avsd.data_prep.contract import MATH_ABILITY, chat_prompt, make_row, text_id
+from verl_avsd.data_prep.errors import escape_surrogates
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES
 from verl_avsd.data_prep.option_checks import at_least
-from verl_avsd.data_prep.output import check_output_folder, output_names, write_manifest, write_rows
+from verl_avsd.data_prep.output import (
+    check_output_folder,
+    output_names,
+    previous_outputs,
+    remove_stale_outputs,
+    write_manifest,
+    write_rows,
+)
 from verl_avsd.data_prep.summary import view_counts
 from verl_avsd.toy import task as toy_task
 
@@ -54,6 +62,7 @@ def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
     at_least("--num-steps", options.num_steps, 2)  # the toy task's own minimums
     at_least("--max-operand", options.max_operand, 2)
     check_output_folder(options.out_dir, output_names([]), [])
+    stale = previous_outputs(options.out_dir)
     train = toy_rows(options.n_train, options.seed, "train", options.num_steps, options.max_operand)
     validation = toy_rows(options.n_val, options.seed, "val", options.num_steps, options.max_operand)
     outputs = [
@@ -73,8 +82,11 @@ def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
             "validation": {"read": len(validation), "kept": len(validation)},
         },
     }
+    removed = remove_stale_outputs(options.out_dir, stale, {entry["path"] for entry in outputs})
     write_manifest(options.out_dir, manifest)
-    print(f"verl-avsd prep toy -> {options.out_dir}")
+    print(escape_surrogates(f"verl-avsd prep toy -> {options.out_dir}"))
+    for name in removed:
+        print(f"removed {name} (an earlier run's output this run does not write)")
     for entry in outputs:
         print(f"wrote {entry['path']}: {entry['rows']} rows")
     return manifest

@@ -134,6 +134,18 @@ def test_outputs_of_an_earlier_run_are_removed(tmp_path, capsys):
     (out / "manifest.json").write_text(json.dumps({"outputs": [{"path": "../victim.parquet"}, {"path": "notes.txt"}]}))
     code, _ = run(["math", OPENTHOUGHTS_FILE, "--out", str(out)], capsys)
     assert code == 0 and (tmp_path / "victim.parquet").exists() and (out / "notes.txt").exists()
+    # the toy task into a math folder: the math run's eval set goes with its manifest
+    code, _ = run(["math", OPENTHOUGHTS_FILE, "--eval", f"aime={AIME_FILE}", "--out", str(out)], capsys)
+    assert code == 0 and (out / "eval_aime.parquet").exists()
+    code, _ = run(["toy", "--n-train", "4", "--n-val", "2", "--out", str(out)], capsys)
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["manifest.json", "notes.txt", "train.parquet", "validation.parquet"]
+
+
+def test_an_output_name_taken_by_a_folder(tmp_path, capsys):
+    (tmp_path / "o" / "validation.parquet").mkdir(parents=True)
+    code, error = run(["math", OPENTHOUGHTS_FILE, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "validation.parquet is a folder; data prep writes a file there" in error
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -165,6 +177,9 @@ TOY = ["toy", "--n-train", "4", "--n-val", "2"]
         ([*CODE, "--default-time-limit", "1e30"], "--default-time-limit: time limit must be in (0, 600] seconds"),
         ([*CODE, "--default-time-limit", "nan"], "--default-time-limit: time limit must be in (0, 600] seconds"),
         ([*CODE, "--default-memory-mb", "1"], "--default-memory-mb: memory limit must be in [16, 65536] MB, got 1"),
+        ([*CODE, "--format", "generic", "--public-tests-key", "tests"], "--tests-key 'tests' is also --public-tests"),
+        ([*CODE, "--format", "generic", "--reference-key", "problem"], "--reference-key 'problem' is also --problem"),
+        ([*MATH, "--format", "generic", "--answer-key", "problem"], "--answer-key 'problem' is also --problem-key"),
         ([*TOY, "--n-train", "-5"], "--n-train must be at least 1, got -5"),
         ([*TOY, "--n-val", "0"], "--n-val must be at least 1, got 0"),
         ([*TOY, "--num-steps", "0"], "--num-steps must be at least 2, got 0"),
