@@ -40,6 +40,7 @@ from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
 from verl_avsd.resume import ResumableFileLogger, drop_dumps_after
+from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.workers.teacher_context import check_view_coverage, row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
@@ -117,7 +118,33 @@ class AvsdTrainer(PPOTrainerSync):
                 f"algorithm.use_kl_in_reward is not supported with algorithm.adv_estimator={self.estimator}: "
                 "the teacher advantage is per token already; use actor_rollout_ref.actor.use_kl_loss for a KL term"
             )
+        self.rollout_failures = ConsecutiveFailures(failure_limit(config), self._dead_rollout_actors)
         super().__init__(config)
+
+    # ---- rollouts that keep failing stop the run (verl_avsd/rollout_failures.py) ----
+
+    def _build_replay_buffer(self):
+        buffer = super()._build_replay_buffer()
+        sync = getattr(buffer, "_sync_metadata_from_transfer_queue", None)  # where it reads each group's status
+        if sync is None:  # a custom sampler (trainer.v1.sampler.custom_sampler) of another shape: its own rules
+            return buffer
+
+        def sync_and_count_failures():
+            sync()
+            self.rollout_failures.observe(buffer.finished_keys["train"], buffer.failure_keys["train"], getattr(self, "global_steps", 0))
+
+        buffer._sync_metadata_from_transfer_queue = sync_and_count_failures
+        return buffer
+
+    def _dead_rollout_actors(self) -> list[str]:
+        actors = {}
+        manager = getattr(self, "llm_server_manager", None)
+        for r, replica in enumerate(getattr(manager, "rollout_replicas", None) or []):
+            actors.update({f"rollout server {r}.{i}": server for i, server in enumerate(replica.servers)})
+        loop_manager = getattr(self, "agent_loop_manager", None)
+        for i, worker in enumerate(getattr(loop_manager, "agent_loop_workers", None) or []):
+            actors[f"agent-loop worker {i}"] = worker
+        return dead_actors(actors)
 
     # ---- workers: verl's, plus the teacher method; the ref model whenever the teacher needs it ----
 
