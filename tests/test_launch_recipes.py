@@ -613,6 +613,12 @@ def test_every_launch_script_picks_token_auth_when_a_token_exists(tmp_path):
     for env, mode in ((no_token, "disabled"), (with_token, "token")):
         job = run_bash(str(LAUNCH / "submit_job.sh"), "launch/recipes/cpu_toy.sh", env={**env, "AVSD_RAY": str(fake_ray)})
         assert job.stdout.strip() == f"RAY_AUTH_MODE={mode}"
+        # a recipe run on a node of the cluster (RAY_ADDRESS): its driver's ray.init joins in that mode
+        # too (ray.init with an explicit address never turns token auth on by itself)
+        driver = run_bash(
+            str(RECIPES / "math_opsd_qwen3_8b.sh"), env={**env, "AVSD_PYTHON": str(fake_ray), "RAY_ADDRESS": "10.0.0.1:6379"}
+        )
+        assert driver.stdout.strip() == f"RAY_AUTH_MODE={mode}"
 
 
 def test_cpu_toy_joins_a_cluster_with_ranks_from_the_environment(tmp_path):

@@ -27,7 +27,7 @@ EXTRA_OVERRIDES=()
 MAIN_PPO_LAUNCHER=()
 
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
-source "$RECIPES_DIR/../lib.sh"  # die, header_help
+source "$RECIPES_DIR/../lib.sh"  # die, header_help, use_ray_auth_mode
 
 # parse_recipe_args RECIPE ARGS...: --help, --dry-run; every other argument is a hydra override
 # (key=value, +key=value, ++key=value or ~key) appended after the recipe's own, so it wins.
@@ -106,5 +106,9 @@ run_main_ppo() {
         print_main_ppo "${command[@]}" -- "${overrides[@]}"
         exit 0
     fi
+    # Joining a cluster: ray.init with an explicit address (RAY_ADDRESS) never turns token auth on
+    # by itself, so the driver gets the mode the head chose (lib.sh). A Ray job or the SLURM
+    # script has set it already.
+    [[ -z ${RAY_ADDRESS:-} ]] || use_ray_auth_mode
     exec "${command[@]}" "${overrides[@]}"
 }
