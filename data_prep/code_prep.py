@@ -27,17 +27,19 @@ from verl_avsd.data_prep.code_readers import (
     CODEFORCES_COLUMNS,
     CODEFORCES_OPTIONAL_COLUMNS,
     LIVECODEBENCH_COLUMNS,
-    SOLUTION_FORMATS,
     CodeProblem,
+    read_codeforces,
+    read_generic_problem,
+    read_livecodebench,
+)
+from verl_avsd.data_prep.code_solutions import (
+    SOLUTION_FORMATS,
     Solution,
     better_solution,
     detect_solutions_format,
     read_code_contests_solutions,
-    read_codeforces,
     read_cots_solution,
-    read_generic_problem,
     read_generic_solution,
-    read_livecodebench,
     read_submission,
 )
 from verl_avsd.data_prep.contract import CODE_ABILITY, chat_prompt, make_row, tests_json
@@ -254,8 +256,12 @@ def code_views(reference: Solution | None) -> list[dict]:
     """The stored code views (reference, hint); `feedback` is built per rollout by the trainer."""
     if reference is None:
         return []
+    code = reference.code.strip()
+    fence = "```"
+    while fence in code:  # a program holding ``` (in a string) would end a 3-backtick block early
+        fence += "`"
     return [
-        {"name": "reference", "text": f"```{reference.language}\n{reference.code.strip()}\n```"},
+        {"name": "reference", "text": f"{fence}{reference.language}\n{code}\n{fence}"},
         {"name": "hint", "text": describe_code(reference.code, reference.language)},
     ]
 

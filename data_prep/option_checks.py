@@ -65,7 +65,8 @@ def run_limit_problem(kind: str, value: float) -> str | None:
     """Why `value` cannot be a time limit (kind 'time', seconds) or memory limit ('memory', MB), or None."""
     if kind == "time":
         if not (0 < value <= MAX_TIME_LIMIT_S):
-            return f"time limit must be in (0, {MAX_TIME_LIMIT_S:g}] seconds, got {value:g}"
+            hint = " (given in milliseconds?)" if value > MAX_TIME_LIMIT_S else ""
+            return f"time limit must be in (0, {MAX_TIME_LIMIT_S:g}] seconds, got {value:g}{hint}"
         return None
     if not (MIN_MEMORY_MB <= value <= MAX_MEMORY_MB):
         hint = " (given in bytes or KB?)" if value > MAX_MEMORY_MB else ""

@@ -9,15 +9,14 @@ import pytest
 
 from verl_avsd.data_prep.code_hint import code_features, describe_code, guess_language
 from verl_avsd.data_prep.code_prep import code_views
-from verl_avsd.data_prep.code_readers import (
+from verl_avsd.data_prep.code_readers import decode_livecodebench_tests, read_tests
+from verl_avsd.data_prep.code_solutions import (
     Solution,
     better_solution,
-    decode_livecodebench_tests,
     detect_solutions_format,
     last_code_block,
     normalize_language,
     normalize_problem_id,
-    read_tests,
 )
 from verl_avsd.data_prep.errors import BadInputError
 from verl_avsd.data_prep.records import Record

@@ -284,3 +284,32 @@ def test_a_view_already_in_the_prompt_is_a_counted_drop(tmp_path):
     code, out, train = prep(tmp_path, "math", path)
     assert code == 0 and train["kept"] == 1 and train["dropped"] == {"view_in_prompt": 1}
     assert [row["extra_info"]["problem"] for row in rows_of(out)] == [OPENTHOUGHTS["problem"]]
+
+
+def test_null_test_output_is_an_error_not_an_empty_expected_output(tmp_path, capsys):
+    tests = [{"input": "3\n1 2 3\n", "output": None}]
+    args = code_run(tmp_path, [dict(CODEFORCES, official_tests=tests)])
+    error = fails(tmp_path, capsys, "code", *args)
+    assert "row 0 (line 1): field 'official_tests[0].output': a test input or output is null" in error
+    line = json.dumps(dict(CODEFORCES, time_limit=2000))
+    error = fails(tmp_path, capsys, "code", *code_run(tmp_path, [json.loads(line)]))
+    assert "field 'time_limit': time limit must be in (0, 600] seconds, got 2000 (given in milliseconds?)" in error
+
+
+def test_reference_is_the_program_not_the_sample_output(tmp_path):
+    program = SUBMISSION["source"]
+    generation = f"<think>...</think>\n```python\n{program}\n```\nFor the sample:\n```text\n6\n```\n"
+    cots = write(tmp_path, "cots.jsonl", [{"id": "1900A", "generation": generation, "finish_reason": "stop"}])
+    problems = write(tmp_path, "problems.jsonl", [CODEFORCES])
+    code, out, _ = prep(tmp_path, "code", problems, "--solutions", cots)
+    reference = rows_of(out)[0]["extra_info"]["views"][0]
+    assert code == 0 and reference == {"name": "reference", "text": f"```python\n{program}\n```"}
+
+
+def test_a_program_holding_backticks_keeps_its_fence_whole(tmp_path):
+    program = 'print("```", sum(map(int, open(0).read().split()[1:])))'
+    solutions = write(tmp_path, "solutions.jsonl", [dict(SUBMISSION, source=program)])
+    problems = write(tmp_path, "problems.jsonl", [CODEFORCES])
+    code, out, _ = prep(tmp_path, "code", problems, "--solutions", solutions)
+    reference = rows_of(out)[0]["extra_info"]["views"][0]
+    assert code == 0 and reference == {"name": "reference", "text": f"````python\n{program}\n````"}
