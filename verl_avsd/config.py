@@ -60,6 +60,11 @@ def avsd_config(algorithm_config) -> DictConfig:
         raise AvsdConfigError(
             f"{KEY}.views must be a list of view names like [full,partial,answer], got {user['views']!r:.80}"
         )
+    if "epistemic_markers" in user and not isinstance(user["epistemic_markers"], (list, tuple, ListConfig)):
+        raise AvsdConfigError(
+            f"{KEY}.epistemic_markers must be a list of words or phrases like [wait, hmm, let me check], "
+            f"got {user['epistemic_markers']!r:.80}"
+        )
     if "view_titles" in user and not isinstance(user["view_titles"], (Mapping, DictConfig)):
         raise AvsdConfigError(
             f"{KEY}.view_titles must be a mapping of view name to title like {{full: 'A worked solution'}}, "
@@ -164,6 +169,24 @@ def _check_template(cfg) -> None:
         raise AvsdConfigError(f"{KEY}.view_template cannot be filled in ({e}): {template!r:.120}") from None
 
 
+def _check_markers(cfg) -> None:
+    """Epistemic markers: distinct strings (compared as they match: case and spacing aside), each
+    with a letter or digit (a marker of punctuation only has no word to match whole)."""
+    from verl_avsd.epistemic import normal_form  # plain `re`, no heavy imports
+
+    markers = list(cfg.epistemic_markers)
+    what = f"{KEY}.epistemic_markers must be a non-empty list of distinct words or phrases, each with a letter or digit"
+    if not markers:
+        raise AvsdConfigError(f"{what}, got []")
+    seen: dict[str, str] = {}
+    for marker in markers:
+        if not isinstance(marker, str) or not any(c.isalnum() for c in marker):
+            raise AvsdConfigError(f"{what}, got {marker!r:.80} in the list")
+        if normal_form(marker) in seen:
+            raise AvsdConfigError(f"{what}, got {marker!r} and {seen[normal_form(marker)]!r}, which match the same text")
+        seen[normal_form(marker)] = marker
+
+
 def _check_titles(cfg) -> None:
     titles = cfg.view_titles
     if not isinstance(titles, DictConfig):
@@ -187,6 +210,7 @@ def _validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.teacher_group_by_prompt, bool):
         raise AvsdConfigError(f"{KEY}.teacher_group_by_prompt must be true or false, got {cfg.teacher_group_by_prompt!r:.80}")
     _real(cfg, "epistemic_tau", lo=0.0)
+    _check_markers(cfg)
     _real(cfg, "rlsd_lam", lo=0.0, hi=1.0)
     _real(cfg, "rlsd_eps_w", lo=0.0, hi=1.0, hi_open=True)
     _real(cfg, "wrong_below")
