@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ import torch
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
-from verl_avsd.workers.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter
+from verl_avsd.workers.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # different lengths
 
@@ -81,6 +84,86 @@ def test_sampled_log_probs_match_float64_reference(server):
         assert 1 <= len(output.token_ids) <= 12 and len(output.log_probs) == len(output.token_ids)
         expected = reference_log_probs(server.model, prompt, output.token_ids, temperature=0.7, top_k=20)
         torch.testing.assert_close(torch.tensor(output.log_probs, dtype=torch.float64), expected, atol=1e-4, rtol=0)
+
+
+def padded_batch(prompts, pad_id):
+    """Left-padded [B, P] ids and mask, as the server lays out a batch."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def full_scores_log_probs(server, prompts, max_tokens, temperature, top_k, top_p, seed):
+    """The previous implementation, in float64: plain `generate` with its own warpers and
+    `output_scores`, then log-softmax of the stacked [B, T, V] scores at the sampled tokens."""
+    ids, mask = padded_batch(prompts, server.pad_token_id)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = server.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, eos_token_id=server.eos_token_ids,
+                                    pad_token_id=server.pad_token_id, output_scores=True, return_dict_in_generate=True, **sampling)
+    tokens = out.sequences[:, ids.shape[1]:]  # [B, T]
+    log_probs = torch.stack(out.scores, dim=1).double().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, log_probs
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 20, 0.9), (1.3, 0, 1.0), (0.0, 0, 1.0)])
+def test_step_by_step_log_probs_equal_full_log_softmax(server, temperature, top_k, top_p):
+    """One batch of prompts of different lengths, sampled with the same seed both ways: the same
+    tokens (so the warpers run in generate's order) and the same log-probs to 1e-6."""
+    prompts = [prompt_ids(server, text) for text in PROMPTS]
+    requests = [_Request(prompt_ids=p, max_tokens=12, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=1.0,
+                         want_logprobs=True, seed=None, result=None) for p in prompts]
+    torch.manual_seed(7)
+    got = server._generate_batch(requests)
+    tokens, expected = full_scores_log_probs(server, prompts, 12, temperature, top_k, top_p, seed=7)
+    for row, (token_ids, log_probs) in enumerate(got):
+        assert token_ids == tokens[row, : len(token_ids)].tolist()
+        torch.testing.assert_close(torch.tensor(log_probs, dtype=torch.float64), expected[row, : len(token_ids)], atol=1e-6, rtol=0)
+
+
+# Runs in a fresh process so that its peak RSS (ru_maxrss) measures only this generation.
+_PEAK_RSS_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from verl.workers.config import HFModelConfig, RolloutConfig
+    from verl_avsd.workers.hf_rollout import HFRolloutServer, _Request
+
+    model_dir, batch, tokens, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    rollout = RolloutConfig(name="hf", prompt_length=16, response_length=tokens, dtype="float32", tensor_model_parallel_size=1)
+    server = HFRolloutServer(rollout, HFModelConfig(path=model_dir, override_config={"attn_implementation": "sdpa"}), replica_rank=0)
+    torch.manual_seed(0)  # a big vocabulary on a tiny body: the [B, T, V] scores dominate everything else
+    server.model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)).eval()
+    server.eos_token_ids = [vocab - 1]
+    def run(max_tokens):
+        requests = [_Request(prompt_ids=list(range(3, 15)), max_tokens=max_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                             repetition_penalty=1.0, want_logprobs=True, seed=None, result=None) for _ in range(batch)]
+        torch.manual_seed(1)
+        return server._generate_batch(requests)
+    run(4)  # warm-up: everything but the per-step tensors is allocated now
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outputs = run(tokens)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(min(len(t) for t, _ in outputs), (after - before) * 1024)
+""")
+
+
+def test_log_prob_memory_does_not_grow_with_response_length_times_vocab(model_dir):
+    """8 x 128 tokens over a 65,536-token vocabulary: one float32 [B, T, V] tensor is 268 MB and
+    the full log-softmax path held three; step by step the peak grows by a small fraction of one."""
+    batch, tokens, vocab = 8, 128, 65536
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(model_dir), str(batch), str(tokens), str(vocab)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shortest, growth = map(int, proc.stdout.split()[-2:])
+    assert shortest == tokens  # no EOS cut a response short, so all T steps were scored
+    one_btv_tensor = batch * tokens * vocab * 4
+    assert growth < one_btv_tensor / 4, (growth, one_btv_tensor)
 
 
 def test_log_probs_only_when_asked(server):

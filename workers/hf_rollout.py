@@ -42,11 +42,13 @@ from typing import Any, Generator, Optional
 import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessorList
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+
+from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -225,27 +227,33 @@ class HFRolloutServer:
             attention_mask[row, width - len(request.prompt_ids):] = 1
 
         greedy = first.temperature <= 0
+        # The sampling warpers go in our own processor list, followed by the recorder, so the
+        # recorder sees the final processed distribution (generate would append its own
+        # warpers after any custom processor). generate's are switched off explicitly: an
+        # unset top_k would get transformers' global default of 50.
+        warpers = [] if greedy else sampling_warpers(first.temperature, first.top_k, first.top_p)
+        recorder = SampledTokenLogProbs(len(batch), first.max_tokens)
         generation_config = GenerationConfig(
             max_new_tokens=first.max_tokens,
             do_sample=not greedy,
-            temperature=None if greedy else first.temperature,
-            top_p=None if greedy else first.top_p,
-            top_k=None if greedy else first.top_k,
+            temperature=None if greedy else 1.0,
+            top_p=None if greedy else 1.0,
+            top_k=None if greedy else 0,
             repetition_penalty=first.repetition_penalty,
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
-            output_scores=True,
             return_dict_in_generate=True,
         )
         if first.seed is not None:
             torch.manual_seed(first.seed)
         out = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=generation_config
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            generation_config=generation_config,
+            logits_processor=LogitsProcessorList([*warpers, recorder]),
         )
         new_tokens = out.sequences[:, width:].cpu()  # [B, T]
-        # log-softmax of the processed scores at each step, gathered at the sampled token: [B, T]
-        step_log_probs = torch.stack(out.scores, dim=1).float().log_softmax(dim=-1)  # [B, T, V]
-        token_log_probs = step_log_probs.gather(-1, new_tokens.to(step_log_probs.device).unsqueeze(-1)).squeeze(-1)
+        token_log_probs = recorder.finish(out.sequences)  # [B, T]
 
         results = []
         for row in range(len(batch)):
@@ -311,6 +319,8 @@ class HFRolloutServer:
 
     async def stop_profile(self):
         return None
+
+
 
 
 def _eos_token_ids(model_config: HFModelConfig, tokenizer) -> list[int]:
