@@ -313,3 +313,18 @@ def test_a_program_holding_backticks_keeps_its_fence_whole(tmp_path):
     code, out, _ = prep(tmp_path, "code", problems, "--solutions", solutions)
     reference = rows_of(out)[0]["extra_info"]["views"][0]
     assert code == 0 and reference == {"name": "reference", "text": f"````python\n{program}\n````"}
+
+
+def test_livecodebench_test_type_of_the_wrong_type_and_non_utf8_dataset_names(tmp_path):
+    problems, _, solutions = code_run(tmp_path, [CODEFORCES])
+    cases = json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": ["stdin"]}])
+    lcb = write(tmp_path, "lcb.jsonl", [dict(fixture_row("livecodebench.jsonl"), private_test_cases=cases)])
+    code, out, _ = prep(tmp_path, "code", problems, "--solutions", solutions, "--eval", f"lcb={lcb}")
+    hidden = json.loads(rows_of(out, "eval_lcb.parquet")[0]["reward_model"]["ground_truth"])
+    assert code == 0 and hidden["inputs"][-1] == "1 2\n"
+    # --format generic names the dataset after its file: a non-UTF-8 file name must not crash the parquet writer
+    path = os.path.join(str(tmp_path), os.fsdecode(b"mine\xff.jsonl"))
+    with open(path, "w") as handle:
+        handle.write(json.dumps({"q": "What is 1+1?", "a": "2"}) + "\n")
+    code, out, _ = prep(tmp_path, "math", path, *GENERIC_MATH)
+    assert code == 0 and rows_of(out)[0]["data_source"] == "math/mine\\udcff"
