@@ -283,7 +283,8 @@ def main(argv):
     plan = json.loads(plan_json)
     deadline = time.monotonic() + math.ceil(float(plan["wall_limit_s"])) + 2  # our own clock, if the host's fails
     signal.alarm(math.ceil(float(plan["wall_limit_s"])) + 2)  # default action: ends a stuck set-up
-    private_fds = [status_fd] + (list(plan["cgroup"]["procs_fds"]) + [plan["cgroup"]["cpu_fd"]] if plan["cgroup"] else [])
+    cgroup = plan["cgroup"]
+    private_fds = [status_fd] + ([*cgroup["procs_fds"], cgroup["cpu_fd"]] if cgroup else [])
     try:
         for fd in private_fds:
             os.set_inheritable(fd, False)  # the program never gets them (exec closes them)
