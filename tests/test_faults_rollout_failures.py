@@ -23,15 +23,16 @@ class FailingTransferQueue:
     """TransferQueue's tag store, where each submitted prompt's rollout ends in `failure`
     (or `finished`, for the first `healthy` prompts)."""
 
-    def __init__(self, healthy: int = 0):
+    def __init__(self, healthy: int = 0, stuck: bool = False):
         self.tags: dict[str, dict] = {}
         self.submitted = 0
         self.healthy = healthy
+        self.stuck = stuck  # the agent-loop worker died mid-generation: prompts stay `running`
 
     def submit(self, n: int) -> None:
         for _ in range(n):
             uid = f"p{self.submitted}"
-            status = "finished" if self.submitted < self.healthy else "failure"
+            status = "running" if self.stuck else "finished" if self.submitted < self.healthy else "failure"
             self.tags[uid] = {"is_prompt": True, "status": status, "global_steps": 1}
             if status == "finished":
                 self.tags[f"{uid}_0_0"] = {"status": "success", "global_steps": 1}
@@ -47,10 +48,25 @@ class FailingTransferQueue:
             self.tags.pop(key, None)
 
 
-def _trainer_buffer(monkeypatch, tq, extra: dict | None = None):
+class Clock:
+    """The buffer's polls, 2 s apart (verl's poll_interval), without sleeping."""
+
+    def __init__(self):
+        self.now, self.polls = 0.0, 0
+
+    def poll(self, partition_id, last_debug_time):  # bound to the clock, not the buffer
+        self.now += 2.0
+        self.polls += 1
+        if self.polls > RUNAWAY:
+            raise AssertionError(f"unbounded: {self.polls} polls for one step")
+        return last_debug_time
+
+
+def _trainer_buffer(monkeypatch, tq, extra: dict | None = None, dead=("rollout server 0.0 (ActorDiedError)",)):
     """The replay buffer the AVSD trainer builds (verl's, with the trainer's additions), on `tq`."""
+    clock = Clock()
     monkeypatch.setattr(verl_replay_buffer, "tq", tq)
-    monkeypatch.setattr(verl_replay_buffer.ReplayBufferAsync, "_wait_for_next_poll", lambda self, p, t: t)
+    monkeypatch.setattr(verl_replay_buffer.ReplayBufferAsync, "_wait_for_next_poll", clock.poll)
     config = OmegaConf.create(
         {
             "trainer": {"v1": {"trainer_mode": "avsd_sync", "sampler": {"max_off_policy_threshold": 8, "max_off_policy_strategy": "drop",
@@ -62,7 +78,7 @@ def _trainer_buffer(monkeypatch, tq, extra: dict | None = None):
     )
     trainer = object.__new__(AvsdTrainer)  # no Ray, no workers: only the replay buffer
     trainer.config, trainer.trainer_mode, trainer.global_steps = config, "avsd_sync", 1
-    trainer.rollout_failures = ConsecutiveFailures(failure_limit(config), lambda: ["rollout server 0.0 (ActorDiedError)"])
+    trainer.rollout_failures = ConsecutiveFailures(failure_limit(config), lambda: list(dead), clock=lambda: clock.now)
     trainer._add_prompts_to_generate = tq.submit  # verl's refill_fn: fetch and submit new prompts
     return trainer._build_replay_buffer()
 
@@ -96,6 +112,25 @@ def test_a_healthy_step_with_a_failure_still_trains(monkeypatch):
     tq.healthy = 10  # the replacement finishes
     batch, _ = buffer.sample(global_steps=1, partition_id="train", batch_size=4)
     assert len({key.split("_")[0] for key in batch.keys}) == 4 and tq.submitted == 5
+
+
+def test_prompts_stuck_on_a_dead_agent_loop_worker_stop_the_run(monkeypatch):
+    """A worker killed mid-generation fails nothing; its prompts stay `running` forever."""
+    tq = FailingTransferQueue(stuck=True)
+    buffer = _trainer_buffer(monkeypatch, tq, dead=["agent-loop worker 0 (ActorDiedError)"])
+    tq.submit(4)
+    with pytest.raises(RolloutFailureError, match=r"4 prompt groups have waited 60 s .* Dead: agent-loop worker 0"):
+        buffer.sample(global_steps=1, partition_id="train", batch_size=4)
+
+
+def test_slow_but_live_rollouts_keep_waiting():
+    clock = [0.0]
+    asked = []
+    seen = ConsecutiveFailures(limit=3, describe_dead=lambda: asked.append(clock[0]) or [], clock=lambda: clock[0])
+    for _ in range(100):  # 200 s without a change, every actor alive
+        clock[0] += 2.0
+        seen.observe(set(), set(), step=1, in_flight={"a", "b"})
+    assert asked == [62.0, 122.0, 182.0]  # quiet from the first poll (2 s) on: checked once a minute, never stopped
 
 
 def test_failures_count_only_in_a_row():

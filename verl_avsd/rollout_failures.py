@@ -12,14 +12,22 @@ in `failure` with no group `finished` in between are counted, and at
 `trainer.v1.avsd_sync.max_consecutive_rollout_failures` (default 32) the run stops with
 `RolloutFailureError`, naming any rollout server or agent-loop worker that is dead. A healthy
 run's occasional failure is reset by the next finished group.
+
+An agent-loop worker killed mid-generation fails nothing: its prompts stay `running` and the
+buffer would wait for them forever. So when no prompt group has changed status for
+STALL_CHECK_S while some are in flight, the rollout actors are checked, and a dead one stops the
+run too (a slow but live rollout keeps waiting).
 """
 
 from __future__ import annotations
+
+import time
 
 import ray
 
 LIMIT_KEY = "trainer.v1.avsd_sync.max_consecutive_rollout_failures"
 DEFAULT_LIMIT = 32  # prompt groups; a dead server fails a whole batch at once, a flaky one rarely twice in a row
+STALL_CHECK_S = 60.0  # no status change for this long with prompts in flight: are the rollout actors alive?
 
 
 class RolloutFailureError(RuntimeError):
@@ -49,31 +57,57 @@ def dead_actors(named_actors: dict[str, object], timeout_s: float = 10.0) -> lis
 
 
 class ConsecutiveFailures:
-    """Counts failed prompt groups with none finished in between; raises at `limit`."""
+    """Counts failed prompt groups with none finished in between; raises at `limit`, or when
+    prompts in flight stall and a rollout actor is dead."""
 
-    def __init__(self, limit: int, describe_dead=lambda: []):
+    def __init__(self, limit: int, describe_dead=lambda: [], stall_check_s: float = STALL_CHECK_S, clock=time.monotonic):
         self.limit = limit
         self.count = 0
-        self.describe_dead = describe_dead  # () -> list of dead actors, asked only when stopping
+        self.describe_dead = describe_dead  # () -> list of dead actors, asked only when stuck
+        self.stall_check_s = stall_check_s
+        self.clock = clock
         self._finished: set = set()
         self._failed: set = set()
+        self._in_flight: set = set()
+        self._quiet_since = clock()
 
-    def observe(self, finished: set, failed: set, step: int) -> None:
-        """The buffer's current `finished` and `failure` prompt uids (of the train partition)."""
+    def observe(self, finished: set, failed: set, step: int, in_flight: set = frozenset()) -> None:
+        """The buffer's current `finished`, `failure` and pending/running prompt uids (train partition)."""
         new_finished, new_failed = set(finished) - self._finished, set(failed) - self._failed
-        self._finished, self._failed = set(finished), set(failed)
+        changed = bool(new_finished or new_failed) or set(in_flight) != self._in_flight
+        self._finished, self._failed, self._in_flight = set(finished), set(failed), set(in_flight)
         if new_finished:
             self.count = 0  # a group came through: the rollout path works
         else:
             self.count += len(new_failed)
         if self.count >= self.limit:
-            dead = self.describe_dead()
-            raise RolloutFailureError(
-                f"stopping at step {step}: {self.count} prompt groups in a row failed their rollout with none "
-                f"finishing ({LIMIT_KEY}={self.limit}); the replay buffer would replace them forever. "
-                + (f"Dead: {', '.join(dead)}. " if dead else "")
-                + "A rollout server or agent-loop worker has most likely died; Ray kills workers when the node "
-                "runs out of memory (look for 'A worker died or was killed' and 'Error in _run_prompt' in the "
-                "log above). Lower the memory use (rollout batch, response length, gpu_memory_utilization) and "
-                "resume from the last checkpoint (trainer.resume_mode=auto)."
+            self._stop(
+                step,
+                f"{self.count} prompt groups in a row failed their rollout with none finishing ({LIMIT_KEY}={self.limit}); "
+                "the replay buffer would replace them forever.",
+                self.describe_dead(),
             )
+        now = self.clock()
+        if changed or not in_flight:
+            self._quiet_since = now
+        elif now - self._quiet_since >= self.stall_check_s:
+            self._quiet_since = now  # check again after another quiet period
+            dead = self.describe_dead()
+            if dead:
+                self._stop(
+                    step,
+                    f"{len(self._in_flight)} prompt groups have waited {self.stall_check_s:.0f} s for their rollouts "
+                    "with no progress, and a rollout actor is dead: they would wait forever.",
+                    dead,
+                )
+
+    @staticmethod
+    def _stop(step: int, what: str, dead: list[str]) -> None:
+        raise RolloutFailureError(
+            f"stopping at step {step}: {what} "
+            + (f"Dead: {', '.join(dead)}. " if dead else "")
+            + "A rollout server or agent-loop worker has most likely died; Ray kills workers when the node "
+            "runs out of memory (look for 'A worker died or was killed' and 'Error in _run_prompt' in the "
+            "log above). Lower the memory use (rollout batch, response length, gpu_memory_utilization) and "
+            "resume from the last checkpoint (trainer.resume_mode=auto)."
+        )

@@ -10,10 +10,11 @@ Select it with `trainer.v1.trainer_mode=avsd_sync`. One training step is verl's 
 Only three things differ from verl's `sync` trainer:
 1. the actor workers are `AvsdActorRolloutRefWorker` (verl's worker + `compute_view_log_probs`),
    and the reference model is built whenever the teacher is `ref` (even without a KL term);
-2. the advantage step first runs the teacher step, then the AVSD-family estimator, and logs
-   `avsd/*`, `credit/*` and teacher throughput metrics through verl's tracker;
+2. the advantage step first builds the rollout-dependent views (`feedback`, `sibling`), runs the
+   teacher step, then the AVSD-family estimator, and logs `avsd/*`, `credit/*`, `epistemic/*`
+   and teacher throughput metrics through verl's tracker;
 3. for estimators without a teacher (`grpo`, ...) it runs verl's own advantage step and
-   still logs the credit and GRPO-signal metrics, so runs compare side by side.
+   still logs the credit, epistemic and GRPO-signal metrics, so runs compare side by side.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_to_nested
 
 from verl_avsd.config import avsd_config
+from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
 from verl_avsd.resume import ResumableFileLogger, drop_dumps_after
 from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
 from verl_avsd.sandbox import get_sandbox
-from verl_avsd.workers.teacher_context import check_view_coverage, row_name
+from verl_avsd.sibling_view import sampling_order, sibling_views
+from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage, row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 
 
@@ -113,6 +116,12 @@ class AvsdTrainer(PPOTrainerSync):
             # OPSD reads one view: the teacher scores only that one, not every view in
             # algorithm.avsd.views (which would cost M-1 views of teacher time for nothing)
             self.avsd.views = [self.avsd.opsd_view]
+        if self.needs_teacher and SIBLING_VIEW in self.avsd.views and int(config.actor_rollout_ref.rollout.get("n", 1)) < 2:
+            raise ValueError(
+                f"algorithm.avsd.views has {SIBLING_VIEW!r}, a correct response of another rollout of the same prompt, "
+                f"but actor_rollout_ref.rollout.n={config.actor_rollout_ref.rollout.get('n', 1)} samples one rollout "
+                "per prompt: set rollout.n >= 2 or drop the view"
+            )
         if self.needs_teacher and config.algorithm.get("use_kl_in_reward", False):
             raise ValueError(
                 f"algorithm.use_kl_in_reward is not supported with algorithm.adv_estimator={self.estimator}: "
@@ -131,7 +140,9 @@ class AvsdTrainer(PPOTrainerSync):
 
         def sync_and_count_failures():
             sync()
-            self.rollout_failures.observe(buffer.finished_keys["train"], buffer.failure_keys["train"], getattr(self, "global_steps", 0))
+            in_flight = buffer.pending_keys["train"] | buffer.running_keys["train"]
+            step = getattr(self, "global_steps", 0)
+            self.rollout_failures.observe(buffer.finished_keys["train"], buffer.failure_keys["train"], step, in_flight)
 
         buffer._sync_metadata_from_transfer_queue = sync_and_count_failures
         return buffer
@@ -265,12 +276,54 @@ class AvsdTrainer(PPOTrainerSync):
             fields=list_of_dict_to_tensordict([{"avsd_feedback": v} for v in views]),
         )
 
+    # ---- rollouts as text: the sibling view and the epistemic metrics ----
+
+    def _decoded_rollouts(self, batch) -> dict:
+        """The responses of the batch decoded (once a step), with their prompt uid, sequence reward,
+        response tokens (response_mask) and whether each is a real rollout (not verl's padding)."""
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "responses", "response_mask", "rm_scores"]
+        )
+        padded = data.select("response_mask", "rm_scores").to_padded_tensor()
+        return {
+            "texts": self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True),
+            "uids": _rows(data["uid"]),
+            "rewards": padded["rm_scores"].sum(-1).tolist(),  # [B]
+            "tokens": padded["response_mask"].sum(-1).tolist(),  # [B]
+            "real": [not tag.get("is_padding", False) for tag in batch.tags],
+        }
+
+    def _build_sibling_views(self, batch, rollouts: dict, metrics: dict):
+        """Each rollout's `sibling` view (verl_avsd/sibling_view.py), for the teacher worker to read
+        from field `avsd_sibling` ("" = no view)."""
+        views, stats = sibling_views(
+            rollouts["texts"], rollouts["uids"], rollouts["rewards"], float(self.avsd.wrong_below),
+            rollouts["real"], sampling_order(batch.keys, rollouts["uids"]),
+        )  # fmt: skip
+        metrics.update(stats)
+        return tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=list_of_dict_to_tensordict([{"avsd_sibling": v} for v in views]),
+        )
+
+    def _epistemic_metrics(self, rollouts: dict, metrics: dict) -> None:
+        """`epistemic/*` over the real rollouts (verl_avsd/epistemic.py), whatever the estimator."""
+        if getattr(self, "_epistemic_markers", None) is None:  # compiled once a run
+            self._epistemic_markers = EpistemicMarkers(list(self.avsd.epistemic_markers))
+        real = [b for b, is_real in enumerate(rollouts["real"]) if is_real]
+        pick = lambda key: [rollouts[key][b] for b in real]  # noqa: E731
+        metrics.update(
+            epistemic_metrics(pick("texts"), pick("tokens"), pick("rewards"), self._epistemic_markers, float(self.avsd.wrong_below))
+        )
+
     # ---- the advantage step ----
 
     def _compute_advantage(self, batch, metrics: dict):
         if not self.needs_teacher:
             batch = super()._compute_advantage(batch, metrics)
             self._comparison_metrics(batch, metrics)
+            self._epistemic_metrics(self._decoded_rollouts(batch), metrics)
             return batch
 
         if not getattr(self, "_views_checked", False):  # first batch: a misspelt view fails here, by name
@@ -280,6 +333,11 @@ class AvsdTrainer(PPOTrainerSync):
         if "feedback" in self.avsd.views:
             with marked_timer("feedback_view", self.timing_raw, color="olive"):
                 batch = self._build_feedback_views(batch, metrics)
+        rollouts = None  # decoded once a step, for the sibling view and the epistemic metrics
+        if SIBLING_VIEW in self.avsd.views:
+            with marked_timer("sibling_view", self.timing_raw, color="olive"):
+                rollouts = self._decoded_rollouts(batch)
+                batch = self._build_sibling_views(batch, rollouts, metrics)
         with marked_timer("teacher_views", self.timing_raw, color="olive"):
             batch = self._compute_view_log_probs(batch, metrics)
 
@@ -315,6 +373,7 @@ class AvsdTrainer(PPOTrainerSync):
 
         if self.avsd.dump_rollouts_dir:
             self._dump_rollouts(batch, padded, view_logq, padded["avsd_view_mask"], advantages, signals.gate)
+        self._epistemic_metrics(rollouts if rollouts is not None else self._decoded_rollouts(batch), metrics)
 
         out = {name: response_to_nested(advantages, response_mask_nested) for name in ("advantages", "returns")}
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(out, batch_size=len(batch)))
