@@ -24,8 +24,10 @@ import math
 import os
 import random
 import re
+import secrets
 import tempfile
 from collections.abc import Callable
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,15 +84,19 @@ def check_output_folder(out_dir: str, names: list[str], input_paths: list[str]) 
                 )
 
 
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """`write(temporary_path)`, then rename it to `path`: readers see the old file or the whole new one."""
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """`write(handle)` to a new temporary file, then rename it to `path`: readers see the old file or the
+    whole new one. The temporary file is created exclusively under a random name, so nothing planted
+    at that name (a symlink to another file) is ever written through."""
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # created by `write`, so with the usual mode
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        write(temporary)
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.remove(temporary)
         raise
 
@@ -125,7 +131,7 @@ def write_rows(rows: list[dict], path: str, split: str) -> dict:
             raise AssertionError(f"{path}: row {index} breaks the row contract: {'; '.join(problems)}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-    write_atomically(path, lambda temporary: pq.write_table(table, temporary))
+    write_atomically(path, lambda handle: pq.write_table(table, handle))
     return {"path": os.path.basename(path), "split": split, "rows": len(rows), "sha256": file_sha256(path)}
 
 
@@ -158,11 +164,7 @@ def write_manifest(out_dir: str, manifest: dict) -> str:
     path = os.path.join(out_dir, MANIFEST_NAME)
     data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8", errors="backslashreplace")
 
-    def write(temporary: str) -> None:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-
-    write_atomically(path, write)
+    write_atomically(path, lambda handle: handle.write(data))
     return path
 
 

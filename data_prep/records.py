@@ -172,8 +172,10 @@ def file_sha256(path: str) -> str:
 def _check_path(path: str) -> None:
     if os.path.isdir(path):
         raise BadInputError(path, "is a folder, not a file")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BadInputError(path, "no such file")
+    if not os.path.isfile(path):
+        raise BadInputError(path, "is not a regular file (a pipe or device cannot be read twice)")
     if not path.endswith(SUPPORTED_SUFFIXES):
         raise BadInputError(path, f"unsupported file type (use one of: {', '.join(SUPPORTED_SUFFIXES)})")
 

@@ -227,3 +227,26 @@ def test_inspect_bad_files_and_options(tmp_path, capsys):
     open(path, "wb").write(bytes(data))
     code, error = run(["inspect", path], capsys)
     assert code == 2 and f"{path}: cannot read rows from row 0 on (corrupt file?)" in error
+
+
+def test_a_planted_temporary_symlink_is_never_written_through(tmp_path, capsys, monkeypatch):
+    from verl_avsd.data_prep import output
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "o"
+    out.mkdir()
+    os.symlink(victim, out / "train.parquet")  # an output name linked to a file that is not an input
+    code, _ = run(["math", OPENTHOUGHTS_FILE, "--out", str(out)], capsys)
+    assert code == 0 and victim.read_text() == "precious" and not os.path.islink(out / "train.parquet")
+    monkeypatch.setattr(output.secrets, "token_hex", lambda _: "guessed")
+    os.symlink(victim, out / ".train.parquet.guessed.tmp")
+    code, error = run(["math", OPENTHOUGHTS_FILE, "--out", str(out)], capsys)
+    assert code == 2 and "File exists" in error and victim.read_text() == "precious"
+
+
+def test_an_input_that_is_not_a_regular_file(tmp_path, capsys):
+    fifo = str(tmp_path / "rows.jsonl")
+    os.mkfifo(fifo)
+    code, error = run(["math", fifo, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"{fifo}: is not a regular file" in error
