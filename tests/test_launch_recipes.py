@@ -665,6 +665,27 @@ def test_slurm_cpu_mode_runs_the_toy_recipe_on_placeholder_gpus(tmp_path):
     env = fake_slurm(tmp_path / "gpu", gpus_in_cluster="joined", SLURM_GPUS_ON_NODE=None)
     result = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env=env, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "--gpus-per-node=N" in result.stderr and "AVSD_CPU=1" in result.stderr
+    for name, value, message in (
+        ("AVSD_CPU", "yes", "AVSD_CPU must be 0 or 1, got 'yes'"),
+        ("AVSD_GPUS_PER_NODE", "two", "AVSD_GPUS_PER_NODE must be a whole number >= 1, got 'two'"),
+    ):
+        bad = run_bash(str(LAUNCH / "slurm_avsd.sbatch"), env={**env, "AVSD_CPU": "1", name: value}, cwd=tmp_path, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_local_slurm_rejects_bad_arguments(tmp_path):
+    for args, message in (
+        ([], "Usage"),
+        (["start"], "must be up, down or status, got 'start'"),
+        (["up", "--dir"], "--dir needs a value"),
+        (["up", "--frob"], "unknown option '--frob'"),
+    ):
+        result = run_bash(str(LAUNCH / "local_slurm.sh"), *args, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    # no cluster in that folder: status says so and fails, starting nothing
+    result = run_bash(str(LAUNCH / "local_slurm.sh"), "status", "--dir", str(tmp_path / "none"), check=False)
+    assert result.returncode == 1 and "not running" in result.stdout
+    assert not (tmp_path / "none").exists()
 
 
 def test_slurm_script_shows_why_ray_status_fails(tmp_path):
