@@ -75,9 +75,7 @@ def check_output_folder(out_dir: str, names: list[str], input_paths: list[str]) 
         if os.path.isdir(target):
             raise OutputFolderError(f"--out {shown}: {name} is a folder; data prep writes a file there")
         for path in input_paths:
-            if os.path.realpath(target) == os.path.realpath(path) or (
-                os.path.exists(target) and os.path.exists(path) and os.path.samefile(target, path)
-            ):
+            if _same_file(target, path):
                 raise OutputFolderError(
                     f"--out {shown}: writing {name} would overwrite the input file {printable(path)}; "
                     "choose another --out"
@@ -147,12 +145,18 @@ def previous_outputs(out_dir: str) -> set[str]:
     return {name for name in names if isinstance(name, str) and _OUTPUT_NAME.fullmatch(name)}
 
 
-def remove_stale_outputs(out_dir: str, stale_candidates: set[str], written: set[str]) -> list[str]:
-    """Remove earlier outputs this run did not rewrite; returns their names."""
+def _same_file(path: str, other: str) -> bool:
+    return os.path.realpath(path) == os.path.realpath(other) or (
+        os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other)
+    )
+
+
+def remove_stale_outputs(out_dir: str, stale_candidates: set[str], written: set[str], inputs: list[str]) -> list[str]:
+    """Remove earlier outputs this run did not rewrite, except files this run read; returns their names."""
     removed = []
     for name in sorted(stale_candidates - written):
         path = os.path.join(out_dir, name)
-        if os.path.islink(path) or os.path.isfile(path):
+        if (os.path.islink(path) or os.path.isfile(path)) and not any(_same_file(path, other) for other in inputs):
             os.remove(path)
             removed.append(name)
     return removed

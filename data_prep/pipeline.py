@@ -103,10 +103,12 @@ class PrepRun:
         self.inputs: list[dict] = []
         self.tallies: dict[str, Tally] = {}
         self.eval_names: list[str] = [name for name, _ in options.get("evals") or []]
+        self.input_paths: list[str] = []
 
     def check_output_folder(self, input_paths: list[str]) -> None:
         """Before any input is read: `--out` is a writable folder and no output lands on an input."""
         check_output_folder(self.out_dir, output_names(self.eval_names), input_paths)
+        self.input_paths = list(input_paths)
 
     @classmethod
     def for_options(cls, task: str, options) -> PrepRun:
@@ -219,7 +221,7 @@ class PrepRun:
                 outputs.append(write_rows(rows_of_set, os.path.join(self.out_dir, f"eval_{name}.parquet"), "eval"))
         for tally in self.tallies.values():
             tally.check()
-        removed = remove_stale_outputs(self.out_dir, stale, {entry["path"] for entry in outputs})
+        removed = remove_stale_outputs(self.out_dir, stale, {entry["path"] for entry in outputs}, self.input_paths)
         manifest = {
             "tool": "verl-avsd prep",
             "version": _package_version(),

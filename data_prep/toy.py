@@ -82,7 +82,7 @@ def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
             "validation": {"read": len(validation), "kept": len(validation)},
         },
     }
-    removed = remove_stale_outputs(options.out_dir, stale, {entry["path"] for entry in outputs})
+    removed = remove_stale_outputs(options.out_dir, stale, {entry["path"] for entry in outputs}, [])
     write_manifest(options.out_dir, manifest)
     print(escape_surrogates(f"verl-avsd prep toy -> {options.out_dir}"))
     for name in removed:

@@ -141,6 +141,12 @@ def test_outputs_of_an_earlier_run_are_removed(tmp_path, capsys):
     assert code == 0
     assert sorted(os.listdir(out)) == ["manifest.json", "notes.txt", "train.parquet", "validation.parquet"]
 
+    # an earlier eval output read back as an input under another name is an input, not stale
+    code, _ = run(["math", OPENTHOUGHTS_FILE, "--eval", f"aime={AIME_FILE}", "--out", str(out)], capsys)
+    eval_output = str(out / "eval_aime.parquet")
+    code, _ = run(["math", OPENTHOUGHTS_FILE, "--eval", f"again={eval_output}", "--out", str(out)], capsys)
+    assert code == 0 and os.path.exists(eval_output) and os.path.exists(out / "eval_again.parquet")
+
 
 def test_an_output_name_taken_by_a_folder(tmp_path, capsys):
     (tmp_path / "o" / "validation.parquet").mkdir(parents=True)
