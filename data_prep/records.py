@@ -318,6 +318,5 @@ def require_columns(input_file: InputFile, required: list[str], what: str) -> No
     missing = [name for name in required if name not in input_file.columns]
     if missing:
         present = ", ".join(input_file.columns)
-        raise BadInputError(
-            input_file.path, f"missing column(s) {', '.join(missing)} for the {what} format (columns present: {present})"
-        )
+        problem = f"missing column(s) {', '.join(missing)} for the {what} format (columns present: {present})"
+        raise BadInputError(input_file.path, problem)
