@@ -42,8 +42,8 @@ endif
 	@touch $(STAMP)
 	@echo "[install] done"
 
-demo: install
-	$(VENV)/bin/verl-avsd demo
+demo: install  # runs/demo is the demo's own folder: --overwrite replaces the previous demo run there (nothing else)
+	$(VENV)/bin/verl-avsd demo --overwrite
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
