@@ -1,4 +1,4 @@
-"""Any value in any field of any schema: `prep` exits 0 or 2 (never a traceback), and what it writes follows the contract.
+"""Any value in any field of any schema: `prep` exits 0 or 2 (never a traceback); what it writes follows the contract.
 
 Each example replaces, removes or adds a few fields of the fixture rows with values from a list of
 troublemakers (wrong types, NaN/inf, lone surrogates, nested junk, JSON-looking text, ...).
