@@ -12,7 +12,9 @@ picks and orders the ones a run uses (this fixes M). A view a row lacks, or whos
 empty, is masked out for that row (never passed off as a view). On the first batch the trainer
 checks the configured names against the rows (`check_view_coverage`): a view no row has is an
 error (a misspelt name would otherwise train with that view masked everywhere), a view most rows
-lack is a warning.
+lack is a warning. Two views are built by the trainer per rollout instead (`ROLLOUT_VIEW_FIELDS`):
+`feedback` (its program run on the row's public tests) and `sibling` (a correct response of another
+rollout of its prompt, verl_avsd/sibling_view.py); the rows need no column for them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ logger = logging.getLogger(__name__)
 # The rollout-dependent view: built by the trainer from the rollout's program run on the row's
 # extra_info.public_tests, so a row "has" it when it has public tests.
 FEEDBACK_VIEW = "feedback"
+# The other rollout-dependent view: a correct response from another rollout of the same prompt,
+# built by the trainer after the rewards; no data column, so no row lacks it up front.
+SIBLING_VIEW = "sibling"
+# rollout-built view -> the per-sample field the trainer writes its text to ("" = no view)
+ROLLOUT_VIEW_FIELDS = {FEEDBACK_VIEW: "avsd_feedback", SIBLING_VIEW: "avsd_sibling"}
 
 
 class ViewDataError(ValueError):
@@ -73,12 +80,15 @@ def views_of_row(extra_info, names: list[str], b: int) -> list[str | None]:
 
 
 def with_rollout_view(extra_info, name: str, text: str | None):
-    """The row's extra_info with a view built for this rollout (e.g. `feedback`) added; the row
+    """The row's extra_info with the view built for this rollout (e.g. `feedback`) in place of any
+    the row carries by that name (no text: the view is absent, not the row's stale one); the row
     itself is shared by the prompt's other rollouts, so it is copied, never changed."""
-    if not text or not isinstance(extra_info, dict):
-        return extra_info
-    views = [v for v in (extra_info.get("views") or []) if not (isinstance(v, dict) and v.get("name") == name)]
-    return {**extra_info, "views": views + [{"name": name, "text": text}]}
+    views = extra_info.get("views") if isinstance(extra_info, dict) else None
+    malformed = views is not None and (isinstance(views, (str, bytes, dict)) or not hasattr(views, "__iter__"))
+    if not isinstance(extra_info, dict) or malformed or (views is None and not text):
+        return extra_info  # views_of_row names a malformed row
+    kept = [v for v in (views if views is not None else []) if not (isinstance(v, dict) and v.get("name") == name)]
+    return {**extra_info, "views": kept + ([{"name": name, "text": text}] if text else [])}
 
 
 def teacher_messages(messages: list[dict], view_name: str, view_text: str, cfg) -> list[dict]:
@@ -129,9 +139,10 @@ def build_teacher_contexts(
             context_ids[b][m] = torch.tensor(ids, dtype=torch.long)
             view_mask[b, m] = True
     # No view at all is a data or naming problem, except where the feedback view is configured and
-    # the rows have public tests: then no rollout of the batch wrote a program, a step without signal.
+    # the rows have public tests: then no rollout of the batch wrote a program, a step without signal;
+    # and with the sibling view: no prompt of the batch had a correct rollout (common early on).
     feedback_possible = FEEDBACK_VIEW in names and any(isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos)
-    if B and not view_mask.any() and not feedback_possible:
+    if B and not view_mask.any() and not feedback_possible and SIBLING_VIEW not in names:
         raise ViewDataError(_no_view_message(extra_infos, names, "this batch"))
     return TeacherContexts(context_ids=context_ids, view_mask=view_mask, truncated=truncated)
 
@@ -173,7 +184,8 @@ def _no_view_message(extra_infos, names: list[str], where: str) -> str:
 
 def check_view_coverage(extra_infos: list, names: list[str], warn_below: float = 0.5) -> dict[str, float]:
     """The first batch against `algorithm.avsd.views`: the share of rows with each configured view
-    (with non-empty text; `feedback`: rows with public tests). A view no row has is a
+    (with non-empty text; `feedback`: rows with public tests; `sibling`: every row, as it is built
+    from the rollouts, not read from the rows). A view no row has is a
     ViewDataError (a misspelt name, naming the views found, or views whose text is empty, naming a
     row); a view fewer than `warn_below` of the rows have is logged as a warning."""
     B = len(extra_infos)
@@ -185,6 +197,8 @@ def check_view_coverage(extra_infos: list, names: list[str], warn_below: float =
         for n, text in zip(names, texts):
             if n == FEEDBACK_VIEW:
                 have[n] += info.get("public_tests") is not None
+            elif n == SIBLING_VIEW:
+                have[n] += 1
             else:
                 have[n] += text is not None
     for n in names:

@@ -30,7 +30,7 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from verl_avsd.workers.teacher_context import build_teacher_contexts, with_rollout_view
+from verl_avsd.workers.teacher_context import ROLLOUT_VIEW_FIELDS, build_teacher_contexts, with_rollout_view
 from verl_avsd.workers.teacher_prefill import packed_response_logprobs
 
 
@@ -64,8 +64,9 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
 
         responses = [r for r in data["responses"].unbind(0)]  # [B] x [T_b]
         extra_infos = _as_list(data["extra_info"])
-        if "avsd_feedback" in data.keys():  # the execution-feedback view, built per rollout by the trainer
-            extra_infos = [with_rollout_view(e, "feedback", t) for e, t in zip(extra_infos, _as_list(data["avsd_feedback"]))]
+        for name, field in ROLLOUT_VIEW_FIELDS.items():  # views the trainer built per rollout (feedback, sibling)
+            if field in data.keys():
+                extra_infos = [with_rollout_view(e, name, t) for e, t in zip(extra_infos, _as_list(data[field]))]
         contexts = build_teacher_contexts(tokenizer, _as_list(data["raw_prompt"]), extra_infos, cfg, chat_kwargs)
         B, M = contexts.view_mask.shape
         pairs = [(b, m) for b in range(B) for m in range(M) if contexts.view_mask[b, m]]
