@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import io
 import pickle
-import re
 import zlib
 from dataclasses import dataclass
 

@@ -249,4 +249,3 @@ class PrepRun:
         lines += [f"wrote {entry['path']}: {entry['rows']} rows" for entry in outputs]
         lines.append(f"wrote {os.path.join(self.out_dir, 'manifest.json')}")
         return "\n".join(lines)
-
