@@ -81,7 +81,7 @@ def _common_options(args: argparse.Namespace, default_prompt: str) -> dict:
         "val_size": args.val_size,
         "seed": args.seed,
         "limit": args.limit,
-        "prompt_template": args.prompt_template or default_prompt,
+        "prompt_template": default_prompt if args.prompt_template is None else args.prompt_template,
         "system_prompt": args.system_prompt,
         "skip_bad_rows": args.skip_bad_rows,
         "progress": not args.quiet,

@@ -79,6 +79,8 @@ def check_common_options(options, template_fields: tuple[str, ...]) -> None:
     check_prompt_template(options.prompt_template, template_fields)
     check_text_option("--system-prompt", options.system_prompt)
     check_text_option("--name", options.name)
+    if options.name is not None and not options.name.strip():
+        raise ValueError("--name is empty (leave it out to name the dataset after its format)")
     if not (math.isfinite(options.val_size) and options.val_size >= 0):
         raise ValueError(f"--val-size must be a finite number >= 0, got {options.val_size}")
     if options.val_size >= 1 and options.val_size != int(options.val_size):

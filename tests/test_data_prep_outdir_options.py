@@ -187,6 +187,8 @@ TOY = ["toy", "--n-train", "4", "--n-val", "2"]
         ([*CODE, "--format", "generic", "--reference-key", "problem"], "--reference-key 'problem' is also --problem"),
         ([*MATH, "--format", "generic", "--answer-key", "problem"], "--answer-key 'problem' is also --problem-key"),
         ([*MATH, "--name", os.fsdecode(b"x\xff")], "--name: not valid UTF-8 text"),
+        ([*MATH, "--name", " "], "--name is empty"),
+        ([*MATH, "--prompt-template", ""], "--prompt-template must contain {problem}"),
         ([*MATH, "--system-prompt", os.fsdecode(b"x\xff")], "--system-prompt: not valid UTF-8 text"),
         ([*MATH, "--eval", f"a={FIXTURES}"], f"{FIXTURES}: is a folder, not a file"),
         ([*TOY, "--n-train", "-5"], "--n-train must be at least 1, got -5"),
