@@ -6,9 +6,14 @@ import random
 import re
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from verl_avsd.config import default_config
+import verl_avsd.trainer as trainer_module
+from fake_tq import FakeTQ, WordTokenizer, rollout_row
+from verl_avsd.config import avsd_config, default_config
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
+from verl_avsd.trainer import AvsdTrainer
 
 
 def slow_count(text: str, markers: list[str]) -> int:
@@ -120,3 +125,28 @@ def test_mismatched_lengths_and_empty_markers_are_errors():
         epistemic_metrics(["a", "b"], [1], [0.0, 1.0], ["wait"], 1.0)
     with pytest.raises(ValueError, match="non-empty list"):
         EpistemicMarkers([])
+
+
+# ---- the trainer logs them every step, for estimators without a teacher too ----
+
+
+def test_grpo_step_logs_epistemic_metrics_of_the_real_rollouts(monkeypatch):
+    texts = ["wait so the answer is 42", "hmm let me check x", "x", "wait wait"]
+    rewards = [1.0, 0.0, 0.0, 1.0]
+    rows = [rollout_row("p", t, r, advantages=torch.zeros(len(t.split()) + 1)) for t, r in zip(texts, rewards)]
+    tq = FakeTQ(rows, tags=[{}, {}, {}, {"is_padding": True}]).install(monkeypatch)
+    verl_steps = []
+    monkeypatch.setattr(trainer_module.PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: verl_steps.append(1) or batch)
+    t = object.__new__(AvsdTrainer)  # no Ray, no workers
+    t.avsd = avsd_config({"avsd": {"epistemic_markers": ["wait", "hmm", "let me check"]}})
+    t.estimator, t.needs_teacher, t.tokenizer = "grpo", False, WordTokenizer()
+    t.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"n": 4}}})
+    metrics = {}
+    t._compute_advantage(tq.batch(), metrics)
+    assert verl_steps == [1]  # verl's own GRPO advantage ran
+    # real rollouts: 7, 6 and 2 tokens (with <eos>); markers 1 (correct), 2 (wrong), 0 (wrong); padding left out
+    assert metrics["epistemic/markers_per_1k_tokens"] == pytest.approx(1000 * 3 / 15)
+    assert metrics["epistemic/markers_per_1k_tokens_correct"] == pytest.approx(1000 * 1 / 7)
+    assert metrics["epistemic/markers_per_1k_tokens_wrong"] == pytest.approx(1000 * 2 / 8)
+    assert metrics["epistemic/response_length_mean"] == pytest.approx(5.0)
+    assert "credit/wrong_rollout_rate" in metrics  # next to the comparison metrics
