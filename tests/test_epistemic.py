@@ -13,6 +13,7 @@ import verl_avsd.trainer as trainer_module
 from fake_tq import FakeTQ, WordTokenizer, rollout_row
 from verl_avsd.config import avsd_config, default_config
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
+from verl_avsd.report import main as report_main
 from verl_avsd.trainer import AvsdTrainer
 
 
@@ -150,3 +151,30 @@ def test_grpo_step_logs_epistemic_metrics_of_the_real_rollouts(monkeypatch):
     assert metrics["epistemic/markers_per_1k_tokens_wrong"] == pytest.approx(1000 * 2 / 8)
     assert metrics["epistemic/response_length_mean"] == pytest.approx(5.0)
     assert "credit/wrong_rollout_rate" in metrics  # next to the comparison metrics
+
+
+# ---- `verl-avsd report` plots the rate per run and shows it next to epistemic_tau ----
+
+
+def test_report_plots_the_rate_and_shows_it_next_to_epistemic_tau(tmp_path):
+    rates = {"tau": [30.0, 20.0, 12.0, 10.0], "grpo": [31.0, 33.0, 35.0, 34.0]}
+    configs = {
+        "tau": "algorithm:\n  adv_estimator: avsd\n  avsd:\n    epistemic_tau: 0.05\n",
+        "grpo": "algorithm:\n  adv_estimator: grpo\n",  # no algorithm.avsd: the default tau ran
+    }
+    for name, values in rates.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(
+            "".join(f'{{"step": {s + 1}, "epistemic/markers_per_1k_tokens": {v}}}\n' for s, v in enumerate(values))
+        )
+        (run / "config.yaml").write_text(configs[name])
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "tau"), str(tmp_path / "grpo"), "--output", str(out), "--last", "2"]) == 0
+    assert (out / "epistemic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    names = [r[0] for r in rows]
+    table = {r[0]: r[1:] for r in rows}
+    assert table["epistemic markers per 1k tokens, last 2"] == ["11", "34.5"]
+    assert table["epistemic_tau"] == ["0.05", "0"]
+    assert names.index("epistemic_tau") == names.index("epistemic markers per 1k tokens, last 2") + 1

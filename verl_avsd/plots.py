@@ -40,6 +40,12 @@ REPORT_PLOTS = [
         [(TEACHER_SHARE, "timing_s/teacher_views / timing_s/step")],
     ),
     ("grpo_signal.png", "GRPO groups without signal", [("grpo/groups_without_signal", "groups whose rollouts tie")]),
+    # verl_avsd/epistemic.py: hedges and self-checks ("wait", "hmm", ...), which self-distillation can suppress
+    (
+        "epistemic.png",
+        "Epistemic markers per 1k response tokens",
+        [("epistemic/markers_per_1k_tokens", "epistemic markers per 1k tokens")],
+    ),
 ]
 
 

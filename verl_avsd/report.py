@@ -7,9 +7,11 @@ Reads what `verl-avsd demo` (or any verl run with the file logger) leaves in a r
     rollouts/rollouts_step{N}.jsonl   optional: every rollout's token signals (+algorithm.avsd.dump_rollouts_dir)
 
 Writes to --output DIR (default RUN_DIR/report for one run, report/ for several):
-    reward.png gate.png signals.png credit.png teacher_share.png grpo_signal.png   one line per run
+    reward.png gate.png signals.png credit.png teacher_share.png grpo_signal.png epistemic.png
+                                one line per run
     summary.md, summary.json    one column per run: estimator, steps, final/best reward, means of the
-                                last N logged values of the key metrics, step time, teacher share
+                                last N logged values of the key metrics, step time, teacher share,
+                                epistemic markers per 1k tokens next to the run's epistemic_tau
     credit_STEP_INDEX.html/.png one dumped rollout, each token coloured by the advantage avsd, opsd,
                                 avsd_consensus and avsd_arithmetic give it (blue +, red -), and the gate
 
@@ -41,6 +43,7 @@ from verl_avsd.plots import TEACHER_SHARE, plot_metrics, plt, report_plots
 METRICS_FILES = ("metrics.jsonl", "verl_metrics.jsonl")  # the demo's, then verl's file logger's
 VALIDATION_KEY = re.compile(r"^val-core/.+/(acc|reward)/mean@\d+$")  # verl's held-out accuracy
 REWARD = "critic/score/mean"
+EPISTEMIC_RATE = "epistemic/markers_per_1k_tokens"  # the summary shows the run's epistemic_tau after it
 
 # What the summary averages over each run's last N logged values: (metric, row label)
 SUMMARY_METRICS = [
@@ -51,6 +54,7 @@ SUMMARY_METRICS = [
     ("avsd/alignment_mean", "alignment mean"),
     ("credit/wrong_rollout_positive_top20", "wrong-rollout positive top-20"),
     ("grpo/groups_without_signal", "GRPO groups without signal"),
+    (EPISTEMIC_RATE, "epistemic markers per 1k tokens"),
     ("timing_s/step", "step time (s)"),
     (TEACHER_SHARE, "teacher share of step"),
 ]
@@ -191,6 +195,8 @@ def summarize_run(run: Run, last: int = 5) -> dict:
         "metrics_file": run.metrics_file.name,
         "estimator": config_value(run.config, "algorithm.adv_estimator"),
         "model": config_value(run.config, "actor_rollout_ref.model.path"),
+        # the optional term that keeps exploratory tokens; a config without the key ran the default
+        "epistemic_tau": config_value(run.config, "algorithm.avsd.epistemic_tau", default_config().epistemic_tau if run.config else None),
         "steps": max(run.metrics),
         "reward_final": reward["final"],
         "reward_final_step": reward["final_step"],
@@ -247,6 +253,8 @@ def summary_markdown(summary: dict) -> str:
         rows.append((f"best val {name}", [_at(v["best"], v["best_step"]) if v else "n/a" for v in vals]))
     for key, label in SUMMARY_METRICS:
         rows.append((f"{label}, last {n}", [_fmt(r["last_n_mean"][key]) for r in runs.values()]))
+        if key == EPISTEMIC_RATE:
+            rows.append(("epistemic_tau", [_fmt(r.get("epistemic_tau")) for r in runs.values()]))
 
     lines = ["# Run report", "", "| | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
