@@ -61,6 +61,11 @@ def at_least(option: str, value: int | float | None, minimum: int) -> None:
         raise ValueError(f"{option} must be at least {minimum}, got {value}")
 
 
+def at_most(option: str, value: int | float | None, maximum: int) -> None:
+    if value is not None and not value <= maximum:
+        raise ValueError(f"{option} must be at most {maximum}, got {value}")
+
+
 def run_limit_problem(kind: str, value: float) -> str | None:
     """Why `value` cannot be a time limit (kind 'time', seconds) or memory limit ('memory', MB), or None."""
     if kind == "time":

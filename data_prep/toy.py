@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from verl_avsd.data_prep.contract import MATH_ABILITY, chat_prompt, make_row, text_id
 from verl_avsd.data_prep.errors import escape_surrogates
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES
-from verl_avsd.data_prep.option_checks import at_least
+from verl_avsd.data_prep.option_checks import at_least, at_most
 from verl_avsd.data_prep.output import (
     check_output_folder,
     output_names,
@@ -25,6 +25,9 @@ from verl_avsd.data_prep.output import (
 )
 from verl_avsd.data_prep.summary import view_counts
 from verl_avsd.toy import task as toy_task
+
+
+MAX_TOY_COUNT = 10_000_000
 
 
 @dataclass
@@ -61,6 +64,9 @@ def prepare_toy(options: ToyOptions, argv: list[str] | None = None) -> dict:
     at_least("--n-val", options.n_val, 1)
     at_least("--num-steps", options.num_steps, 2)  # the toy task's own minimums
     at_least("--max-operand", options.max_operand, 2)
+    counts = (("--n-train", options.n_train), ("--n-val", options.n_val), ("--num-steps", options.num_steps))
+    for option, value in counts:
+        at_most(option, value, MAX_TOY_COUNT)  # a careless 10**12 would run until memory is gone
     check_output_folder(options.out_dir, output_names([]), [])
     stale = previous_outputs(options.out_dir)
     train = toy_rows(options.n_train, options.seed, "train", options.num_steps, options.max_operand)

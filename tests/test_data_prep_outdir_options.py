@@ -194,6 +194,7 @@ TOY = ["toy", "--n-train", "4", "--n-val", "2"]
         ([*TOY, "--n-train", "-5"], "--n-train must be at least 1, got -5"),
         ([*TOY, "--n-val", "0"], "--n-val must be at least 1, got 0"),
         ([*TOY, "--num-steps", "0"], "--num-steps must be at least 2, got 0"),
+        ([*TOY, "--n-train", str(10**12)], "--n-train must be at most 10000000"),
         ([*TOY, "--max-operand", "-3"], "--max-operand must be at least 2, got -3"),
     ],
 )
