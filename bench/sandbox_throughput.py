@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         for pool in pools:
             sandbox = Sandbox(isolation, max_concurrent=pool)
+            report.setdefault("bounded_by", {})[isolation] = sandbox.backend.limits_description
             row = {
                 "hello": measure_runs(sandbox, HELLO, "python", counts["hello"]),
                 "cpu_0.1s": measure_runs(sandbox, CPU_LOOP, "python", counts["cpu_0.1s"]),

@@ -40,8 +40,11 @@ def sandbox(request):
 
 
 @pytest.fixture(autouse=True)
-def run_cgroups_are_removed(sandbox):
+def run_cgroups_are_removed(request):
     yield
+    if "sandbox" not in request.fixturenames:
+        return
+    sandbox = request.getfixturevalue("sandbox")
     if sandbox.backend.cgroups is not None:
         for base in sandbox.backend.cgroups.bases.values():
             assert [name for name in os.listdir(base) if name.startswith(f"run-{os.getpid()}-")] == []

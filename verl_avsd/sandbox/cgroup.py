@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -121,26 +120,24 @@ class RunCgroup:
         return int(_read(self.dirs["memory"], "memory.failcnt") or 0)  # kernels before 4.13
 
     def kill_and_wait(self) -> bool:
-        """SIGKILL whatever of the run is left; True once its cgroup is empty."""
+        """Wait (briefly) until nothing of the run is left; True once its cgroup is empty.
+
+        Every process of the cgroup is in the run's pid namespace, which the kernel empties
+        when the sandbox's init dies; v2 also kills the cgroup directly (cgroup.kill). v1 has no
+        such file, and killing the pids listed in cgroup.procs could hit a recycled pid.
+        """
         deadline = time.monotonic() + EMPTY_WAIT_S
-        while True:
-            pids = self._pids()
-            if not pids:
-                return True
+        can_kill = self.support.version == "v2" and os.path.exists(os.path.join(self.dirs["unified"], "cgroup.kill"))
+        while self._pids():
             if time.monotonic() > deadline:
                 return False
-            if self.support.version == "v2" and os.path.exists(os.path.join(self.dirs["unified"], "cgroup.kill")):
+            if can_kill:
                 _write(self.dirs["unified"], "cgroup.kill", "1", optional=True)
-            else:
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             time.sleep(0.002)
+        return True
 
     def close(self) -> None:
-        """Kill what is left, close the descriptors and remove the run's folders."""
+        """Close the descriptors, wait until the run is gone and remove its folders."""
         for fd in [*self.procs_fds, self.cpu_fd]:
             if fd >= 0:
                 os.close(fd)

@@ -127,6 +127,16 @@ def mount_plan(
     package folders hidden). hidden_dirs: host folders to hide should they lie inside an allowed
     one (the folder holding every run's files).
     """
+    static = _system_plan(tuple(tool_paths), tuple(hidden_dirs), scratch_bytes)
+    dynamic = [Mount("ro-bind", target, source=host) for host, target in files]
+    dynamic += [Mount("bind", target, source=host) for host, target in writable_dirs]
+    return _with_parent_folders([*static, *dynamic, Mount("remount-ro", "/")])
+
+
+@functools.lru_cache(maxsize=64)
+def _system_plan(tool_paths: tuple[str, ...], hidden_dirs: tuple[str, ...], scratch_bytes: int) -> tuple[Mount, ...]:
+    """The part of the plan that is the same for every run of a backend (its many path checks
+    took ~10 ms per run on a busy machine)."""
     plan = []
     for top in SYSTEM_FOLDERS:
         if os.path.islink(top):  # merged /usr: /bin -> usr/bin
@@ -149,10 +159,7 @@ def mount_plan(
     for hidden in hidden_dirs:
         if _visible_by_default(hidden) or any(_is_under(hidden, prefix) for prefix in prefixes):
             plan += _hide(hidden)
-    plan += [Mount("ro-bind", target, source=host) for host, target in files]
-    plan += [Mount("bind", target, source=host) for host, target in writable_dirs]
-    plan.append(Mount("remount-ro", "/"))
-    return _with_parent_folders(plan)
+    return tuple(plan)
 
 
 def _with_parent_folders(plan: list[Mount]) -> list[Mount]:
