@@ -119,6 +119,36 @@ def test_forked_children_share_one_memory_limit(sandbox):
     assert "600 MB held" not in result.stdout or sandbox.backend.cgroups is not None  # (cgroup: OOM kills children)
 
 
+def test_data_parked_in_kernel_socket_buffers_counts_with_cgroups(sandbox):
+    """A sibling of the forked-memory hole: 8 processes each leave ~12 MB unread in unix socket
+    pairs (kernel memory, in no process's Pss). A cgroup charges it; the sampling fallback
+    cannot see it, and says so."""
+    code = textwrap.dedent("""
+        import os, socket, time
+        for _ in range(8):
+            if os.fork() == 0:
+                pairs = [socket.socketpair() for _ in range(28)]
+                for pair in pairs:
+                    for end in pair:
+                        end.setblocking(False)
+                        try:
+                            while True:
+                                end.send(b"x" * 65536)
+                        except BlockingIOError:
+                            pass
+                time.sleep(3)
+                os._exit(0)
+        time.sleep(3.5)
+        print("parked")
+    """)
+    result = sandbox.run_tests(code, [""], limits=Limits(time_limit_s=5.0, wall_time_limit_s=10.0, memory_mb=64))[0]
+    if sandbox.backend.cgroups is None:
+        assert "kernel buffers (socket and pipe data)" in sandbox.backend.limits_description
+        assert result.status in (Status.OK, Status.MEMORY_LIMIT), result
+        return
+    assert result.status is Status.MEMORY_LIMIT, result
+
+
 def test_processes_and_threads_are_bounded_per_run(sandbox):
     code = textwrap.dedent("""
         import threading, time
@@ -137,7 +167,16 @@ def test_processes_and_threads_are_bounded_per_run(sandbox):
 
 
 LEGIT_PYTHON = textwrap.dedent("""
-    import concurrent.futures, multiprocessing, sys, threading
+    import concurrent.futures, multiprocessing, resource, sys, threading
+    resource.setrlimit(resource.RLIMIT_STACK, (2**29, -1))  # the usual deep-recursion preamble
+    sys.setrecursionlimit(10**6)
+    threading.stack_size(2**27)
+    def depth(n):
+        return 0 if n == 0 else depth(n - 1) + 1
+    deep = []
+    runner = threading.Thread(target=lambda: deep.append(depth(100_000)))
+    runner.start()
+    runner.join()
     first = open("/dev/stdin").read()                 # reopen our stdin by name
     again = open("/proc/self/fd/0").read()            # ...or through /proc (already consumed)
     with open("/dev/stdout", "w") as out:
@@ -154,18 +193,19 @@ LEGIT_PYTHON = textwrap.dedent("""
         squares = sum(pool.map(lambda x: x * x, range(1000)))
     with multiprocessing.Pool(2) as pool:
         doubled = sum(pool.map(abs, range(-50, 50)))
-    print(first.split()[0], repr(again), sum(sums), squares, doubled)
+    print(first.split()[0], repr(again), sum(sums), squares, doubled, deep)
 """)
 
 
 def test_contest_python_idioms_work_at_256_mb(sandbox):
     """/dev/stdin, /proc/self/fd/0, /dev/stdout gave EACCES; 4 threads, ThreadPoolExecutor(8) and
     multiprocessing.Pool(2) failed at memory_mb=256 (each thread stack reserved 64 MB of the
-    address-space limit)."""
+    address-space limit); raising RLIMIT_STACK for deep recursion failed (its hard limit was 64 MB)."""
     result = sandbox.run_tests(LEGIT_PYTHON, ["41 1\n"], limits=Limits(time_limit_s=5.0, memory_mb=256))[0]
     expected_sums = sum(sum(range(100_000 * (i + 1))) for i in range(4))
     assert result.status is Status.OK, result
-    assert result.stdout == f"via /dev/stdout\n41 '' {expected_sums} {sum(x * x for x in range(1000))} 2500\n"
+    squares = sum(x * x for x in range(1000))
+    assert result.stdout == f"via /dev/stdout\n41 '' {expected_sums} {squares} 2500 [100000]\n"
 
 
 LEGIT_CPP = textwrap.dedent("""

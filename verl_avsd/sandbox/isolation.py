@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -209,6 +210,10 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
     """
     user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
     cpu_soft = max(1, math.ceil(limits.time_limit_s))
+    # The stack's hard limit stays where it is (unlimited, usually): contest programs raise their
+    # own (`resource.setrlimit(RLIMIT_STACK, (2**29, -1))`), and memory is bounded per run anyway.
+    stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    stack_hard = "unlimited" if stack_hard == resource.RLIM_INFINITY else max(stack_hard, limits.stack_mb * MIB)
     return [
         _tool("setpriv"), *user, "--no-new-privs", "--",
         _tool("prlimit"),
@@ -216,7 +221,7 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
         f"--nproc={limits.max_processes}",
         f"--fsize={limits.max_file_mb * MIB}",
         f"--nofile={limits.max_open_files}",
-        f"--stack={limits.stack_mb * MIB}",
+        f"--stack={limits.stack_mb * MIB}:{stack_hard}",
         "--core=0",
         "--",
         *argv,

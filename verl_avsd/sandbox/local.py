@@ -98,7 +98,8 @@ class LocalBackend:
             f"NO CGROUPS ({self.cgroups_unavailable_because}): CPU time of the run's processes and their "
             f"memory (Pss) sampled every {iso.WATCH_POLL_S * 1000:.0f} ms, so a burst between samples can "
             "overshoot; CPU of children auto-reaped with SIGCHLD ignored is seen only while they live; files "
-            "in /tmp and /dev/shm bounded by those folders' sizes, not by memory_mb; processes by RLIMIT_NPROC "
+            "in /tmp and /dev/shm bounded by those folders' sizes and kernel buffers (socket and pipe data) by the "
+            "kernel's per-socket and per-user caps, not by memory_mb; processes by RLIMIT_NPROC "
             "(per run: a fresh uid when root, else a fresh user namespace on Linux 5.14+); seccomp filter"
         )
 
