@@ -149,6 +149,31 @@ def test_data_parked_in_kernel_socket_buffers_counts_with_cgroups(sandbox):
     assert result.status is Status.MEMORY_LIMIT, result
 
 
+def test_memory_no_process_maps_is_bounded_too(sandbox):
+    """memfds written but never mapped, and SysV segments, hold memory outside every process's
+    Pss: a cgroup charges it; the sampling fallback refuses the calls that make it."""
+    code = textwrap.dedent("""
+        import ctypes, errno, json, os
+        out, files = {}, []
+        try:
+            for _ in range(20):  # 20 x 15 MB (each under the 16 MB file-size limit)
+                files.append(os.memfd_create("hidden"))
+                os.write(files[-1], b"x" * (15 << 20))
+            out["memfd"] = "wrote 300 MB"
+        except OSError as exc:
+            out["memfd"] = errno.errorcode[exc.errno]
+        libc = ctypes.CDLL(None, use_errno=True)
+        segment = libc.shmget(0, 1 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+        out["shmget"] = "ok" if segment >= 0 else errno.errorcode[ctypes.get_errno()]
+        print(json.dumps(out))
+    """)
+    result = sandbox.run_tests(code, [""], limits=Limits(time_limit_s=5.0, memory_mb=256))[0]
+    if sandbox.backend.cgroups is None:
+        assert result.status is Status.OK and json.loads(result.stdout) == {"memfd": "EPERM", "shmget": "EPERM"}
+        return
+    assert result.status is Status.MEMORY_LIMIT, result
+
+
 def test_processes_and_threads_are_bounded_per_run(sandbox):
     code = textwrap.dedent("""
         import threading, time

@@ -61,6 +61,11 @@ def test_the_filter_decides_as_documented(arch):
     if arch == "x86_64":
         assert decide(0x40000000 | 39) == ENOSYS  # x32 getpid
     assert len(seccomp.program_bytes(arch)) == 8 * len(program)
+    # memory that no process maps: allowed with cgroups (charged), refused without (unseen)
+    assert decide("memfd_create") == ALLOW and decide("shmget") == ALLOW
+    strict = seccomp.filter_instructions(arch, also_denied=seccomp.UNSAMPLED_MEMORY_SYSCALLS)
+    for name in seccomp.UNSAMPLED_MEMORY_SYSCALLS:
+        assert seccomp.evaluate(strict, table[name], audit) == EPERM, name
 
 
 def test_an_unknown_architecture_gets_no_sandbox(monkeypatch):

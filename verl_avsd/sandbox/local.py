@@ -71,11 +71,12 @@ class LocalBackend:
             found, needed = (".".join(map(str, v)) for v in (iso.bwrap_version(), iso.MIN_BWRAP_VERSION))
             raise ValueError(f"bubblewrap {found} is too old: {needed} or newer bounds the sandbox's /tmp (--size)")
         self.isolation = isolation
-        # Fails on an architecture without a syscall table: never run programs unfiltered.
-        self.seccomp_hex = seccomp.program_bytes().hex()
-        self.pivot_root_nr = seccomp.pivot_root_number()
         # None: runs are bounded by sampling in the init (see `limits_description`).
         self.cgroups, self.cgroups_unavailable_because = find_cgroups(enabled=cgroups)
+        # Fails on an architecture without a syscall table: never run programs unfiltered.
+        unsampled = () if self.cgroups is not None else seccomp.UNSAMPLED_MEMORY_SYSCALLS
+        self.seccomp_hex = seccomp.program_bytes(also_denied=unsampled).hex()
+        self.pivot_root_nr = seccomp.pivot_root_number()
         # The base interpreter, not a venv's symlink: with -S it needs only its own prefix.
         self.python = os.path.realpath(python_executable or sys.executable)
         self.python_flags = tuple(python_flags)
@@ -99,7 +100,8 @@ class LocalBackend:
             f"memory (Pss) sampled every {iso.WATCH_POLL_S * 1000:.0f} ms, so a burst between samples can "
             "overshoot; CPU of children auto-reaped with SIGCHLD ignored is seen only while they live; files "
             "in /tmp and /dev/shm bounded by those folders' sizes and kernel buffers (socket and pipe data) by the "
-            "kernel's per-socket and per-user caps, not by memory_mb; processes by RLIMIT_NPROC "
+            "kernel's per-socket and per-user caps, not by memory_mb (memfd_create and SysV shmget, whose "
+            "memory no sample sees, are refused); processes by RLIMIT_NPROC "
             "(per run: a fresh uid when root, else a fresh user namespace on Linux 5.14+); seccomp filter"
         )
 

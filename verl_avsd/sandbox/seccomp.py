@@ -62,6 +62,10 @@ DENIED_SYSCALLS = (
     "fanotify_init", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "iopl", "ioperm", "uselib", "nfsservctl",
 )  # fmt: skip
+# Denied too where no cgroup bounds the run's memory: they hold memory that is in no process's
+# Pss (a memfd written to but not mapped, a SysV segment detached), so the sampling fallback
+# could not see it. With a cgroup they are charged like any other memory and stay allowed.
+UNSAMPLED_MEMORY_SYSCALLS = ("memfd_create", "shmget")
 
 # Syscall numbers, checked against the kernel headers by tests/test_sandbox_seccomp.py:
 # x86_64 from asm/unistd_64.h, aarch64 from asm-generic/unistd.h.
@@ -78,7 +82,7 @@ SYSCALLS = {
         "syslog": 103, "acct": 163, "lookup_dcookie": 212, "vhangup": 153, "fanotify_init": 300,
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "iopl": 172, "ioperm": 173, "uselib": 134, "nfsservctl": 180,
-        "socket": 41, "socketpair": 53, "clone": 56, "clone3": 435,
+        "socket": 41, "socketpair": 53, "clone": 56, "clone3": 435, "memfd_create": 319, "shmget": 29,
     },
     "aarch64": {
         "add_key": 217, "request_key": 218, "keyctl": 219,
@@ -92,7 +96,7 @@ SYSCALLS = {
         "syslog": 116, "acct": 89, "lookup_dcookie": 18, "vhangup": 58, "fanotify_init": 262,
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "nfsservctl": 42,  # iopl, ioperm and uselib do not exist on aarch64
-        "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435,
+        "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435, "memfd_create": 279, "shmget": 194,
     },
 }  # fmt: skip
 
@@ -137,11 +141,14 @@ def _errno(code: int) -> int:
     return SECCOMP_RET_ERRNO | code
 
 
-def filter_instructions(arch: str | None = None) -> list[Instruction]:
-    """The filter, in order. Every check jumps forward to one of the shared returns at the end."""
+def filter_instructions(arch: str | None = None, *, also_denied: tuple[str, ...] = ()) -> list[Instruction]:
+    """The filter, in order. Every check jumps forward to one of the shared returns at the end.
+
+    also_denied: more syscall names to refuse (UNSAMPLED_MEMORY_SYSCALLS without cgroups).
+    """
     arch = arch or machine_architecture()
     table = _table(arch)
-    denied = [table[name] for name in DENIED_SYSCALLS if name in table]
+    denied = [table[name] for name in (*DENIED_SYSCALLS, *also_denied) if name in table]
     # Layout: [arch check] [x32 check] [nr dispatch ...] ALLOW | socket args | clone args | returns
     body: list[tuple[str, int, str | None, str | None, int]] = []  # (op, k, jt label, jf label, code)
     body.append(("ld", 4, None, None, BPF_LD_W_ABS))
@@ -185,9 +192,9 @@ def filter_instructions(arch: str | None = None) -> list[Instruction]:
     return [Instruction(code, offset(i, jt), offset(i, jf), k) for i, (_, k, jt, jf, code) in enumerate(body)]
 
 
-def program_bytes(arch: str | None = None) -> bytes:
+def program_bytes(arch: str | None = None, *, also_denied: tuple[str, ...] = ()) -> bytes:
     """The filter as the kernel reads it: an array of struct sock_filter."""
-    return b"".join(instruction.pack() for instruction in filter_instructions(arch))
+    return b"".join(instruction.pack() for instruction in filter_instructions(arch, also_denied=also_denied))
 
 
 def evaluate(instructions: list[Instruction], nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
