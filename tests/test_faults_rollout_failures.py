@@ -149,3 +149,25 @@ def test_the_limit_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match=LIMIT_KEY.replace(".", r"\.")):
         failure_limit(config)
     assert failure_limit(OmegaConf.create({"trainer": {"v1": {}}})) == DEFAULT_LIMIT
+
+
+def test_dead_actors_names_only_actors_ray_reports_dead():
+    """A real Ray actor killed with ray.kill is named, a live one is not."""
+    import ray
+
+    from verl_avsd.rollout_failures import dead_actors
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # its own cluster
+    try:
+
+        @ray.remote
+        class Server:
+            def ping(self):
+                return 1
+
+        live, killed = Server.remote(), Server.remote()
+        ray.get([live.ping.remote(), killed.ping.remote()])
+        ray.kill(killed)
+        assert dead_actors({"live": live, "killed": killed}) == ["killed (ActorDiedError)"]
+    finally:
+        ray.shutdown()

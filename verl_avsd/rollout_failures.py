@@ -51,7 +51,7 @@ def dead_actors(named_actors: dict[str, object], timeout_s: float = 10.0) -> lis
             ray.get(actor.__ray_ready__.remote(), timeout=timeout_s)
         except ray.exceptions.RayActorError as error:
             dead.append(f"{name} ({type(error).__name__})")
-        except ray.exceptions.GetTimeoutError:
+        except Exception:  # busy (GetTimeoutError) or unknown: never stop a run on a guess
             pass
     return dead
 
