@@ -53,7 +53,7 @@ def claim_output_dir(
     absolute folder."""
     path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
-        raise OutputDirError(f"{command}: output {path} is a file, not a folder")
+        raise OutputDirError(f"output {path} is a file, not a folder")
     if not path.exists():
         path.mkdir(parents=True)
         (path / MARKER).write_text(command + "\n")
@@ -73,13 +73,13 @@ def claim_output_dir(
         (path / MARKER).write_text(command + "\n")
     elif previous:
         raise OutputDirError(
-            f"{command}: {path} holds a previous output of {command}; choose a new folder, or pass "
+            f"{path} holds a previous output of {command}; choose a new folder, or pass "
             "--overwrite to replace it"
         )
     elif not overwrite:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputDirError(
-            f"{command}: {path} is not empty and was not made by {command} (it holds {shown}); choose a "
+            f"{path} is not empty and was not made by {command} (it holds {shown}); choose a "
             "new or empty folder, or pass --overwrite to write into it (nothing in it is deleted; files "
             "of the same name are replaced)"
         )
