@@ -126,9 +126,17 @@ def test_step_by_step_log_probs_equal_full_log_softmax(server, temperature, top_
         torch.testing.assert_close(torch.tensor(log_probs, dtype=torch.float64), expected[row, : len(token_ids)], atol=1e-6, rtol=0)
 
 
-# Runs in a fresh process so that its peak RSS (ru_maxrss) measures only this generation.
+# Runs in a fresh process so that its peak RSS measures only this generation.
 _PEAK_RSS_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
+    import sys, torch
+    def peak_growth(work):
+        # Peak RSS above the current one while `work` runs: /proc/self/clear_refs "5" resets the
+        # high-water mark (ru_maxrss would not do: it keeps the forking parent's peak across exec).
+        open("/proc/self/clear_refs", "w").write("5")
+        status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+        before = status("VmRSS")
+        result = work()
+        return status("VmHWM") - before, result
     from transformers import LlamaConfig, LlamaForCausalLM
     from verl.workers.config import HFModelConfig, RolloutConfig
     from verl_avsd.workers.hf_rollout import HFRolloutServer, _Request
@@ -146,10 +154,8 @@ _PEAK_RSS_SCRIPT = textwrap.dedent("""
         torch.manual_seed(1)
         return server._generate_batch(requests)
     run(4)  # warm-up: everything but the per-step tensors is allocated now
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    outputs = run(tokens)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(min(len(t) for t, _ in outputs), (after - before) * 1024)
+    growth, outputs = peak_growth(lambda: run(tokens))
+    print(min(len(t) for t, _ in outputs), growth)
 """)
 
 

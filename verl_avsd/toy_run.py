@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform before verl picks one
+from verl_avsd.cpu_micro_batch import micro_batch_overrides, run_micro_batch_size
 from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
 from verl_avsd.report import read_metrics_file
@@ -96,10 +97,8 @@ class ToyRun:
             # one on-policy update per batch: the PPO ratio is 1 and the loss is -advantage * log p
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
             "actor_rollout_ref.actor.ppo_epochs=1",
-            # the whole (tiny) batch in one micro-batch; verl requires the batch to divide evenly
-            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={self.prompts_per_step * n}",
-            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={self.prompts_per_step * n}",
-            f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={self.prompts_per_step * n}",
+            # micro-batches sized from the model (the whole batch for the toy model): verl_avsd.cpu_micro_batch
+            *micro_batch_overrides(run_micro_batch_size(self.model_dir, 96 + self.max_response_length, self.prompts_per_step * n)),
             f"actor_rollout_ref.actor.optim.lr={self.lr}",
             "actor_rollout_ref.actor.use_kl_loss=false",
             "actor_rollout_ref.actor.entropy_coeff=0",
