@@ -377,6 +377,8 @@ def main(argv=None) -> int:
             if future.exception() is not None:  # stop at the first failed run, start no other
                 for pending in futures:
                     pending.cancel()
+                if isinstance(future.exception(), OutputDirError):  # a folder it will not touch: say so, no traceback
+                    raise SystemExit(f"toy_study: error: {future.exception()}")
                 raise future.exception()
             records[futures[future]] = future.result()
     groups: dict[str, list[dict]] = {}

@@ -92,6 +92,9 @@ def test_toy_study_refuses_a_foreign_out_and_a_foreign_run_folder(tmp_path):
     # an interrupted run folder is started over only if the study made it
     run_dir = tmp_path / "study" / "runs" / "avsd_s0"
     _user_folder(run_dir)
+    with pytest.raises(SystemExit, match="toy_study: error: .*avsd_s0 holds files the toy study did not write"):
+        study.main(["--out", str(tmp_path / "study"), "--methods", "avsd", "--seeds", "0", "--steps", "1", "--no-sweep"])
+    assert (run_dir / "notes.txt").read_bytes() == b"my notes\n"
     args = study.parse_args(["--out", str(tmp_path / "study")])
     with pytest.raises(OutputDirError, match="did not write"):
         study.run_one("avsd_s0", "avsd", 0, ("full",), args, {"train": "x", "val": "y"})
