@@ -90,7 +90,10 @@ print(json.dumps({
 
 
 def _probe_import_verl(host_env: dict[str, str], plugins: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_ENGINE_DEVICE", "VERL_USE_EXTERNAL_MODULES")}
+    # RAY_ENABLE_UV_RUN_RUNTIME_ENV: `import verl` sets it, and this pytest process may have
+    # imported verl already; the probe must see verl set it afresh (its "the log works" check).
+    dropped = ("VERL_PLATFORM", "VERL_ENGINE_DEVICE", "VERL_USE_EXTERNAL_MODULES", "RAY_ENABLE_UV_RUN_RUNTIME_ENV")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(host_env, VERL_USE_EXTERNAL_PLUGINS=plugins)
     out = subprocess.run([sys.executable, "-c", TOUCHED_PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
