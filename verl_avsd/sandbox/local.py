@@ -240,6 +240,7 @@ def _spawn_and_collect(
         except ChildProcessError:  # something else in this process reaped it (a waitpid(-1) elsewhere)
             wrapper_status, wrapper_cpu = signal.SIGKILL, 0.0  # unknown; the init's report still counts
         proc.returncode = os.waitstatus_to_exitcode(wrapper_status)  # so Popen never waits for it again
+        wall = time.monotonic() - started  # the run's time, not the clean-up's below
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             try:
                 pipe.close()
@@ -250,7 +251,6 @@ def _spawn_and_collect(
         oom_kills = 0
         if cgroup is not None and cgroup.kill_and_wait():  # everything it started has ended
             wrapper_cpu, oom_kills = cgroup.cpu_seconds(), cgroup.oom_kills()
-    wall = time.monotonic() - started
     exit_line = next((line.split() for line in report if line.startswith("exit ")), None)
     limit_line = next((line.split() for line in report if line.startswith("limit ")), None)
     error_line = next((line for line in report if line.startswith("error ")), None)

@@ -60,7 +60,7 @@ DENIED_SYSCALLS = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
     "bpf", "perf_event_open", "userfaultfd", "syslog", "acct", "lookup_dcookie", "vhangup",
     "fanotify_init", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "iopl", "ioperm", "uselib", "nfsservctl",
+    "iopl", "ioperm", "modify_ldt", "uselib", "nfsservctl",
 )  # fmt: skip
 # Denied too where no cgroup bounds the run's memory: they hold memory that is in no process's
 # Pss (a memfd written to but not mapped, a SysV segment detached), so the sampling fallback
@@ -81,7 +81,7 @@ SYSCALLS = {
         "kexec_file_load": 320, "reboot": 169, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
         "syslog": 103, "acct": 163, "lookup_dcookie": 212, "vhangup": 153, "fanotify_init": 300,
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-        "iopl": 172, "ioperm": 173, "uselib": 134, "nfsservctl": 180,
+        "iopl": 172, "ioperm": 173, "modify_ldt": 154, "uselib": 134, "nfsservctl": 180,
         "socket": 41, "socketpair": 53, "clone": 56, "clone3": 435, "memfd_create": 319, "shmget": 29,
     },
     "aarch64": {
@@ -95,7 +95,7 @@ SYSCALLS = {
         "kexec_file_load": 294, "reboot": 142, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
         "syslog": 116, "acct": 89, "lookup_dcookie": 18, "vhangup": 58, "fanotify_init": 262,
         "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-        "nfsservctl": 42,  # iopl, ioperm and uselib do not exist on aarch64
+        "nfsservctl": 42,  # iopl, ioperm, modify_ldt and uselib do not exist on aarch64
         "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435, "memfd_create": 279, "shmget": 194,
     },
 }  # fmt: skip
