@@ -18,6 +18,7 @@ import pytest
 
 from verl_avsd.sandbox import ISOLATION_ENV, Limits, Sandbox, SandboxUnavailable, Status, run, runner
 from verl_avsd.sandbox import isolation as iso
+from verl_avsd.sandbox import local
 from verl_avsd.sandbox.fusion import result_from_response
 from verl_avsd.sandbox.runner import working_isolations
 
@@ -273,6 +274,17 @@ def test_the_mount_plan_is_an_allow_list():
     hide = steps.index(("tmpfs", str(packages)))
     assert steps[hide + 1] == ("remount-ro", str(packages)) and hide > steps.index(("ro-bind", str(prefix)))
     assert steps[-1] == ("remount-ro", "/")
+
+
+def test_only_the_interpreters_binary_and_libraries_are_bound(tmp_path):
+    """Not its whole prefix: a conda root also holds other environments and a package cache."""
+    for folder in ("bin", "lib/python3.11", "envs/other/lib", "pkgs/numpy"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "bin" / "python3.11").write_text("")
+    (tmp_path / "bin" / "python3").symlink_to("python3.11")
+    assert local._interpreter_paths(str(tmp_path / "bin" / "python3")) == [
+        str(tmp_path / "bin" / "python3.11"), str(tmp_path / "lib"),
+    ]  # fmt: skip
 
 
 def test_inner_command_sets_every_per_process_limit():

@@ -56,9 +56,8 @@ SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"
 HIDDEN_SYSTEM_FOLDERS = ("/usr/local",)
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
 # Python package folders under an allowed folder: hidden so that `-I -S` cannot be undone with
-# sys.path.insert (relative to an interpreter prefix or to /usr).
-PACKAGE_FOLDER_PATTERNS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
-                           "lib64/python3*/site-packages")  # fmt: skip
+# sys.path.insert (relative to a bound tool path, its lib folder, or /usr).
+PACKAGE_FOLDER_PATTERNS = ("python3*/site-packages", "python3*/dist-packages", "python3/dist-packages")
 
 # Each run as root gets its own uid from this range: no real account uses it, and a fresh uid
 # has no processes, so RLIMIT_NPROC counts exactly the run's own processes and threads.
@@ -124,9 +123,9 @@ def mount_plan(
 
     files: (host path, sandbox path) bound read-only (the program's code or binary).
     writable_dirs: (host dir, sandbox dir) bound read-write (the compiler's output folder).
-    tool_paths: installation folders of the interpreter and compiler (bound read-only, their
-    package folders hidden). hidden_dirs: host folders to hide should they lie inside an allowed
-    one (the folder holding every run's files).
+    tool_paths: what the interpreter and compiler need (their files or installation folders,
+    bound read-only, package folders hidden). hidden_dirs: host folders to hide should they lie
+    inside an allowed one (the folder holding every run's files).
     """
     static = _system_plan(tuple(tool_paths), tuple(hidden_dirs), scratch_bytes)
     dynamic = [Mount("ro-bind", target, source=host) for host, target in files]
@@ -195,10 +194,11 @@ def _with_parent_folders(plan: list[Mount]) -> list[Mount]:
     return out
 
 
-def _package_folders(prefix: str) -> list[str]:
+def _package_folders(path: str) -> list[str]:
     found = []
-    for pattern in PACKAGE_FOLDER_PATTERNS:
-        found += [p for p in glob.glob(os.path.join(prefix, pattern)) if os.path.isdir(p) and not os.path.islink(p)]
+    for folder in (path, os.path.join(path, "lib"), os.path.join(path, "lib64")):
+        for pattern in PACKAGE_FOLDER_PATTERNS:
+            found += [p for p in glob.glob(os.path.join(folder, pattern)) if os.path.isdir(p) and not os.path.islink(p)]
     return found
 
 

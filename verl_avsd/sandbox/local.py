@@ -86,8 +86,8 @@ class LocalBackend:
         self.base_dir = tempfile.mkdtemp(prefix="verl-avsd-sandbox-", dir=work_root)
         atexit.register(shutil.rmtree, self.base_dir, True)
         # What the sandbox must see of the host: the program's interpreter, the init's (bwrap
-        # starts the init inside), the compiler.
-        self.tool_paths = [_prefix_of(self.python), _prefix_of(sys.executable)]
+        # starts the init inside), the compiler's installation.
+        self.tool_paths = [*_interpreter_paths(self.python), *_interpreter_paths(sys.executable)]
         self.tool_paths += [_prefix_of(self.cxx)] if self.cxx else []
 
     @property
@@ -193,6 +193,15 @@ class LocalBackend:
 def _prefix_of(executable: str) -> str:
     """/root/.pyenv/versions/3.11.7/bin/python3.11 -> /root/.pyenv/versions/3.11.7"""
     return os.path.dirname(os.path.dirname(os.path.realpath(executable)))
+
+
+def _interpreter_paths(executable: str) -> list[str]:
+    """What a Python interpreter needs of its installation: its binary and its lib folders (the
+    standard library, libpython), not the rest of the prefix (a conda root's other environments
+    and package cache, scripts)."""
+    real, prefix = os.path.realpath(executable), _prefix_of(executable)
+    libs = [os.path.join(prefix, name) for name in ("lib", "lib64")]
+    return [real] + [lib for lib in libs if os.path.isdir(lib) and not os.path.islink(lib)]
 
 
 def _write(path: str, text: str, mode: int) -> None:
