@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,11 +47,16 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 
 try:  # installed project
-    from verl_avsd.workers import teacher_prefill
-except ImportError:  # a bare checkout (the GPU machine has only torch + transformers): same file
-    _spec = importlib.util.spec_from_file_location("teacher_prefill", REPO / "workers" / "teacher_prefill.py")
-    teacher_prefill = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(teacher_prefill)
+    from verl_avsd.workers import prefill_attention, teacher_prefill
+except ImportError:  # a bare checkout (the GPU machine has only torch + transformers): the same files,
+    # with workers/ loaded as a package of its own so that the prefill modules' relative imports resolve
+    _spec = importlib.util.spec_from_file_location(
+        "workers", REPO / "workers" / "__init__.py", submodule_search_locations=[str(REPO / "workers")]
+    )
+    sys.modules["workers"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["workers"])
+    prefill_attention = importlib.import_module("workers.prefill_attention")
+    teacher_prefill = importlib.import_module("workers.teacher_prefill")
 chunked_token_logprobs = teacher_prefill.chunked_token_logprobs
 packed_response_logprobs = teacher_prefill.packed_response_logprobs
 
@@ -488,7 +494,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     model, sequences = build_setup(setup)
-    attn = teacher_prefill.resolve_attn_backend(model, args.attn)
+    attn = prefill_attention.resolve_attn_backend(model, args.attn)
     setup["common"] = {"views": args.views, "token_budget": budget, "chunk_tokens": chunk, "attn": attn}
     useful = sum(fed_length(s) for s in sequences)
     fed = [fed_length(s) for s in sequences]

@@ -118,8 +118,8 @@ def test_estimator_cost_runs_without_verl_ray_or_vllm(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["loaded"] == []
-    # bench/teacher_prefill.py (imported for its RSS sampler) fell back to workers/teacher_prefill.py by path
-    assert probe["prefill"] == "teacher_prefill"
+    # bench/teacher_prefill.py (imported for its RSS sampler) fell back to workers/ loaded by path
+    assert probe["prefill"] == "workers.teacher_prefill"
     report = json.loads((tmp_path / "estimator_cost_cpu.json").read_text())
     assert report["config"]["path"] == "verl_avsd.signals"
     assert "blocked" in report["config"]["verl_missing"]

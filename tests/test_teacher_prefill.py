@@ -16,8 +16,9 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
-from verl_avsd.workers import teacher_prefill
-from verl_avsd.workers.teacher_prefill import packed_response_logprobs, plan_microbatches
+from verl_avsd.workers import prefill_attention, prefill_plan
+from verl_avsd.workers.prefill_plan import plan_microbatches
+from verl_avsd.workers.teacher_prefill import packed_response_logprobs
 
 VOCAB = 211  # prime, unlike every other dimension, so a tensor with last dim VOCAB is a logits tensor
 
@@ -273,7 +274,7 @@ def test_varlen_adapter_feeds_cu_seqlens_to_the_kernel(qwen2, monkeypatch):
     reference = reference_logprobs(qwen2, sequences)
     for name in ("varlen", "flash_attn"):
         monkeypatch.setitem(
-            teacher_prefill._VARLEN_KERNELS, name, lambda *a: reference_varlen_kernel(*a, calls=calls)
+            prefill_attention._VARLEN_KERNELS, name, lambda *a: reference_varlen_kernel(*a, calls=calls)
         )
         calls.clear()
         packed = packed_response_logprobs(qwen2, sequences, token_budget=30, attn=name, share_prefix_min_tokens=0)
@@ -309,7 +310,7 @@ def make_grpo_views_workload(rng: random.Random, prompts: int, rollouts: int, vi
 @pytest.mark.parametrize("token_budget", [45, 90, 4096])  # cut shared trees into copies ... one micro-batch
 @pytest.mark.parametrize("attn", ["sdpa_varlen", "varlen"])
 def test_shared_prefixes_match_reference(qwen2, monkeypatch, min_tokens, token_budget, attn):
-    monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, "varlen", reference_varlen_kernel)  # the GPU adapter path
+    monkeypatch.setitem(prefill_attention._VARLEN_KERNELS, "varlen", reference_varlen_kernel)  # the GPU adapter path
     rng = random.Random(100 * min_tokens + token_budget)
     sequences = make_grpo_views_workload(rng, prompts=4, rollouts=3, views=3)
     # a context that is another's prefix, and a one-token response after a fully shared context
@@ -342,7 +343,7 @@ def test_a_kernel_that_aligns_causal_top_left_turns_sharing_off(qwen2, monkeypat
 
     sequences = make_grpo_views_workload(random.Random(4), prompts=2, rollouts=2, views=2)
     for kernel, shares in ((reference_varlen_kernel, True), (top_left_kernel, False)):
-        monkeypatch.setitem(teacher_prefill._VARLEN_KERNELS, "varlen", kernel)
+        monkeypatch.setitem(prefill_attention._VARLEN_KERNELS, "varlen", kernel)
         stats = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -401,7 +402,7 @@ def test_forest_pieces_cover_every_sequence_within_the_budget(shape, token_budge
             view = torch.randint(0, 3, (view_length,), generator=generator)
             sequences += [(torch.cat([prompt, view]), torch.randint(0, 3, (n,), generator=generator)) for n in responses]
     scored = [i for i, (_, r) in enumerate(sequences) if len(r)]
-    trees = [p for t in teacher_prefill.prefix_forest(sequences, scored, min_tokens) for p in teacher_prefill._fit(t, token_budget)]
+    trees = [p for t in prefill_plan.prefix_forest(sequences, scored, min_tokens) for p in prefill_plan._fit(t, token_budget)]
     plan = plan_microbatches([t.cost() for t in trees], token_budget)
     seen = []
 
@@ -422,7 +423,7 @@ def test_forest_pieces_cover_every_sequence_within_the_budget(shape, token_budge
         for j in batch:
             check(trees[j], torch.zeros(0, dtype=torch.long))
         cost = sum(trees[j].cost() for j in batch)
-        leaves = [s for j in batch for s in teacher_prefill._walk([trees[j]]) if s.sequence is not None]
+        leaves = [s for j in batch for s in prefill_plan._walk([trees[j]]) if s.sequence is not None]
         assert cost <= token_budget or len(leaves) == 1
     assert sorted(seen) == scored
 
@@ -509,9 +510,9 @@ def test_bad_backend_and_chunk_and_cpu_flash(qwen2):
 
 
 def test_auto_backend_choice_on_cpu(qwen2):
-    assert teacher_prefill.resolve_attn_backend(qwen2) == "sdpa_varlen"  # no [T, T] mask on CPU
-    assert teacher_prefill.resolve_attn_backend(tiny_model("gemma2")) == "sdpa_block"  # sliding windows
-    assert teacher_prefill.resolve_attn_backend(qwen2, "flex") == "flex"
+    assert prefill_attention.resolve_attn_backend(qwen2) == "sdpa_varlen"  # no [T, T] mask on CPU
+    assert prefill_attention.resolve_attn_backend(tiny_model("gemma2")) == "sdpa_block"  # sliding windows
+    assert prefill_attention.resolve_attn_backend(qwen2, "flex") == "flex"
 
 
 def test_temperature_divides_the_logits(qwen2):
