@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_avsd.data_prep.errors import BadInputError
-from verl_avsd.evaluate import Generation, evaluate, main, pass_at_k, read_benchmark
+from verl_avsd.eval_backends import Generation
+from verl_avsd.eval_benchmarks import read_benchmark
+from verl_avsd.eval_metrics import evaluate, pass_at_k
+from verl_avsd.evaluate import main
 from verl_avsd.toy_run import random_toy_model, toy_data
 
 MATH_PROBLEMS = [  # (question, ground truth)

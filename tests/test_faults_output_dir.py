@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from verl_avsd import demo, report
-from verl_avsd.evaluate import MERGED_FOLDER, ModelPathError, merged_hf_folder
+from verl_avsd.eval_checkpoint import MERGED_FOLDER, ModelPathError, merged_hf_folder
 from verl_avsd.output_dir import MARKER, OutputDirError, claim_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
