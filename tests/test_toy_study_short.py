@@ -41,7 +41,7 @@ def test_short_study_avsd_blames_wrong_rollouts(tmp_path):
 
     # the first wrong token: where the response stops following the reference solution
     tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
-    solutions = {e["index"]: e["solution"] for e in pd.read_parquet(out / "data" / "train.parquet")["extra_info"]}
+    solutions = {e["index"]: e["views"][0]["text"] for e in pd.read_parquet(out / "data" / "train.parquet")["extra_info"]}  # "full"
     total_negative, first_negative, after_negative = [], [], []  # per wrong rollout / per token
     for dump in sorted((out / "runs" / "avsd_s0" / "rollouts").glob("*.jsonl")):
         for row in map(json.loads, dump.read_text().splitlines()):

@@ -3,10 +3,12 @@
 import re
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from verl_avsd.data_prep.contract import ROW_SCHEMA, contract_problems
 from verl_avsd.toy.task import (
     DATA_SOURCE,
     VIEW_NAMES,
@@ -112,7 +114,7 @@ def test_parquet_rows_follow_the_contract(tmp_path):
     paths = write_parquet(str(tmp_path), n_train=40, n_val=10, seed=3)
     train, val = pd.read_parquet(paths["train"]), pd.read_parquet(paths["val"])
     assert len(train) == 40 and len(val) == 10
-    for frame, split in ((train, "train"), (val, "val")):
+    for frame, split in ((train, "train"), (val, "validation")):  # val.parquet holds the contract's "validation" split
         assert set(frame.columns) == {"prompt", "data_source", "ability", "reward_model", "extra_info"}
         for i, row in frame.iterrows():
             messages = list(row["prompt"])
@@ -128,3 +130,8 @@ def test_parquet_rows_follow_the_contract(tmp_path):
             assert compute_score(row["data_source"], views[0]["text"], truth) == 1.0
             assert int(views[2]["text"]) == int(truth)
     assert not set(train["prompt"].map(lambda m: m[0]["content"])) & set(val["prompt"].map(lambda m: m[0]["content"]))
+    # written through data prep's writer: every row passes the same contract check as `verl-avsd prep`'s
+    for path in paths.values():
+        rows = pq.read_table(path).to_pylist()
+        assert rows and all(contract_problems(row) == [] for row in rows)
+        assert pq.read_schema(path).equals(ROW_SCHEMA)  # the one schema every prepared file has

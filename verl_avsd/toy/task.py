@@ -25,8 +25,9 @@ Everything is seeded and deterministic. Problems are assigned to a split by a ha
 prompt, so the `val` problems (used for held-out measurement) can never appear in `train`
 (used for the warm-up and for RL), whatever seeds the two sides use.
 
-This module also holds verl's custom reward function (`compute_score`) and the parquet writer,
-and `teacher_user_message`, the single place that formats "prompt + view" for the teacher.
+This module also holds verl's custom reward function (`compute_score`), `write_parquet` (the
+toy files through data prep's row-contract writer) and `teacher_user_message`, the single place
+that formats "prompt + view" for the teacher.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import zlib
 from dataclasses import dataclass
 
 DATA_SOURCE = "avsd_toy/arith"
-ABILITY = "math"
 VIEW_NAMES = ("full", "partial", "answer")
 SPLITS = ("train", "val")
 
@@ -197,22 +197,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     return 1.0 if extract_answer(solution_str) == expected else 0.0
 
 
-def parquet_row(problem: Problem, index: int, split: str) -> dict:
-    """One verl dataset row. The prompt holds only the question; views live in extra_info."""
-    return {
-        "prompt": [{"role": "user", "content": problem.prompt}],
-        "data_source": DATA_SOURCE,
-        "ability": ABILITY,
-        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
-        "extra_info": {
-            "index": index,
-            "split": split,
-            "views": problem.views(),
-            "solution": problem.solution,
-        },
-    }
-
-
 def write_parquet(
     out_dir: str,
     n_train: int = 2048,
@@ -221,16 +205,22 @@ def write_parquet(
     num_steps: int = DEFAULT_NUM_STEPS,
     max_operand: int = DEFAULT_MAX_OPERAND,
 ) -> dict[str, str]:
-    """Write `train.parquet` and `val.parquet` into `out_dir`; returns {split: path}."""
-    import pandas as pd
+    """Write `train.parquet` and `val.parquet` into `out_dir`; returns {split: path}.
+
+    The rows are `verl-avsd prep toy`'s (`data_prep.toy.toy_rows`), written and checked by the
+    one writer of the row contract (`data_prep.output.write_rows`); the prompt holds only the
+    question, the views (the worked solution is the `full` one) live in extra_info. The
+    held-out file keeps its name `val.parquet`; its rows' extra_info.split is the contract's
+    "validation".
+    """
+    from verl_avsd.data_prep.output import write_rows  # data_prep.toy imports this module
+    from verl_avsd.data_prep.toy import toy_rows
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        problems = generate_problems(n, seed, split, num_steps, max_operand)
-        rows = [parquet_row(problem, i, split) for i, problem in enumerate(problems)]
+    for split, n, contract_split in (("train", n_train, "train"), ("val", n_val, "validation")):
         paths[split] = os.path.join(out_dir, f"{split}.parquet")
-        pd.DataFrame(rows).to_parquet(paths[split], index=False)
+        write_rows(toy_rows(n, seed, split, num_steps, max_operand), paths[split], contract_split)
     return paths
 
 
