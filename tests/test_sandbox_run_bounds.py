@@ -267,7 +267,7 @@ UNPRIVILEGED_SCRIPT = textwrap.dedent("""
     box = Sandbox("bwrap", max_concurrent=1)
     limits = Limits(time_limit_s=1.0, wall_time_limit_s=8.0, memory_mb=256)
     programs = {
-        "files": "import os\\nprint(sorted(os.listdir('/')), os.path.exists(%r))" % (sys.argv[1],),
+        "files": "import os\\nprint(sorted(os.listdir('/')), os.path.exists(%r))" % (sys.argv[2],),
         "init": "import os, signal, time\\nos.kill(1, signal.SIGALRM)\\ntime.sleep(0.3)\\n"
                 "try:\\n    os.listdir('/proc/1/fd')\\n    print('fds open')\\nexcept OSError:\\n    print('alive')",
         "cpu": "import os, time\\nfor _ in range(3):\\n    if os.fork() == 0:\\n        while True: pass\\n"
@@ -296,14 +296,24 @@ def test_bwrap_without_root_is_bounded_too():
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python]
     else:
         command = [shutil.which("python3") or "python3"]
-    folder = tempfile.mkdtemp(prefix="avsd-unprivileged-")  # pytest's tmp_path is 0700: out of nobody's reach
+    # pytest's tmp_path is 0700 and a checkout may live under /root: give nobody a copy of the
+    # sandbox package (standard library only) in a folder it can read
+    folder = tempfile.mkdtemp(prefix="avsd-unprivileged-")
     try:
+        package = os.path.join(CHECKOUT, "verl_avsd")
+        shutil.copytree(os.path.join(package, "sandbox"), os.path.join(folder, "verl_avsd", "sandbox"),
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        open(os.path.join(folder, "verl_avsd", "__init__.py"), "w").close()  # not the package's: only sandbox/
         script = os.path.join(folder, "unprivileged.py")
         with open(script, "w") as f:
             f.write(UNPRIVILEGED_SCRIPT)
-        os.chmod(folder, 0o755)
+        for root, dirs, files in os.walk(folder):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
-        done = subprocess.run([*command, script, CHECKOUT], capture_output=True, text=True, timeout=120, env=env)
+        command = [*command, script, folder, CHECKOUT]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
