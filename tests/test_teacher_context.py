@@ -59,9 +59,9 @@ def test_empty_view_text_is_masked_not_passed_off_as_a_view():
 @pytest.mark.parametrize(
     "extra_info,match",
     [
-        ({"index": 7, "split": "train"}, r"row index=7 \(split train\).*extra_info\.views is missing"),
-        ({"index": 7, "views": "full"}, r"row index=7.*extra_info\.views must be a list"),
-        ({"index": 7, "views": [{"name": "full"}]}, r"row index=7.*extra_info\.views\[0\] must be a dict with keys name and text"),
+        ({"index": 7, "split": "train"}, r"train row 7 \[batch position 0\].*extra_info\.views is missing"),
+        ({"index": 7, "views": "full"}, r"row 7.*extra_info\.views must be a list"),
+        ({"index": 7, "views": [{"name": "full"}]}, r"row 7.*extra_info\.views\[0\] must be a dict with keys name and text"),
         ({"index": 7, "views": [{"name": "full", "text": 3}]}, r"extra_info\.views\[0\] needs a str name and a str text"),
         ({"index": 7, "views": [{"name": "full", "text": "a"}, {"name": "full", "text": "b"}]}, "view 'full' twice"),
     ],
@@ -79,7 +79,7 @@ def test_batch_without_any_configured_view_is_an_error(tokenizer):
 
 def test_prompt_without_user_turn_names_the_row(tokenizer):
     rows = [_row(3, [{"name": "full", "text": "x"}])]
-    with pytest.raises(ViewDataError, match=r"row index=3.*raw_prompt"):
+    with pytest.raises(ViewDataError, match=r"row 3.*raw_prompt"):
         build_teacher_contexts(tokenizer, [[{"role": "system", "content": "hi"}]], rows, _cfg())
 
 
@@ -89,7 +89,7 @@ def test_batch_whose_views_all_have_empty_text_says_so_naming_row_and_view(token
     with pytest.raises(ViewDataError) as e:
         build_teacher_contexts(tokenizer, [PROMPT], rows, _cfg())
     msg = str(e.value)
-    assert "empty text" in msg and "row index=4" in msg and "'full'" in msg and "'answer'" in msg
+    assert "empty text" in msg and "row 4" in msg and "'full'" in msg and "'answer'" in msg
     assert "no row has ['partial']" in msg
     assert "set algorithm.avsd.views" not in msg
 
@@ -109,7 +109,7 @@ def test_misspelt_view_is_an_error_naming_the_views_found():
 
 def test_view_present_only_with_empty_text_is_an_error_naming_a_row():
     rows = [_row(i, MATH_VIEWS[:2] + [{"name": "answer", "text": ""}]) for i in (8, 9)]
-    with pytest.raises(ViewDataError, match=r"'answer'.*empty.*row index=8"):
+    with pytest.raises(ViewDataError, match=r"'answer'.*empty.*row 8"):
         check_view_coverage(rows, ["full", "answer"])
 
 
@@ -139,7 +139,7 @@ def test_feedback_view_is_there_where_the_row_has_public_tests():
 
 
 def test_malformed_first_batch_row_is_an_error_naming_it():
-    with pytest.raises(ViewDataError, match=r"row index=2.*extra_info\.views is missing"):
+    with pytest.raises(ViewDataError, match=r"row 2.*extra_info\.views is missing"):
         check_view_coverage([_row(1, MATH_VIEWS), {"index": 2}], ["full"])
 
 

@@ -34,6 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
+from verl_avsd.data_prep.errors import row_name
 from verl_avsd.sandbox import Sandbox, SandboxUnavailable, get_sandbox
 from verl_avsd.sandbox.judge import MalformedTests, extract_program, judge, limits_of_row, parse_tests
 
@@ -159,7 +160,7 @@ def code_score(
     SandboxUnavailable (naming the row) when the sandbox cannot judge the program.
     """
     extra_info = extra_info or {}
-    row = _row_name(data_source, extra_info)
+    row = row_name(extra_info, data_source=data_source)
     tests = parse_tests(ground_truth, where=f"{row}: field reward_model.ground_truth")
     if not len(tests):
         raise MalformedTests(f"{row}: field reward_model.ground_truth: has no tests, so no reward can be computed")
@@ -175,13 +176,6 @@ def code_score(
         raise SandboxUnavailable(f"{row}: cannot score this response: {exc}") from exc
     acc = 1.0 if report.all_passed else 0.0
     return _score(acc if all_or_nothing else report.pass_rate, report.status, acc=acc, pass_rate=report.pass_rate)
-
-
-def _row_name(data_source: str, extra_info: dict) -> str:
-    parts = [f"{data_source} {extra_info.get('split') or 'row'} row {extra_info.get('index', '?')}"]
-    if extra_info.get("problem_id"):
-        parts.append(f"(problem {extra_info['problem_id']})")
-    return " ".join(parts)
 
 
 # -- shared --------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_avsd.data_prep.errors import row_name  # how errors name a row (also the trainer's)
+
 logger = logging.getLogger(__name__)
 
 # The rollout-dependent view: built by the trainer from the rollout's program run on the row's
@@ -46,14 +48,6 @@ class TeacherContexts:
     context_ids: list[list[torch.Tensor | None]]  # [B][M] prompt+view token ids, None = no view
     view_mask: torch.Tensor  # [B, M] bool
     truncated: torch.Tensor  # [B, M] bool: the view text was cut to max_view_tokens
-
-
-def row_name(extra_info, b: int) -> str:
-    """How an error names a row: its dataset index and split when the row carries them."""
-    if isinstance(extra_info, dict) and "index" in extra_info:
-        split = extra_info.get("split")
-        return f"row index={extra_info['index']}" + (f" (split {split})" if split else "") + f" [batch position {b}]"
-    return f"batch position {b}"
 
 
 def views_of_row(extra_info, names: list[str], b: int) -> list[str | None]:
