@@ -49,7 +49,9 @@ def _unsharded(module):
         yield
 
 
-def _as_list(value) -> list:
+def per_sample_list(value) -> list:
+    """A per-sample non-tensor field from TransferQueue / TensorDict (NonTensorStack, LinkedList,
+    numpy array, ...) as a list (the trainer reads its fields the same way)."""
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
@@ -63,11 +65,11 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
         tokenizer = (self.actor or self.ref).model_config.tokenizer
 
         responses = [r for r in data["responses"].unbind(0)]  # [B] x [T_b]
-        extra_infos = _as_list(data["extra_info"])
+        extra_infos = per_sample_list(data["extra_info"])
         for name, field in ROLLOUT_VIEW_FIELDS.items():  # views the trainer built per rollout (feedback, sibling)
             if field in data.keys():
-                extra_infos = [with_rollout_view(e, name, t) for e, t in zip(extra_infos, _as_list(data[field]))]
-        contexts = build_teacher_contexts(tokenizer, _as_list(data["raw_prompt"]), extra_infos, cfg, chat_kwargs)
+                extra_infos = [with_rollout_view(e, name, t) for e, t in zip(extra_infos, per_sample_list(data[field]))]
+        contexts = build_teacher_contexts(tokenizer, per_sample_list(data["raw_prompt"]), extra_infos, cfg, chat_kwargs)
         B, M = contexts.view_mask.shape
         pairs = [(b, m) for b in range(B) for m in range(M) if contexts.view_mask[b, m]]
         sequences = [(contexts.context_ids[b][m], responses[b].cpu()) for b, m in pairs]
