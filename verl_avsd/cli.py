@@ -5,6 +5,7 @@
     verl-avsd prep ...  datasets -> verl parquet with privileged views
     verl-avsd eval ...  Avg@k / pass@k (math) and pass@1 (code) of a model or checkpoint
     verl-avsd report RUN_DIR [RUN_DIR ...]   plots and a markdown summary of runs
+    verl-avsd prep-model smollm2 --out DIR   a real pretrained chat model as an HF folder (offline)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMANDS = {
     "prep": "verl_avsd.data_prep.cli",
     "eval": "verl_avsd.evaluate",
     "report": "verl_avsd.report",
+    "prep-model": "verl_avsd.real_model",
 }
 
 
