@@ -396,9 +396,10 @@ def test_sandbox_fusion_results_map_onto_statuses(fake_fusion_url):
     assert box.run("SLOW").status is Status.TIMEOUT
     assert box.run("CRASH").status is Status.MEMORY_LIMIT
     before = len(_FakeSandboxFusion.requests)
-    with pytest.raises(SandboxUnavailable, match="failed twice on one run.*pod died"):
+    with pytest.raises(SandboxUnavailable, match="failed twice on one run.*pod died.*probe program failed"):
         box.run("BROKEN")  # a broken sandbox stops the run instead of scoring the program 0
-    assert len(_FakeSandboxFusion.requests) == before + 2  # retried once
+    sent = [request["code"] for request in _FakeSandboxFusion.requests[before:]]
+    assert sent == ["BROKEN", "BROKEN", runner.PROBE_CODE]  # retried once, then the probe said it is broken
 
 
 def test_sandbox_fusion_unreachable_is_a_sandbox_error():

@@ -11,6 +11,7 @@ import pytest
 from verl_avsd.rewards import code_score
 from verl_avsd.sandbox import RunResult, Sandbox, SandboxUnavailable, Status
 from verl_avsd.sandbox import isolation as iso
+from verl_avsd.sandbox import local
 from verl_avsd.sandbox.runner import working_isolations
 
 WORKING = [name for name, why in working_isolations().items() if why == "ok"]
@@ -55,8 +56,22 @@ def test_one_failed_run_is_retried_before_giving_up(sandbox, monkeypatch):
     score = code_score(RIGHT, TESTS, {"index": 0}, sandbox=sandbox)
     assert score["score"] == 1.0 and len(calls) == 2, score
     monkeypatch.setattr(sandbox.backend, "run", lambda *args: broken)
-    with pytest.raises(SandboxUnavailable, match="failed twice on one run: hiccup"):
+    with pytest.raises(SandboxUnavailable, match="failed twice on one run: hiccup; and its probe program failed"):
         code_score(RIGHT, TESTS, {"index": 0}, sandbox=sandbox)
+
+
+def test_a_failure_of_one_program_while_the_sandbox_works_is_not_fatal(sandbox, monkeypatch):
+    """Only a sandbox that fails its probe stops the run; one program it cannot judge scores 0."""
+    real_run = sandbox.backend.run
+    broken = RunResult(Status.SANDBOX_ERROR, None, None, "", "", False, False, 0.0, 0.0, sandbox.isolation, "odd")
+
+    def fails_on_odd_programs(program, *args):
+        with open(program.files[0][0]) as f:
+            return broken if "ODD" in f.read() else real_run(program, *args)
+
+    monkeypatch.setattr(sandbox.backend, "run", fails_on_odd_programs)
+    score = code_score("```python\n# ODD\nprint(2)\n```", TESTS, {"index": 0}, sandbox=sandbox)
+    assert score == {"score": 0.0, "acc": 0.0, "pass_rate": 0.0, "status": "sandbox_error"}
 
 
 def test_a_cgroup_hierarchy_that_vanishes_stops_the_run(sandbox, monkeypatch):
@@ -68,3 +83,14 @@ def test_a_cgroup_hierarchy_that_vanishes_stops_the_run(sandbox, monkeypatch):
     monkeypatch.setattr(sandbox.backend, "cgroups", dataclasses.replace(support, bases=gone))
     with pytest.raises(SandboxUnavailable, match="could not set up the sandbox"):
         sandbox.run("print(1)")
+
+
+def test_the_inits_own_clock_gives_a_wall_timeout_not_a_sandbox_error(sandbox, monkeypatch):
+    """A host too busy to keep its deadline: the sandbox's init ends the run by its own clock and
+    reports it, so a sleeping program is a timeout, not a broken sandbox."""
+    real_communicate = local._communicate
+    monkeypatch.setattr(local, "_communicate", lambda proc, stdin, deadline, limits: real_communicate(
+        proc, stdin, deadline + 30, limits))  # fmt: skip
+    result = sandbox.run("import time\ntime.sleep(60)", time_limit_s=0.5, wall_time_limit_s=1.0)
+    assert result.status is Status.TIMEOUT and "wall-time" in result.detail, result
+    assert 2.5 < result.wall_time_s < 10, result  # the init's clock: the wall limit + 2 s

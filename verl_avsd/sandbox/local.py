@@ -269,8 +269,8 @@ def _spawn_and_collect(
         wait_status, cpu = wrapper_status, float(limit_line[-1]) if limit_line else wrapper_cpu
     if cgroup is not None:  # the exact total, including what ran after the init's report
         cpu = max(cpu, wrapper_cpu)
-    if stop_reason != "output" and limit_line is not None:
-        stop_reason = f"{limit_line[1]}-limit"  # "cpu-limit" or "memory-limit"
+    if stop_reason != "output" and limit_line is not None:  # the init ended the run at a limit
+        stop_reason = "wall" if limit_line[1] == "wall" else f"{limit_line[1]}-limit"  # or cpu-/memory-limit
     elif stop_reason != "output" and oom_kills:
         stop_reason = "memory-limit"
     exit_code, sig = _exit_of(wait_status)

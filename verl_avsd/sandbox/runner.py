@@ -7,8 +7,9 @@ process, with how runs are bounded (cgroups, or the weaker sampling without them
 log always says how its programs were contained.
 
 A sandbox that breaks later (bwrap uninstalled, its work folder deleted, a SandboxFusion server
-gone) raises SandboxUnavailable from the run after one retry: a reward computed without the
-sandbox would score every program 0 and train on that.
+gone) raises SandboxUnavailable: a run that fails twice is followed by the probe program, and
+if that fails too the sandbox is gone, and scoring on would give every program 0 and train on
+that. (If the probe passes, only that one run is reported as sandbox_error.)
 """
 
 from __future__ import annotations
@@ -131,16 +132,22 @@ class Sandbox:
             self.backend.release(program)
 
     def _run_checked(self, program, stdin: str, limits: Limits) -> RunResult:
-        """One run; a sandbox failure is retried once, then stops everything (SandboxUnavailable)."""
+        """One run. A sandbox failure is retried once; if it fails again and the probe program
+        fails too, the sandbox is broken and everything stops (SandboxUnavailable)."""
         for _ in range(2):
             with self._slots:
                 result = self.backend.run(program, stdin, limits)
             if result.status is not Status.SANDBOX_ERROR:
                 return result
             logger.warning("code sandbox (%s) failed on a run: %s", self.isolation, result.detail[:500])
+        probe = _probe(self.backend)
+        if probe.status is Status.OK and probe.stdout.strip() == PROBE_OUTPUT:
+            logger.error("code sandbox (%s) works but failed twice on one program: %s", self.isolation, result.detail)
+            return result
         raise SandboxUnavailable(
-            f"the code sandbox ({self.isolation}) failed twice on one run: {result.detail[:500]}; "
-            "stopping rather than scoring programs without it"
+            f"the code sandbox ({self.isolation}) failed twice on one run: {result.detail[:500]}; and its probe "
+            f"program failed too ({probe.status.value}: {probe.detail[:300]}); stopping rather than scoring "
+            "programs without it"
         )
 
     def run_many(self, programs: Sequence[tuple[str, str]], *, language: str = "python",
@@ -159,11 +166,7 @@ def _probed_local_backend(isolation: str, options: dict) -> LocalBackend:
         backend = LocalBackend(isolation, **options)
     except (OSError, ValueError, UnsupportedArchitecture) as exc:
         raise SandboxUnavailable(f"the {isolation} isolation cannot be used here: {exc}; {HOW_TO_ISOLATE}") from exc
-    program = backend.prepare(PROBE_CODE, "python")
-    try:
-        result = backend.run(program, "", Limits(time_limit_s=10.0, memory_mb=256))
-    finally:
-        backend.release(program)
+    result = _probe(backend)
     if result.status is not Status.OK or result.stdout.strip() != PROBE_OUTPUT:
         backend.close()
         raise SandboxUnavailable(
@@ -171,6 +174,18 @@ def _probed_local_backend(isolation: str, options: dict) -> LocalBackend:
             f"stderr: {result.stderr.strip()[-400:]!r}); {HOW_TO_ISOLATE}"
         )
     return backend
+
+
+def _probe(backend) -> RunResult:
+    """Run the probe program (PROBE_CODE, which prints PROBE_OUTPUT) on `backend`."""
+    try:
+        program = backend.prepare(PROBE_CODE, "python")
+    except SandboxUnavailable as exc:  # e.g. its work folder vanished
+        return RunResult(Status.SANDBOX_ERROR, None, None, "", "", False, False, 0.0, 0.0, backend.isolation, str(exc))
+    try:
+        return backend.run(program, "", Limits(time_limit_s=10.0, memory_mb=256))
+    finally:
+        backend.release(program)
 
 
 def _first_working_local_backend(options: dict) -> LocalBackend:
