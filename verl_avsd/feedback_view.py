@@ -12,9 +12,10 @@ other view:
 - otherwise "All N public tests pass."
 
 None (view mask false) where there is nothing honest to show: the response has no program,
-the row has no public tests, or the program's language cannot run here. Never an empty string
-passed off as a view. A sandbox that is missing or broke raises SandboxUnavailable (the
-sandbox retries a failed run once first): the run stops rather than train without the views.
+the row has no public tests, the program's language cannot run here, or the sandbox could not
+run this one program (while its probe still runs). Never an empty string passed off as a view.
+A sandbox that is missing or broke raises SandboxUnavailable (after a retry and a failed probe):
+the run stops rather than train without the views.
 """
 
 from __future__ import annotations
