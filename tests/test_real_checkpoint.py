@@ -131,10 +131,42 @@ def test_avsd_trains_the_real_checkpoint_two_steps(smollm2, tmp_path):
             assert key in m and math.isfinite(m[key]), (step, key)
         assert m["avsd/views_valid_mean"] == 3.0 and m["avsd/teacher_tokens"] > 0
     # step 1: the student is the prepared model too; the teacher (frozen ref) is at every step
-    dumps = [json.loads(line) for line in (Path(run.run_dir) / "rollouts" / "rollouts_step1.jsonl").read_text().splitlines()]
-    teacher_diff, student_diff = _teacher_and_student_vs_model(str(smollm2), data["train"], dumps)
-    assert teacher_diff < 1e-4 and student_diff < 1e-4, (teacher_diff, student_diff)
+    dumps = {step: [json.loads(line) for line in (Path(run.run_dir) / "rollouts" / f"rollouts_step{step}.jsonl").read_text().splitlines()]
+             for step in (1, 2)}
+    teacher_diff, student_diff = _teacher_and_student_vs_model(str(smollm2), data["train"], dumps[1])
+    assert teacher_diff < 1e-4 and student_diff < 1e-4, (teacher_diff, student_diff)  # measured 2.9e-5, 2.9e-5
+    teacher_diff, _ = _teacher_and_student_vs_model(str(smollm2), data["train"], dumps[2])
+    assert teacher_diff < 1e-4, teacher_diff  # measured 2.1e-5
     # responses stop at <|im_end|> (kept, as vLLM does) or at the length limit, never run past it
-    for d in dumps:
+    for d in dumps[1] + dumps[2]:
         ids = d["response_ids"]
         assert IM_END_ID not in ids[:-1], ids
+
+
+# --- bench/real_checkpoint.py: where the first wrong digit is ------------------------------------
+
+
+def test_first_wrong_digit_token_points_at_the_differing_digit():
+    import importlib.util
+
+    from verl_avsd.toy import TOY_MODEL_DIR
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("real_checkpoint_bench", Path(__file__).parents[1] / "bench" / "real_checkpoint.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
+
+    def wrong_token(text, answer, operands=(47, 38)):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        k = bench.first_wrong_digit_token(tokenizer, ids, answer, operands)
+        return None if k is None else (tokenizer.decode(ids[: k + 1]), tokenizer.decode(ids[k]))
+
+    # the stated answer is the first number that is not an operand; the token holds the digit
+    assert wrong_token("47+38=75", 85)[0].endswith("47+38=7")
+    assert wrong_token("47+38=89 so 89", 85)[0].endswith("47+38=89")
+    assert wrong_token("It is 185.", 85)[0].endswith("It is 1")
+    assert wrong_token("47+38=85", 85) is None  # right
+    assert wrong_token("47+38", 85) is None  # no answer stated
+    assert wrong_token("It is 8", 85) is None  # a digit short: nothing wrong to point at
+    assert bench.stated_answer("47 + 38 = 85", (47, 38)).group() == "85"
