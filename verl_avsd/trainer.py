@@ -46,12 +46,7 @@ from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.sibling_view import sampling_order, sibling_views
 from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage, row_name
-from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
-
-
-def _rows(value) -> list:
-    """A per-sample non-tensor field from TransferQueue (NonTensorStack, LinkedList, ...) as a list."""
-    return value.tolist() if hasattr(value, "tolist") else list(value)
+from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker, per_sample_list
 
 
 def feedback_for_rollouts(response_texts: list[str], extra_infos: list[dict], cfg) -> tuple[list[str], dict]:
@@ -257,7 +252,7 @@ class AvsdTrainer(PPOTrainerSync):
         dp_size = max(group._dispatch_info["actor"]) + 1
         if dp_size <= 1:
             return None
-        uids = _rows(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid"])["uid"])
+        uids = per_sample_list(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid"])["uid"])
         order = teacher_rank_order([tag["seq_len"] for tag in batch.tags], uids, dp_size)
         metrics["avsd/teacher_grouped_by_prompt"] = float(order is not None)
         return order
@@ -267,7 +262,7 @@ class AvsdTrainer(PPOTrainerSync):
         result (field `avsd_feedback`) as that rollout's `feedback` view."""
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "extra_info"])
         texts = self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True)
-        views, feedback_stats = feedback_for_rollouts(texts, _rows(data["extra_info"]), self.avsd)
+        views, feedback_stats = feedback_for_rollouts(texts, per_sample_list(data["extra_info"]), self.avsd)
         metrics.update(feedback_stats)
         # the returned batch meta lists the new field, so the teacher worker receives it
         return tq.kv_batch_put(
@@ -287,7 +282,7 @@ class AvsdTrainer(PPOTrainerSync):
         padded = data.select("response_mask", "rm_scores").to_padded_tensor()
         return {
             "texts": self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True),
-            "uids": _rows(data["uid"]),
+            "uids": per_sample_list(data["uid"]),
             "rewards": padded["rm_scores"].sum(-1).tolist(),  # [B]
             "tokens": padded["response_mask"].sum(-1).tolist(),  # [B]
             "real": [not tag.get("is_padding", False) for tag in batch.tags],
@@ -328,7 +323,7 @@ class AvsdTrainer(PPOTrainerSync):
 
         if not getattr(self, "_views_checked", False):  # first batch: a misspelt view fails here, by name
             rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info"])
-            check_view_coverage(_rows(rows["extra_info"]), list(self.avsd.views))
+            check_view_coverage(per_sample_list(rows["extra_info"]), list(self.avsd.views))
             self._views_checked = True
         if "feedback" in self.avsd.views:
             with marked_timer("feedback_view", self.timing_raw, color="olive"):
@@ -344,7 +339,7 @@ class AvsdTrainer(PPOTrainerSync):
         fields = ["uid", "response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         response_mask_nested = data["response_mask"]
-        uids = _rows(data["uid"])
+        uids = per_sample_list(data["uid"])
         padded = data.select("response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask").to_padded_tensor()
         response_mask = padded["response_mask"]  # [B, T]
         rewards = padded["rm_scores"]  # [B, T]
@@ -381,7 +376,7 @@ class AvsdTrainer(PPOTrainerSync):
     def _dump_rollouts(self, batch, padded, view_logq, view_mask, advantages, gate) -> None:
         """One JSON line per rollout with its token-level signals (`algorithm.avsd.dump_rollouts_dir`)."""
         extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info", "responses"])
-        extra_infos = _rows(extra["extra_info"])
+        extra_infos = per_sample_list(extra["extra_info"])
         os.makedirs(self.avsd.dump_rollouts_dir, exist_ok=True)
         path = os.path.join(self.avsd.dump_rollouts_dir, f"rollouts_step{self.global_steps}.jsonl")
         with open(path, "a") as f:
@@ -410,7 +405,7 @@ class AvsdTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask", "rm_scores", "advantages"]
         )
-        uids = _rows(data["uid"])
+        uids = per_sample_list(data["uid"])
         padded = data.select("response_mask", "rm_scores", "advantages").to_padded_tensor()
         real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         reward = padded["rm_scores"][real].sum(-1)
