@@ -294,7 +294,7 @@ def test_inner_command_sets_every_per_process_limit():
     # no address-space limit: thread stacks only reserve it (memory is bounded per run)
     assert not any(flag.startswith("--as") for flag in cmd)
     for flag in (
-        "--cpu=2:2",
+        "--cpu=3:3",  # a backstop a second past the limit: the init ends the run at the limit
         "--nproc=8",
         f"--fsize={2 << 20}",
         "--nofile=32",

@@ -209,7 +209,10 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
     thread stack), so it failed 4 Python threads at 256 MB; memory is bounded per run instead.
     """
     user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
-    cpu_soft = max(1, math.ceil(limits.time_limit_s))
+    # A second past the limit: the init ends the run at the limit itself, by the exact (cgroup)
+    # clock; RLIMIT_CPU, by the kernel's tick-sampled clock (ahead of the exact one by up to a
+    # quarter on a busy machine), is only the backstop should the init not.
+    cpu_backstop = math.ceil(limits.time_limit_s) + 1
     # The stack's hard limit stays where it is (unlimited, usually): contest programs raise their
     # own (`resource.setrlimit(RLIMIT_STACK, (2**29, -1))`), and memory is bounded per run anyway.
     stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
@@ -217,7 +220,7 @@ def inner_command(argv: list[str], limits: Limits, uid: int | None) -> list[str]
     return [
         _tool("setpriv"), *user, "--no-new-privs", "--",
         _tool("prlimit"),
-        f"--cpu={cpu_soft}:{cpu_soft}",  # per process, a backstop: the init counts the whole run
+        f"--cpu={cpu_backstop}:{cpu_backstop}",  # per process (SIGKILL; a pid 1 would ignore SIGXCPU)
         f"--nproc={limits.max_processes}",
         f"--fsize={limits.max_file_mb * MIB}",
         f"--nofile={limits.max_open_files}",

@@ -410,9 +410,9 @@ def _classify(exit_code, sig, cpu, wall, stop_reason, stderr, limits: Limits) ->
         return Status.TIMEOUT, f"its processes used {cpu:.2f} s of CPU time, limit {limits.time_limit_s:g} s"
     if stop_reason == "wall":
         return Status.TIMEOUT, f"killed at the wall-time limit of {limits.wall_limit_s:.1f} s"
-    # RLIMIT_CPU kills with SIGKILL at ceil(limit) seconds, by the kernel's tick-based clock,
-    # which runs a little ahead of the rusage total we see.
-    killed_by_cpu_limit = sig == signal.SIGKILL and cpu >= 0.8 * math.ceil(limits.time_limit_s)
+    # The backstop RLIMIT_CPU kills with SIGKILL a second past the limit, by the kernel's
+    # tick-based clock, which runs ahead of the exact total we see (by up to a quarter).
+    killed_by_cpu_limit = sig == signal.SIGKILL and cpu >= 0.75 * limits.time_limit_s
     if cpu > limits.time_limit_s or sig == signal.SIGXCPU or killed_by_cpu_limit:
         return Status.TIMEOUT, f"used {cpu:.2f} s of CPU time, limit {limits.time_limit_s:g} s"
     if exit_code == 0:
