@@ -25,7 +25,8 @@ makes verl's vLLM server seed every request with `rollout.seed + replica_rank`; 
 does the same). A seeded request is generated on its own so its tokens depend only on its seed.
 With `logprobs=True` (verl asks for them when `rollout.calculate_log_probs=true`) each token's
 log-probability comes back under the processed distribution (after temperature / top-k /
-top-p), which is vLLM's `logprobs_mode=processed_logprobs`, verl's default.
+top-p), which is vLLM's `logprobs_mode=processed_logprobs`, verl's default; they are taken step by
+step as generation runs (workers/sampled_logprobs.py), never as a [B, T, V] tensor.
 
 Limits: one process per replica (tensor/pipeline/data parallel size 1), text only, no LoRA
 adapter sync (merged LoRA works), no partial-rollout abort (requests always run to the end).
