@@ -174,9 +174,13 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
 
     partial = out.with_name(out.name + ".partial")  # written aside, moved in place when checked
     shutil.rmtree(partial, ignore_errors=True)
-    lm.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    facts = _check_folder(partial, model)
+    try:
+        lm.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        facts = _check_folder(partial, model)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed conversion leaves nothing behind
+        raise
     facts.update(model=name, source=str(gguf_file), source_sha256=sha,
                  parameters=sum(p.numel() for p in lm.parameters()), dtype="float32")
     (partial / MARKER).write_text(json.dumps(facts, indent=2) + "\n")
