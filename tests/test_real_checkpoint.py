@@ -55,16 +55,21 @@ def test_missing_gguf_reader_is_named(monkeypatch, tmp_path):
         prepare("smollm2", tmp_path / "out")
 
 
-def test_output_folder_with_other_content_is_refused(monkeypatch, tmp_path):
+@pytest.mark.parametrize("force", [False, True])
+def test_output_folder_with_other_content_is_refused(monkeypatch, tmp_path, force):
+    """A non-empty folder this command did not write is never replaced, not even with --force
+    (`--out . --force` would have deleted the current directory)."""
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"GGUF")
     monkeypatch.setattr(real_model, "find_gguf", lambda model: fake)
+    monkeypatch.setattr(real_model.importlib.util, "find_spec", lambda name: object())  # gguf "installed"
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(RealModelError, match=r"out exists and is not a folder this command prepared from model.gguf; .*--force"):
-        prepare("smollm2", out)
+    with pytest.raises(RealModelError, match=r"out exists and is not a folder this command prepared from model.gguf; choose another"):
+        prepare("smollm2", out, force=force)
     assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "out"]  # no partial folder left either
 
 
 def test_unknown_model_lists_the_known_ones(tmp_path):

