@@ -25,6 +25,7 @@ from verl_avsd.cpu_micro_batch import (
 )
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import ToyRun
+from peak_rss import PEAK_GROWTH
 
 # SmolLM2-135M-Instruct's shape (what `verl-avsd prep-model smollm2` writes)
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9}
@@ -72,16 +73,8 @@ def test_micro_batch_divides_the_batch_and_fits_the_budget(tmp_path_factory, bat
 
 # A fresh process, so its peak RSS measures only this forward + backward: logits, temperature,
 # log-softmax + gather (the loss) and entropy (no grad), as verl's actor computes them.
-_MEASURE = textwrap.dedent("""
+_MEASURE = PEAK_GROWTH + textwrap.dedent("""
     import sys, torch
-    def peak_growth(work):
-        # Peak RSS above the current one while `work` runs: /proc/self/clear_refs "5" resets the
-        # high-water mark (ru_maxrss would not do: it keeps the forking parent's peak across exec).
-        open("/proc/self/clear_refs", "w").write("5")
-        status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
-        before = status("VmRSS")
-        result = work()
-        return status("VmHWM") - before, result
     from transformers import LlamaConfig, LlamaForCausalLM
     vocab, hidden, layers, heads, seq_len, batch = map(int, sys.argv[1:7])
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
 from verl_avsd.workers.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
+from peak_rss import PEAK_GROWTH
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # different lengths
 
@@ -127,16 +128,8 @@ def test_step_by_step_log_probs_equal_full_log_softmax(server, temperature, top_
 
 
 # Runs in a fresh process so that its peak RSS measures only this generation.
-_PEAK_RSS_SCRIPT = textwrap.dedent("""
+_PEAK_RSS_SCRIPT = PEAK_GROWTH + textwrap.dedent("""
     import sys, torch
-    def peak_growth(work):
-        # Peak RSS above the current one while `work` runs: /proc/self/clear_refs "5" resets the
-        # high-water mark (ru_maxrss would not do: it keeps the forking parent's peak across exec).
-        open("/proc/self/clear_refs", "w").write("5")
-        status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
-        before = status("VmRSS")
-        result = work()
-        return status("VmHWM") - before, result
     from transformers import LlamaConfig, LlamaForCausalLM
     from verl.workers.config import HFModelConfig, RolloutConfig
     from verl_avsd.workers.hf_rollout import HFRolloutServer, _Request
