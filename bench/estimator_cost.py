@@ -248,7 +248,7 @@ def measure(call: Callable[[], object], device: torch.device, warmup: int, repea
 
 def step_seconds_from_metrics(path: str | os.PathLike, warmup_steps: int = 1) -> float:
     """Median `timing_s/step` of a run's verl_metrics.jsonl, without its first (warm-up) steps."""
-    from verl_avsd.report import read_metrics_file  # needs omegaconf: only when a metrics file is given
+    from verl_avsd.run_files import read_metrics_file  # needs omegaconf: only when a metrics file is given
 
     steps = read_metrics_file(path)
     times = [steps[s]["timing_s/step"] for s in sorted(steps) if "timing_s/step" in steps[s]]

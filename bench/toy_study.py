@@ -43,7 +43,8 @@ from verl_avsd.estimators import token_advantages
 from verl_avsd.metrics import wrong_rollout_positive_topk
 from verl_avsd.output_dir import OutputDirError, claim_output_dir, is_previous_output
 from verl_avsd.plots import plot_metrics
-from verl_avsd.report import dump_tensors, read_metrics_file
+from verl_avsd.rollout_dumps import dump_tensors
+from verl_avsd.run_files import read_metrics_file
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,

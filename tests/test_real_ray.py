@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_avsd.report import read_metrics_file
+from verl_avsd.run_files import read_metrics_file
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"

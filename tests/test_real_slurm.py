@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_avsd.report import read_metrics_file
+from verl_avsd.run_files import read_metrics_file
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"

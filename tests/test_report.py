@@ -426,7 +426,7 @@ def test_errors_for_bad_rollout_choice_and_dump_rows(dumped_run, tmp_path, capsy
 
 def test_a_recipe_run_is_read_through_hydras_config_record(tmp_path):
     """Runs started by launch/ recipes have verl's metrics file and hydra's .hydra/config.yaml only."""
-    from verl_avsd.report import load_run
+    from verl_avsd.run_files import load_run
 
     run_dir = tmp_path / "math_opsd_qwen3_8b"
     (run_dir / ".hydra").mkdir(parents=True)

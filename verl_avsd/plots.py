@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from verl_avsd.run_files import TEACHER_SHARE  # noqa: E402
+
 # One figure per question a user asks of a run: (file, title, [(metric, label), ...])
 RUN_PLOTS = [
     ("reward.png", "Reward (mean score of the step's rollouts)", [("critic/score/mean", "reward")]),
@@ -20,9 +22,6 @@ RUN_PLOTS = [
         [("credit/wrong_rollout_positive_top20", "positive share of top-20 |advantage| tokens")],
     ),
 ]
-
-# Not logged by verl: `verl-avsd report` adds it to every step that has both timings.
-TEACHER_SHARE = "report/teacher_share"  # timing_s/teacher_views / timing_s/step
 
 # `verl-avsd report`: the demo's figures plus the signals, the teacher's cost and GRPO's dead groups.
 # The reward figure is built by `report_plots`, since the validation keys depend on the data sources.

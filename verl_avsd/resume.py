@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 from verl.utils.tracking import FileLogger
 
-DUMP_FILE = re.compile(r"rollouts_step(\d+)\.jsonl")
+from verl_avsd.rollout_dumps import drop_dumps_after
+
+# drop_dumps_after lives with the dump format (rollout_dumps.py); this is its documented name too
+__all__ = ["ResumableFileLogger", "drop_dumps_after", "keep_metric_lines", "metrics_file_path"]
 
 
 def metrics_file_path(project_name: str, experiment_name: str) -> str:
@@ -87,17 +89,3 @@ class ResumableFileLogger(FileLogger):
                 file=sys.stderr,
             )
         self.fp = open(self.filepath, "ab", buffering=0)
-
-
-def drop_dumps_after(dump_dir: str | Path, step: int) -> list[int]:
-    """Remove rollouts_step{N}.jsonl for N > step (the resumed run dumps those steps again).
-    Returns the steps removed."""
-    dump_dir = Path(dump_dir)
-    removed = []
-    if dump_dir.is_dir():
-        for path in dump_dir.iterdir():
-            match = DUMP_FILE.fullmatch(path.name)
-            if match and int(match.group(1)) > step:
-                path.unlink()
-                removed.append(int(match.group(1)))
-    return sorted(removed)

@@ -22,7 +22,7 @@ import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform be
 from verl_avsd.cpu_micro_batch import micro_batch_overrides, run_micro_batch_size
 from verl_avsd.cpu_platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
-from verl_avsd.report import read_metrics_file
+from verl_avsd.run_files import read_metrics_file
 from verl_avsd.toy import task as toy_task
 
 # The toy warm-up taught the model to read views in exactly this wording (toy.task.TEACHER_TEMPLATE).

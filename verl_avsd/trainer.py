@@ -19,8 +19,6 @@ Only three things differ from verl's `sync` trainer:
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
@@ -41,7 +39,8 @@ from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
-from verl_avsd.resume import ResumableFileLogger, drop_dumps_after
+from verl_avsd.resume import ResumableFileLogger
+from verl_avsd.rollout_dumps import append_dump_rows, drop_dumps_after
 from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.sibling_view import sampling_order, sibling_views
@@ -377,28 +376,26 @@ class AvsdTrainer(PPOTrainerSync):
         """One JSON line per rollout with its token-level signals (`algorithm.avsd.dump_rollouts_dir`)."""
         extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info", "responses"])
         extra_infos = per_sample_list(extra["extra_info"])
-        os.makedirs(self.avsd.dump_rollouts_dir, exist_ok=True)
-        path = os.path.join(self.avsd.dump_rollouts_dir, f"rollouts_step{self.global_steps}.jsonl")
-        with open(path, "a") as f:
-            for b, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
-                info = extra_infos[b] if isinstance(extra_infos[b], dict) else {}
-                row = {
-                    "step": self.global_steps,
-                    "key": key,
-                    "is_padding": bool(tag.get("is_padding", False)),
-                    "index": info.get("index"),
-                    "estimator": self.estimator,
-                    "views": list(self.avsd.views),
-                    "reward": float(padded["rm_scores"][b].sum()),
-                    "response_ids": extra["responses"][b].tolist(),
-                    "response_mask": padded["response_mask"][b].tolist(),
-                    "student_logp": padded["old_log_probs"][b].tolist(),
-                    "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
-                    "view_mask": view_mask[b].tolist(),
-                    "advantage": advantages[b].tolist(),
-                    "gate": gate[b].tolist(),
-                }
-                f.write(json.dumps(row) + "\n")
+        rows = []
+        for b, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
+            info = extra_infos[b] if isinstance(extra_infos[b], dict) else {}
+            rows.append({
+                "step": self.global_steps,
+                "key": key,
+                "is_padding": bool(tag.get("is_padding", False)),
+                "index": info.get("index"),
+                "estimator": self.estimator,
+                "views": list(self.avsd.views),
+                "reward": float(padded["rm_scores"][b].sum()),
+                "response_ids": extra["responses"][b].tolist(),
+                "response_mask": padded["response_mask"][b].tolist(),
+                "student_logp": padded["old_log_probs"][b].tolist(),
+                "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
+                "view_mask": view_mask[b].tolist(),
+                "advantage": advantages[b].tolist(),
+                "gate": gate[b].tolist(),
+            })
+        append_dump_rows(self.avsd.dump_rollouts_dir, self.global_steps, rows)
 
     def _comparison_metrics(self, batch, metrics: dict) -> None:
         """Credit reliability and GRPO signal share for estimators without a teacher."""
