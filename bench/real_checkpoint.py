@@ -12,7 +12,7 @@
    and the same quantities over the other response tokens for contrast.
 2. Memory of the rollout's log-probs at 32 x 256 tokens: peak RSS growth (above the model's
    own footprint) of one `generate` call with the previous computation (output_scores, a float32
-   [B, T, V] log-softmax) and with the step-by-step one (workers/sampled_logprobs.py), each in
+   [B, T, V] log-softmax) and with the step-by-step one (verl_avsd/cpu/sampled_logprobs.py), each in
    a fresh process, responses forced to full length.
 3. With --step-ratio: AVSD vs OPSD step time through verl's trainer at a small size (median
    over the steps after the first).
@@ -162,7 +162,7 @@ def teacher_signal(model_dir: str, n_problems: int, seed: int, temperature: floa
 _ROLLOUT_MEMORY = textwrap.dedent("""
     import sys, time, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
-    from verl_avsd.workers.sampled_logprobs import SampledTokenLogProbs
+    from verl_avsd.cpu.sampled_logprobs import SampledTokenLogProbs
     model_dir, variant, batch, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_avsd.cpu_platform import cpu_overrides
+from verl_avsd.cpu.platform import cpu_overrides
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
 

@@ -1,4 +1,4 @@
-"""CPU micro-batch sizes from the model's shape (verl_avsd.cpu_micro_batch).
+"""CPU micro-batch sizes from the model's shape (verl_avsd.cpu.micro_batch).
 
 The memory estimate is checked against a measured forward + backward (peak RSS of a fresh
 process), and the sizes against verl's rule that micro-batches split the batch evenly.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_avsd.cpu_micro_batch import (
+from verl_avsd.cpu.micro_batch import (
     MICRO_BATCH_BUDGET_BYTES,
     ModelShape,
     cpu_micro_batch_size,

@@ -1,4 +1,4 @@
-"""The CPU platform (verl_avsd.cpu_platform) and the shared CPU overrides (config/cpu.yaml)."""
+"""The CPU platform (verl_avsd.cpu.platform) and the shared CPU overrides (verl_avsd/cpu/cpu.yaml)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import verl
-from verl_avsd import cpu_platform
-from verl_avsd.cpu_platform import PlatformCPU, cpu_overrides
+from verl_avsd.cpu import platform as cpu_platform
+from verl_avsd.cpu.platform import PlatformCPU, cpu_overrides
 
 # Runs in a fresh interpreter with the plugin named in VERL_USE_EXTERNAL_MODULES, exactly as
 # verl loads it in the trainer and in every Ray worker.
@@ -52,7 +52,7 @@ def free_port() -> int:
 def test_verl_runs_on_the_cpu_platform_in_a_fresh_process():
     env = dict(
         os.environ,
-        VERL_USE_EXTERNAL_MODULES="verl_avsd.cpu_platform",
+        VERL_USE_EXTERNAL_MODULES="verl_avsd.cpu.platform",
         RANK="0",
         WORLD_SIZE="1",
         MASTER_ADDR="127.0.0.1",
@@ -151,3 +151,15 @@ def test_malformed_overrides_file_is_named(tmp_path, monkeypatch, content):
     monkeypatch.setattr(cpu_platform, "CPU_OVERRIDES_FILE", bad)
     with pytest.raises(ValueError, match=f"{bad}: field 'overrides'"):
         cpu_overrides()
+
+
+def test_python_m_verl_avsd_cpu_prints_the_overrides_on_the_cpu_platform():
+    """The shell scripts' command (launch/recipes/cpu_toy.sh): one override per line on stdout,
+    and no "verl chose platform ... before verl_avsd.cpu.platform was imported" on stderr (a
+    command that imported the platform module before the plugin once made verl pick "cuda")."""
+    # VERL_PLATFORM unset: verl detects its platform as on a user's machine (CPU here and in CI)
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES")}
+    out = subprocess.run([sys.executable, "-m", "verl_avsd.cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == cpu_overrides()
+    assert "verl chose platform" not in out.stderr

@@ -1,4 +1,4 @@
-"""The `hf` rollout backend (verl_avsd.workers.hf_rollout), in-process, without Ray.
+"""The `hf` rollout backend (verl_avsd.cpu.hf_rollout), in-process, without Ray.
 
 The server's per-token log-probs are compared with a slow float64 recomputation (full
 forward of prompt + response, no padding, temperature and top-k applied by hand), which
@@ -19,7 +19,7 @@ import torch
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
-from verl_avsd.workers.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
+from verl_avsd.cpu.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
 from peak_rss import PEAK_GROWTH
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # different lengths
@@ -132,7 +132,7 @@ _PEAK_RSS_SCRIPT = PEAK_GROWTH + textwrap.dedent("""
     import sys, torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from verl.workers.config import HFModelConfig, RolloutConfig
-    from verl_avsd.workers.hf_rollout import HFRolloutServer, _Request
+    from verl_avsd.cpu.hf_rollout import HFRolloutServer, _Request
 
     model_dir, batch, tokens, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     rollout = RolloutConfig(name="hf", prompt_length=16, response_length=tokens, dtype="float32", tensor_model_parallel_size=1)

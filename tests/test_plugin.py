@@ -63,6 +63,8 @@ import verl
 import verl.utils.distributed
 import verl.workers.engine_workers
 from verl.plugin.platform import PlatformRegistry, get_platform
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 def where(fn):
     return [fn.__module__, fn.__qualname__, fn.__code__.co_filename]
@@ -85,6 +87,8 @@ print(json.dumps({
     ],
     "registered_platforms": list(PlatformRegistry.registered_names()),
     "platform": platform,
+    "cpu_modules": sorted(name for name in sys.modules if name == "verl_avsd.cpu" or name.startswith("verl_avsd.cpu.")),
+    "hf_rollout_registered": "hf" in RolloutReplicaRegistry._registry and ("hf", "async") in _ROLLOUT_REGISTRY,
 }))
 """
 
@@ -102,7 +106,7 @@ def _probe_import_verl(host_env: dict[str, str], plugins: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gpu_host_path(tmp_path_factory) -> str:
-    """PATH of a GPU node as both verl and cpu_platform detect one: an nvidia-smi that lists a GPU."""
+    """PATH of a GPU node as both verl and verl_avsd.cpu.platform detect one: an nvidia-smi that lists a GPU."""
     fake = tmp_path_factory.mktemp("gpu_host") / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)'\n")
     fake.chmod(0o755)
@@ -132,6 +136,10 @@ def test_gpu_machine_gets_no_cpu_patches(gpu_host_path, without_plugin, how):
     assert with_plugin["registered_platforms"] == without_plugin["registered_platforms"]
     assert "cpu" not in with_plugin["registered_platforms"]
     assert with_plugin["platform"] == without_plugin["platform"] == "PlatformCUDA"
+    # the CPU port stays apart: only its platform module (which decides, and here only defines
+    # things) is imported; the `hf` rollout is a name in verl's registries, its module unloaded
+    assert with_plugin["cpu_modules"] == ["verl_avsd.cpu", "verl_avsd.cpu.platform"]
+    assert with_plugin["hf_rollout_registered"] and not without_plugin["hf_rollout_registered"]
 
 
 def test_cpu_platform_selected_gets_its_documented_changes(without_plugin):
@@ -141,5 +149,6 @@ def test_cpu_platform_selected_gets_its_documented_changes(without_plugin):
     assert selected["platform"] == "PlatformCPU"
     assert selected["registered_platforms"] == without_plugin["registered_platforms"] + ["cpu"]
     assert selected["env_changes_by_us"] == [["set", "VERL_ENGINE_DEVICE", "cuda"]]
-    assert all(module == "verl_avsd.cpu_platform" for module, _, _ in selected["process_group_init"])
+    assert all(module == "verl_avsd.cpu.platform" for module, _, _ in selected["process_group_init"])
     assert selected["pin_memory_is_torchs"] == torch.accelerator.is_available()
+    assert selected["hf_rollout_registered"]

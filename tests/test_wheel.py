@@ -35,7 +35,7 @@ import importlib, importlib.metadata, json, sys
 modules = json.loads(sys.argv[1])
 files = {name: importlib.import_module(name).__file__ for name in modules}
 from verl_avsd.toy import TOY_MODEL_DIR
-import verl_avsd.cpu_platform as cpu_platform
+import verl_avsd.cpu.platform as cpu_platform
 dist = importlib.metadata.distribution("verl-avsd")
 plugins = [ep for ep in importlib.metadata.entry_points(group="verl.plugins") if ep.name == "avsd"]
 print(json.dumps({
@@ -43,7 +43,7 @@ print(json.dumps({
     "toy_model": sorted(p.name for p in TOY_MODEL_DIR.iterdir()),
     "toy_model_dir": str(TOY_MODEL_DIR),
     "cpu_overrides": len(cpu_platform.cpu_overrides()),
-    "config_dir": sorted(p.name for p in cpu_platform.CPU_OVERRIDES_FILE.parent.glob("*.yaml")),
+    "cpu_dir": sorted(p.name for p in cpu_platform.CPU_OVERRIDES_FILE.parent.glob("*.yaml")),
     "dist_location": str(dist.locate_file("")),
     "plugin": [ep.value for ep in plugins],
 }))
@@ -123,11 +123,11 @@ def test_wheel_installs_every_module_data_file_and_runs_the_demo(tmp_path):
     assert found - expected == set(), "modules in the wheel that the checkout does not have"
     data = {
         f"verl_avsd/{p.relative_to(REPO / 'verl_avsd').as_posix()}"
-        for sub in ("config", "assets")
-        for p in (REPO / "verl_avsd" / sub).rglob("*")
+        for sub, pattern in (("config", "*"), ("assets", "*"), ("cpu", "*.yaml"))
+        for p in (REPO / "verl_avsd" / sub).rglob(pattern)
         if p.is_file() and "__pycache__" not in p.parts
     }
-    assert {"verl_avsd/config/avsd.yaml", "verl_avsd/config/cpu.yaml", "verl_avsd/assets/toy_model/model.safetensors"} <= data
+    assert {"verl_avsd/config/avsd.yaml", "verl_avsd/cpu/cpu.yaml", "verl_avsd/assets/toy_model/model.safetensors"} <= data
     assert data - set(names) == set(), "data files missing from the wheel"
 
     # 2. installed into a fresh venv, every module imports from there, none from the checkout
@@ -150,7 +150,7 @@ def test_wheel_installs_every_module_data_file_and_runs_the_demo(tmp_path):
     assert under(report["dist_location"], site) and report["plugin"] == ["verl_avsd.plugin"]
     assert under(report["toy_model_dir"], site)
     assert report["toy_model"] == sorted(p.name for p in (REPO / "verl_avsd/assets/toy_model").iterdir())
-    assert report["config_dir"] == ["avsd.yaml", "cpu.yaml"] and report["cpu_overrides"] > 0
+    assert report["cpu_dir"] == ["cpu.yaml"] and report["cpu_overrides"] > 0
 
     # 3. the console script trains one step on the shipped model, cwd outside the checkout
     out = tmp_path / "demo"

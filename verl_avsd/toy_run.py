@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform before verl picks one
-from verl_avsd.cpu_micro_batch import micro_batch_overrides, run_micro_batch_size
-from verl_avsd.cpu_platform import cpu_overrides
+from verl_avsd.cpu.micro_batch import micro_batch_overrides, run_micro_batch_size
+from verl_avsd.cpu.platform import cpu_overrides
 from verl_avsd.estimators import TEACHER_ESTIMATORS
 from verl_avsd.run_files import read_metrics_file
 from verl_avsd.toy import task as toy_task
@@ -97,7 +97,7 @@ class ToyRun:
             # one on-policy update per batch: the PPO ratio is 1 and the loss is -advantage * log p
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
             "actor_rollout_ref.actor.ppo_epochs=1",
-            # micro-batches sized from the model (the whole batch for the toy model): verl_avsd.cpu_micro_batch
+            # micro-batches sized from the model (the whole batch for the toy model): verl_avsd.cpu.micro_batch
             *micro_batch_overrides(run_micro_batch_size(self.model_dir, 96 + self.max_response_length, self.prompts_per_step * n)),
             f"actor_rollout_ref.actor.optim.lr={self.lr}",
             "actor_rollout_ref.actor.use_kl_loss=false",

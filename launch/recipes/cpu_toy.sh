@@ -19,7 +19,7 @@
 #   AVSD_TIMEOUT_S      [1800]   verl waits forever when Ray lacks CPUs, so the run has a timeout
 #   AVSD_PYTHON         interpreter with verl-avsd installed [.venv/bin/python, else python3]
 #   AVSD_NNODES         [1]   AVSD_GPUS_PER_NODE [1]: data-parallel ranks, one per placeholder
-#                       "GPU" (verl_avsd/config/cpu.yaml); the 16 prompts of a step are split
+#                       "GPU" (verl_avsd/cpu/cpu.yaml); the 16 prompts of a step are split
 #                       between them, so their product must divide 16
 #   RAY_ADDRESS         a Ray cluster to join (set by launch/submit_job.sh's Ray job and by
 #                       launch/slurm_avsd.sbatch); each node must offer AVSD_GPUS_PER_NODE
@@ -66,9 +66,9 @@ else
 fi
 
 # The overrides every CPU run needs (CPU platform, hf rollout, Ray CPUs, fp32, sdpa), from
-# verl_avsd/config/cpu.yaml.
-cpu_overrides_text=$("$PYTHON" -m verl_avsd.cpu_platform 2>/dev/null) ||
-    die "$0: '$PYTHON -m verl_avsd.cpu_platform' failed; run it to see why (is verl-avsd installed? set AVSD_PYTHON)"
+# verl_avsd/cpu/cpu.yaml.
+cpu_overrides_text=$("$PYTHON" -m verl_avsd.cpu 2>/dev/null) ||
+    die "$0: '$PYTHON -m verl_avsd.cpu' failed; run it to see why (is verl-avsd installed? set AVSD_PYTHON)"
 mapfile -t cpu_overrides <<<"$cpu_overrides_text"
 
 cpu_overrides+=(trainer.nnodes="$nnodes" trainer.n_gpus_per_node="$gpus_per_node")

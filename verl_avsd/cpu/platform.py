@@ -25,11 +25,11 @@ What the CPU platform answers:
   No code here or in torch touches it: the CPU torch build has no CUDA.
 
 Selection and registration happen on import. verl imports plugins at `import verl` in every
-process, Ray workers included: from `VERL_USE_EXTERNAL_MODULES=verl_avsd.cpu_platform,...`
+process, Ray workers included: from `VERL_USE_EXTERNAL_MODULES=verl_avsd.plugin`
 (driver's environment, inherited by the Ray workers it starts) or from the `verl.plugins`
-entry point (`verl_avsd.plugin`, which imports this module).
+entry point (`verl_avsd.plugin`, which imports this module first).
 
-`cpu_overrides()` returns the hydra overrides a CPU run needs (from `config/cpu.yaml`), so
+`cpu_overrides()` returns the hydra overrides a CPU run needs (from `cpu.yaml` next to this file), so
 the demo, the tests and the docs share one list.
 """
 
@@ -48,7 +48,7 @@ import yaml
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 CPU_PLATFORM_NAME = "cpu"
-CPU_OVERRIDES_FILE = Path(__file__).parent / "config" / "cpu.yaml"
+CPU_OVERRIDES_FILE = Path(__file__).parent / "cpu.yaml"
 
 
 def _no_op(*args, **kwargs) -> None:
@@ -274,8 +274,8 @@ def _warn_if_platform_chosen_too_early() -> None:
     chosen = platform_manager._current_platform
     if chosen is not None and not isinstance(chosen, PlatformCPU):
         logging.getLogger(__name__).warning(
-            "verl chose platform %r before verl_avsd.cpu_platform was imported, so this process "
-            "will not run on the CPU platform. Import verl_avsd.cpu_platform before anything that "
+            "verl chose platform %r before verl_avsd.cpu.platform was imported, so this process "
+            "will not run on the CPU platform. Import verl_avsd.cpu.platform before anything that "
             "imports verl.workers (first line of the plugin, or first in VERL_USE_EXTERNAL_MODULES).",
             chosen.device_name,
         )
@@ -309,14 +309,14 @@ def _select_cpu_platform() -> None:
     _warn_if_platform_chosen_too_early()
 
 
-# Run as `python -m verl_avsd.cpu_platform` this file executes a second time as __main__, next to
-# the copy the plugin imported (which already did the selection); the __main__ copy only prints.
+# Run as a script (`python -m verl_avsd.cpu.platform`) this file would execute a second time, next
+# to the copy the plugin imported (which already did the selection); only the imported copy selects.
 if __name__ != "__main__" and cpu_platform_selected():
     _select_cpu_platform()
 
 
 def cpu_overrides() -> list[str]:
-    """The hydra overrides every CPU run of `verl.trainer.main_ppo` needs (config/cpu.yaml).
+    """The hydra overrides every CPU run of `verl.trainer.main_ppo` needs (cpu.yaml).
 
     Append run-specific overrides (model path, data, batch sizes, steps) after these.
     """
@@ -326,8 +326,3 @@ def cpu_overrides() -> list[str]:
     if not isinstance(overrides, list) or not all(isinstance(item, str) and "=" in item for item in overrides):
         raise ValueError(f"{CPU_OVERRIDES_FILE}: field 'overrides' must be a list of 'key=value' strings")
     return list(overrides)
-
-
-if __name__ == "__main__":
-    # For shell scripts: python -m verl.trainer.main_ppo $(python -m verl_avsd.cpu_platform) key=value ...
-    print("\n".join(cpu_overrides()))

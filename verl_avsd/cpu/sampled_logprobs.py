@@ -1,6 +1,6 @@
 """Per-token log-probs of a `generate` call's sampled tokens, without keeping every step's scores.
 
-The `hf` rollout (workers/hf_rollout.py) returns each sampled token's log-probability under the
+The `hf` rollout (verl_avsd/cpu/hf_rollout.py) returns each sampled token's log-probability under the
 processed sampling distribution (after temperature / top-k / top-p: vLLM's
 `processed_logprobs`). transformers appends its own sampling warpers after any custom logits
 processor, so the rollout switches those off and passes the same warpers itself, followed by

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MICRO_BATCH_BUDGET_BYTES = 4 * 2**30  # forward + backward of one micro-batch, on top of weights and optimizer
-BYTES_PER_VALUE = 4  # float32: CPU runs train in float32 (config/cpu.yaml)
+BYTES_PER_VALUE = 4  # float32: CPU runs train in float32 (cpu/cpu.yaml)
 LOGIT_COPIES = 6
 ACT_PER_HIDDEN = 10
 ACT_PER_INTERMEDIATE = 4

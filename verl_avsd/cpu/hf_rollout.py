@@ -11,8 +11,7 @@ mirror vLLM's (verl/workers/rollout/vllm_rollout/):
 - `HFRolloutServer`: the Ray actor holding a `transformers` causal LM. Requests that arrive
   while a batch is generating are queued and run together as the next batch (left-padded,
   one `generate` call), so the n samples of a group cost one pass, not n.
-- `HFReplica`: the `RolloutReplica` that launches one server per replica (registered with
-  `RolloutReplicaRegistry.register("hf", ...)`).
+- `HFReplica`: the `RolloutReplica` that launches one server per replica.
 - `HFServerAdapter`: the `BaseRollout` verl builds inside the trainer worker
   (`ActorRolloutRefWorker.init_model` -> `get_rollout_class(name, "async")`). Its
   `update_weights` receives the actor's full parameters after every update step and loads
@@ -26,7 +25,10 @@ does the same). A seeded request is generated on its own so its tokens depend on
 With `logprobs=True` (verl asks for them when `rollout.calculate_log_probs=true`) each token's
 log-probability comes back under the processed distribution (after temperature / top-k /
 top-p), which is vLLM's `logprobs_mode=processed_logprobs`, verl's default; they are taken step by
-step as generation runs (workers/sampled_logprobs.py), never as a [B, T, V] tensor.
+step as generation runs (sampled_logprobs.py), never as a [B, T, V] tensor.
+
+The name `hf` is registered by `verl_avsd.plugin` on every host, without importing this module:
+verl imports it (and transformers' generation code) only when a run selects the `hf` rollout.
 
 Limits: one process per replica (tensor/pipeline/data parallel size 1), text only, no LoRA
 adapter sync (merged LoRA works), no partial-rollout abort (requests always run to the end).
@@ -47,14 +49,14 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout import base as rollout_base
-from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
-HF_ROLLOUT_NAME = "hf"
+HF_ROLLOUT_NAME = "hf"  # the name verl_avsd.plugin registers this backend under
 
 # `actor_rollout_ref.rollout.dtype` spellings verl accepts elsewhere
 _TORCH_DTYPES = {
@@ -420,14 +422,5 @@ class HFServerAdapter(rollout_base.BaseRollout):
         named_tensors = [(name, tensor.detach().to("cpu").clone()) for name, tensor in weights]
         await self._server().update_weights.remote(named_tensors, global_steps)
 
-
-# --------------------------------------------------------------------------------------------
-# Registration with verl (runs on import; verl imports plugins in every process).
-# --------------------------------------------------------------------------------------------
-
-RolloutReplicaRegistry.register(HF_ROLLOUT_NAME, lambda: HFReplica)
-# verl has no registration function for the in-worker adapter, only this table, read by
-# `get_rollout_class(name, mode)` (verl/workers/rollout/base.py).
-rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT_NAME, "async")] = f"{HFServerAdapter.__module__}.HFServerAdapter"
 
 __all__ = ["HFReplica", "HFRolloutServer", "HFServerAdapter", "HF_ROLLOUT_NAME", "server_actor_name"]
