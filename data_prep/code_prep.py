@@ -45,7 +45,7 @@ from verl_avsd.data_prep.code_solutions import (
 from verl_avsd.data_prep.contract import CODE_ABILITY, chat_prompt, make_row, tests_json
 from verl_avsd.data_prep.filters import TrainingFilters
 from verl_avsd.data_prep.option_checks import check_code_options, check_common_options
-from verl_avsd.data_prep.pipeline import PrepRun, ProblemIds, dataset_name, leaked_views
+from verl_avsd.data_prep.pipeline import PrepRun, dataset_name, leaked_views, with_unique_ids
 
 CODE_VIEW_NAMES = ("reference", "hint", "feedback")
 LANGUAGE_NAMES = {"python": "Python 3", "cpp": "C++17", "java": "Java"}
@@ -138,17 +138,6 @@ def _unscorable(problem: CodeProblem) -> str | None:
     return None
 
 
-def _with_unique_ids(read, ids: ProblemIds):
-    """`read`, and then a check that the problem's id is not another problem's (a bad row if it is)."""
-
-    def read_checked(record):
-        problem = read(record)
-        ids.check(record, problem.id_field, problem.problem_id, problem.problem)
-        return problem
-
-    return read_checked
-
-
 def _prepare_evals(run: PrepRun, options: CodeOptions) -> tuple[dict[str, list[dict]], list[str]]:
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
@@ -156,7 +145,7 @@ def _prepare_evals(run: PrepRun, options: CodeOptions) -> tuple[dict[str, list[d
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
         required = (LIVECODEBENCH_COLUMNS, "livecodebench")
-        read = _with_unique_ids(read_livecodebench, ProblemIds())
+        read = with_unique_ids(read_livecodebench)
         for problem in run.items(path, f"eval:{name}", tally, read, required_columns=required):
             reason = _unscorable(problem)
             if reason is not None:
@@ -271,7 +260,7 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
     check_common_options(options, PROMPT_FIELDS)
     check_code_options(options)
     read, columns, required = _problem_reader(options)
-    read = _with_unique_ids(read, ProblemIds())
+    read = with_unique_ids(read)
     run = PrepRun.for_options("code", options)
     run.check_output_folder(options.problems + options.solutions + [path for _, path in options.evals])
     filters = TrainingFilters(options)

@@ -34,7 +34,7 @@ from verl_avsd.data_prep.math_readers import (
 )
 from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
 from verl_avsd.data_prep.option_checks import check_common_options, check_separate_columns
-from verl_avsd.data_prep.pipeline import PrepRun, ProblemIds, dataset_name, leaked_views
+from verl_avsd.data_prep.pipeline import PrepRun, dataset_name, leaked_views, with_unique_ids
 
 DEFAULT_MATH_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
@@ -117,24 +117,13 @@ def _final_answer(item: MathItem) -> tuple[str | None, str | None]:
     return None, "empty_answer"
 
 
-def _with_unique_ids(read, ids: ProblemIds):
-    """`read`, and then a check that the row's id is not another problem's (a bad row if it is)."""
-
-    def read_checked(record):
-        item = read(record)
-        ids.check(record, item.id_field, item.problem_id, item.problem)
-        return item
-
-    return read_checked
-
-
 def _prepare_evals(run: PrepRun, options: MathOptions) -> tuple[dict[str, list[dict]], list[str]]:
     """Rows of every evaluation set, and all their problems (for decontamination)."""
     eval_rows: dict[str, list[dict]] = {}
     eval_problems: list[str] = []
 
     for name, path in options.evals:
-        read = _with_unique_ids(lambda r: read_eval(r, options.eval_problem_key, options.eval_answer_key), ProblemIds())
+        read = with_unique_ids(lambda r: read_eval(r, options.eval_problem_key, options.eval_answer_key))
         tally = run.tally(f"eval:{name}")
         rows = eval_rows.setdefault(name, [])
         for item in run.items(path, f"eval:{name}", tally, read):
@@ -168,7 +157,7 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
     if options.format == "openthoughts" and options.domains is None:
         options.domains = ["math"]  # the paper trains on OpenThoughts' math subset
     read, columns, required = _reader(options)
-    read = _with_unique_ids(read, ProblemIds())
+    read = with_unique_ids(read)
     run = PrepRun.for_options("math", options)
     run.check_output_folder(options.inputs + [path for _, path in options.evals])
     filters = TrainingFilters(options)

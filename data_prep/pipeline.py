@@ -69,6 +69,19 @@ class ProblemIds:
             raise record.error(f"problem id {problem_id!r} is already the id of a different problem ({where})", field)
 
 
+def with_unique_ids(read):
+    """`read` (record -> problem with id_field, problem_id, problem), then a check that the problem's
+    id is not another problem's in this stream (a bad row if it is): one `ProblemIds` per call."""
+    ids = ProblemIds()
+
+    def read_checked(record):
+        problem = read(record)
+        ids.check(record, problem.id_field, problem.problem_id, problem.problem)
+        return problem
+
+    return read_checked
+
+
 def leaked_views(prompt: list[dict], views: list[dict]) -> str | None:
     """`view_in_prompt` when the student's messages already hold a view's text (the row is dropped), else None."""
     return VIEW_IN_PROMPT if views_in_prompt(prompt, views) else None
