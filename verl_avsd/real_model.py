@@ -25,7 +25,6 @@ command reports success.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -35,6 +34,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from verl_avsd.data_prep.records import file_sha256
 
 MARKER = "verl_avsd_model.json"  # written last: a folder without it is not a finished conversion
 
@@ -84,14 +85,6 @@ def find_gguf(model: PackagedModel) -> Path:
     raise RealModelError(
         f"`{model.distribution}` {dist.version} is installed but has no {model.gguf_path}; reinstall it: {model.install}"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_folder(folder: Path, model: PackagedModel) -> dict:
@@ -148,7 +141,7 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
     if importlib.util.find_spec("gguf") is None:
         raise RealModelError(f"reading {gguf_file.name} needs the `gguf` package, which is not installed; run: {model.install}")
     out = Path(out_dir).resolve()
-    sha = _sha256(gguf_file)
+    sha = file_sha256(str(gguf_file))
     marker = out / MARKER
     if marker.is_file():
         facts = json.loads(marker.read_text())
