@@ -105,6 +105,14 @@ def _math_parser(subparsers) -> None:
         help="openthoughts: build views from ground_truth_solution or deepseek_solution",
     )
     parser.add_argument(
+        "--partial-view",
+        choices=["ours", "authors"],
+        default="ours",
+        help="how the partial view is built: ours (first half of the reasoning steps before the answer; "
+        "no partial view when there are fewer than 2) or authors (the AVSD authors' code: ceil(n/2) segments "
+        "or a character prefix, plus a notice; every row with a solution keeps it)",
+    )
+    parser.add_argument(
         "--domain",
         action="append",
         dest="domains",
@@ -162,6 +170,7 @@ def _run_math(args: argparse.Namespace, argv: list[str]) -> dict:
         domain_key=args.domain_key,
         id_key=args.id_key,
         solution_source=args.solution_source,
+        partial_view=args.partial_view,
         domains=args.domains,
         sources=args.sources,
         eval_problem_key=args.eval_problem_key,

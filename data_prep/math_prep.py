@@ -32,7 +32,7 @@ from verl_avsd.data_prep.math_readers import (
     read_generic,
     read_openthoughts,
 )
-from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, math_views
+from verl_avsd.data_prep.math_views import MATH_VIEW_NAMES, PARTIAL_VIEW_RULES, math_views
 from verl_avsd.data_prep.option_checks import check_common_options, check_separate_columns
 from verl_avsd.data_prep.pipeline import PrepRun, dataset_name, leaked_views, with_unique_ids
 
@@ -52,6 +52,7 @@ class MathOptions:
     domain_key: str | None = None
     id_key: str | None = None
     solution_source: str = "ground_truth"  # openthoughts: ground_truth | deepseek
+    partial_view: str = "ours"  # ours | authors (math_views.PARTIAL_VIEW_RULES)
     domains: list[str] | None = None
     sources: list[str] | None = None
     evals: list[tuple[str, str]] = field(default_factory=list)
@@ -80,6 +81,19 @@ def _check_options(options: MathOptions) -> None:
         check_separate_columns(("--problem-key", options.problem_key), privileged)
     if options.solution_source not in ("ground_truth", "deepseek"):
         raise ValueError("--solution-source must be ground_truth or deepseek")
+    if options.partial_view not in PARTIAL_VIEW_RULES:
+        raise ValueError(f"--partial-view must be one of {', '.join(PARTIAL_VIEW_RULES)}, got {options.partial_view!r}")
+    if options.partial_view == "authors" and not _has_solutions(options):
+        raise ValueError(
+            f"--partial-view authors builds the partial view from a worked solution, and --format {options.format} "
+            "gives none (every row would keep only the answer view)"
+            + ("; name the solution column with --solution-key" if options.format == "generic" else "")
+        )
+
+
+def _has_solutions(options: MathOptions) -> bool:
+    """Whether the format's rows carry a worked solution (the full and partial views come from it)."""
+    return options.format == "openthoughts" or bool(options.format == "generic" and options.solution_key)
 
 
 def _reader(options: MathOptions):
@@ -166,7 +180,7 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
     domains = {d.lower() for d in options.domains} if options.domains else None
     sources = set(options.sources) if options.sources else None
     name = dataset_name(options.name, options.format, options.inputs)
-    expects_solution = options.format == "openthoughts" or bool(options.format == "generic" and options.solution_key)
+    expects_solution = _has_solutions(options)
 
     tally = run.tally("train")
     rows: list[dict] = []
@@ -188,7 +202,7 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
             if answer is None:
                 tally.drop(reason)
                 continue
-            views = math_views(item.solution, answer)
+            views = math_views(item.solution, answer, options.partial_view)
             user_text = options.prompt_template.format(problem=item.problem)
             prompt = chat_prompt(user_text, options.system_prompt)
             filtered = filters.reason(item.problem, (item.problem,), user_text, views)

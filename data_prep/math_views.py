@@ -16,15 +16,23 @@ Segmentation rule for `partial` (the README repeats it):
    fewer than 2 reasoning steps there is no half to give, and the row has no `partial` view
    (the trainer masks a missing view).
 So a partial view never contains a box, and never contains a final answer of 3+ characters.
+
+`--partial-view authors` builds `partial` by the AVSD authors' rule instead (authors_partial.py):
+ceil(n/2) segments with the last box removed, a character prefix when there is one segment, and
+a notice that the view is incomplete, so every row with a solution keeps all three views.
 """
 
 from __future__ import annotations
 
 import re
 
+from verl_avsd.data_prep.authors_partial import authors_partial_view
 from verl_avsd.data_prep.boxed import contains_box
 
 MATH_VIEW_NAMES = ("full", "partial", "answer")
+# How `partial` is built: "ours" (above; the row has no partial view when it cannot be made) or
+# "authors" (the AVSD authors' released code; always made from a non-empty solution).
+PARTIAL_VIEW_RULES = ("ours", "authors")
 MIN_SEARCHED_ANSWER_CHARS = 3
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
@@ -75,12 +83,15 @@ def partial_view(solution: str, answer: str) -> str | None:
     return joiner.join(steps[: len(steps) // 2])
 
 
-def math_views(solution: str | None, answer: str) -> list[dict]:
-    """Views in the contract order (full, partial, answer); views that cannot be built are absent."""
+def math_views(solution: str | None, answer: str, partial_rule: str = "ours") -> list[dict]:
+    """Views in the contract order (full, partial, answer); views that cannot be built are absent.
+    `partial_rule` is one of PARTIAL_VIEW_RULES."""
+    if partial_rule not in PARTIAL_VIEW_RULES:
+        raise ValueError(f"--partial-view must be one of {', '.join(PARTIAL_VIEW_RULES)}, got {partial_rule!r}")
     views = []
     if solution and solution.strip():
         views.append({"name": "full", "text": solution.strip()})
-        partial = partial_view(solution, answer)
+        partial = authors_partial_view(solution) if partial_rule == "authors" else partial_view(solution, answer)
         if partial is not None:
             views.append({"name": "partial", "text": partial})
     views.append({"name": "answer", "text": answer})
