@@ -3,10 +3,14 @@
 For every rollout b and configured view m the teacher reads
 
     chat_template(prompt messages with the last user turn = view_template(prompt, view_m),
-                  add_generation_prompt=True, same chat-template kwargs as the student)
+                  add_generation_prompt=True, the student's chat-template kwargs)
     + the student's response token ids, unchanged
 
-so the teacher scores exactly the tokens the student sampled. Views come from the row's
+so the teacher scores exactly the tokens the student sampled. Two options reproduce the AVSD
+authors' code where it departs from this (both off by default): `teacher_chat_template_kwargs`
+gives the teacher its own template arguments (theirs: thinking on for the teacher, off for the
+student), and `view_template: privileged_reference` (verl_avsd/view_presets.py) writes the user
+turn in their words from the row's `extra_info.problem`. Views come from the row's
 `extra_info["views"]`, an ordered list of {"name": str, "text": str}; `algorithm.avsd.views`
 picks and orders the ones a run uses (this fixes M). A view a row lacks, or whose text is
 empty, is masked out for that row (never passed off as a view). On the first batch the trainer
@@ -24,8 +28,10 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 
 from verl_avsd.data_prep.errors import row_name  # how errors name a row (also the trainer's)
+from verl_avsd.view_presets import view_template_preset
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +91,39 @@ def with_rollout_view(extra_info, name: str, text: str | None):
     return {**extra_info, "views": kept + ([{"name": name, "text": text}] if text else [])}
 
 
-def teacher_messages(messages: list[dict], view_name: str, view_text: str, cfg) -> list[dict]:
-    """The student's chat messages with the view put into the last user turn."""
+def _option(cfg, key: str):
+    """An `algorithm.avsd` option from a DictConfig, a dict or an attribute object (None if absent)."""
+    return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
+
+def teacher_chat_template_kwargs(cfg, student_kwargs: dict | None) -> dict:
+    """The chat-template arguments of the teacher's contexts: `algorithm.avsd.teacher_chat_template_kwargs`
+    when set (in place of the student's, e.g. {enable_thinking: true}), else the student's
+    `data.apply_chat_template_kwargs` (the spec: same template, same thinking mode)."""
+    own = _option(cfg, "teacher_chat_template_kwargs")
+    if own is None:
+        return dict(student_kwargs or {})
+    return dict(OmegaConf.to_container(own, resolve=True) if OmegaConf.is_config(own) else own)
+
+
+def teacher_messages(messages: list[dict], view_name: str, view_text: str, cfg, *, problem: str | None = None) -> list[dict]:
+    """The student's chat messages with the view put into the last user turn (a view_template
+    preset writes that turn from `problem`, the row's extra_info.problem, instead)."""
     messages = [dict(m) for m in messages]
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
     if last_user is None:
-        raise ViewDataError("the prompt has no user message to put the view into")
-    title = cfg.view_titles.get(view_name, view_name) if cfg.get("view_titles") else view_name
+        raise ViewDataError("field raw_prompt: the prompt has no user message to put the view into")
+    preset = view_template_preset(cfg.view_template)
+    if preset is not None:
+        if not isinstance(problem, str) or not problem.strip():
+            raise ViewDataError(
+                f"field extra_info.problem is missing or empty; algorithm.avsd.view_template={cfg.view_template} "
+                "writes the teacher's turn from the raw problem (rows from `verl-avsd prep` carry it)"
+            )
+        messages[last_user]["content"] = preset.render(problem=problem, view_name=view_name, view_text=view_text)
+        return messages
+    titles = _option(cfg, "view_titles") or {}
+    title = titles.get(view_name, view_name)
     messages[last_user]["content"] = cfg.view_template.format(
         prompt=messages[last_user]["content"], view=view_text, view_name=view_name, view_title=title
     )
@@ -103,9 +135,10 @@ def build_teacher_contexts(
     raw_prompts: list[list[dict]],  # [B] the student's chat messages
     extra_infos: list[dict],  # [B] each row's extra_info
     cfg,  # resolved algorithm.avsd
-    chat_template_kwargs: dict | None = None,
+    chat_template_kwargs: dict | None = None,  # the student's; teacher_chat_template_kwargs picks the teacher's
 ) -> TeacherContexts:
     names = list(cfg.views)
+    chat_template_kwargs = teacher_chat_template_kwargs(cfg, chat_template_kwargs)
     B, M = len(raw_prompts), len(names)
     context_ids: list[list[torch.Tensor | None]] = [[None] * M for _ in range(B)]
     view_mask = torch.zeros(B, M, dtype=torch.bool)
@@ -121,13 +154,12 @@ def build_teacher_contexts(
             if len(view_ids) > max_view:  # keep the beginning: the end of a long view is cut
                 text = tokenizer.decode(view_ids[:max_view])
                 truncated[b, m] = True
+            problem = extra_infos[b].get("problem")  # a dict: views_of_row checked it
             try:
-                msgs = teacher_messages(messages, names[m], text, cfg)
+                msgs = teacher_messages(messages, names[m], text, cfg, problem=problem)
             except ViewDataError as e:
-                raise ViewDataError(f"{row_name(extra_infos[b], b)}: field raw_prompt: {e}") from None
-            ids = tokenizer.apply_chat_template(
-                msgs, add_generation_prompt=True, tokenize=True, **(chat_template_kwargs or {})
-            )
+                raise ViewDataError(f"{row_name(extra_infos[b], b)}: {e}") from None
+            ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, **chat_template_kwargs)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in transformers 5
                 ids = ids["input_ids"]
             context_ids[b][m] = torch.tensor(ids, dtype=torch.long)
