@@ -25,7 +25,9 @@ does the same). A seeded request is generated on its own so its tokens depend on
 With `logprobs=True` (verl asks for them when `rollout.calculate_log_probs=true`) each token's
 log-probability comes back under the processed distribution (after temperature / top-k /
 top-p), which is vLLM's `logprobs_mode=processed_logprobs`, verl's default; they are taken step by
-step as generation runs (sampled_logprobs.py), never as a [B, T, V] tensor.
+step as generation runs (sampled_logprobs.py), never as a [B, T, V] tensor. A request with
+`prompt_logprobs` (verl's teacher scoring) is answered like vLLM, with prefix caching, and
+generates nothing (prompt_logprobs.py).
 
 The name `hf` is registered by `verl_avsd.plugin` on every host, without importing this module:
 verl imports it (and transformers' generation code) only when a run selects the `hf` rollout.
@@ -51,6 +53,9 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from verl_avsd.workers.verl_worker_seam import attach_server
+
+from .prompt_logprobs import PromptLogProbScorer, ScoringRequest, scoring_request
 from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
 
 logger = logging.getLogger(__name__)
@@ -131,6 +136,7 @@ class HFRolloutServer:
         self._pending: list[_Request] = []
         self._batcher: Optional[asyncio.Task] = None
         self._model_lock = asyncio.Lock()  # generation and weight loading never overlap
+        self.scorer = PromptLogProbScorer.from_rollout_config(self.config)  # prompt_logprobs requests
 
     # --- generation ---------------------------------------------------------------------
 
@@ -149,10 +155,16 @@ class HFRolloutServer:
         if image_data or video_data or audio_data:
             raise NotImplementedError(f"hf rollout is text-only; request {request_id} carries multimodal data")
         prompt_ids = [int(token) for token in prompt_ids]
-        request = self._make_request(prompt_ids, dict(sampling_params), request_id)
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        request = scoring_request(prompt_ids, sampling_params, request_id, self.max_model_len, vocab_size)
+        request = request or self._make_request(prompt_ids, dict(sampling_params), request_id)
         self._pending.append(request)
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_pending_batches())
+        if isinstance(request, ScoringRequest):  # scored, nothing generated: verl reads extra_fields
+            scored = await request.result
+            return TokenOutput(token_ids=[], log_probs=[] if request.want_logprobs else None, stop_reason="completed",
+                               extra_fields={"global_steps": self.global_steps, **scored})
         token_ids, log_probs = await request.result
         return TokenOutput(
             token_ids=token_ids,
@@ -202,7 +214,10 @@ class HFRolloutServer:
             self._pending = [request for request in self._pending if request not in batch]
             try:
                 async with self._model_lock:
-                    outputs = await asyncio.to_thread(self._generate_batch, batch)
+                    if isinstance(batch[0], ScoringRequest):
+                        outputs = await asyncio.to_thread(self.scorer.score_batch, self.model, batch)
+                    else:
+                        outputs = await asyncio.to_thread(self._generate_batch, batch)
             except Exception as error:  # hand the error to every waiting caller
                 for request in batch:
                     if not request.result.done():
@@ -274,6 +289,7 @@ class HFRolloutServer:
     async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: Optional[int] = None):
         """Load the actor's full parameters (HF names) into the model."""
         async with self._model_lock:
+            self.scorer.clear()  # cached prefixes hold the old weights' KV (cleared first: a load may fail halfway)
             await asyncio.to_thread(self._load_weights, named_tensors)
             if global_steps is not None:
                 self.global_steps = global_steps
@@ -300,10 +316,11 @@ class HFRolloutServer:
         return None
 
     async def sleep(self):
-        return None
+        await self.clear_kv_cache()  # like vLLM's sleep, which drops its KV cache
 
     async def clear_kv_cache(self):
-        return None  # generate() keeps no cache between calls
+        async with self._model_lock:  # after any scoring round in flight
+            self.scorer.clear()  # generate() keeps no cache between calls; scoring's prefix cache
 
     async def release_kv_cache(self):
         return None
@@ -374,9 +391,8 @@ class HFReplica(RolloutReplica):
             .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
         )
         self.servers = [server]
-        self._server_handle = server
         # verl's load balancer only uses the address as a key; there is no HTTP endpoint.
-        self._server_address = name
+        attach_server(self, server, address=name)
 
 
 # --------------------------------------------------------------------------------------------
