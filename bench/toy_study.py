@@ -17,7 +17,16 @@ Measured per method, over seeds (mean and spread):
   - the share of GRPO groups whose rollouts all got the same reward (no signal; paper 29.6%);
   - AVSD's gate-open rate (gate >= 0.5; paper 21-27%);
   - the number of tokens where the arithmetic pool would have flipped the consensus sign.
-And a view-count sweep for AVSD: views [full], [full, partial], [full, partial, answer].
+  - epistemic verbalization (`epistemic/*`, verl_avsd/epistemic.py): markers per 1k response
+    tokens over all, correct and wrong rollouts, and the response length, each the mean of its
+    per-step values over the last LAST_STEPS training steps (length also at step 1).
+And rows beyond the method comparison (all off with --no-sweep):
+  - a view-count sweep for AVSD: views [full], [full, partial], [full, partial, answer];
+  - AVSD with the optional epistemic term on (algorithm.avsd.epistemic_tau, --epistemic-tau),
+    next to the plain AVSD row;
+  - the `sibling` view (a correct rollout of the same prompt, built at train time) alone and next
+    to the fixed views, against the fixed views, all at rollout.n = GROUP_SIZE (the GRPO budget:
+    P/4 prompts x 4 rollouts), since a rollout of a group of one has no sibling.
 
     python bench/toy_study.py                      # the whole study (~2 h on 2 cores)
     python bench/toy_study.py --seeds 0 --steps 4  # a quick look
@@ -57,6 +66,9 @@ from verl_avsd.toy_run import (
 METHODS = ("grpo", "opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
+# The sibling-view block, each at rollout.n = GROUP_SIZE: label -> views
+SIBLING_SWEEP = {"fixed": VIEW_SWEEP["M3"], "sibling": ("sibling",), "fixed+sibling": (*VIEW_SWEEP["M3"], "sibling")}
+LAST_STEPS = 5  # the end-of-training window of the train reward and the epistemic columns
 # What the study and each of its runs write: an interrupted run is started over only in a folder
 # the study made (verl_avsd.output_dir), and --out must be new, empty or a previous study.
 STUDY_COMMAND, RUN_COMMAND = "toy study", "toy study run"
@@ -69,40 +81,59 @@ VAL_KEY_PREFIX = "val-core/"  # verl: val-core/<data_source>/<reward var>/mean@1
 # One run
 
 
-def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict) -> dict:
-    """Train one (method, seed, views) run unless RUN_DIR/done.json says it finished; returns its record."""
-    run_dir = Path(args.out) / "runs" / name
-    done = run_dir / "done.json"
-    if done.exists():  # finished: the analysis of its dumps is redone (cheap), so it follows this code
-        record = json.loads(done.read_text())
-        if estimator != "grpo":
-            record["paired"] = paired_credit(run_dir / "rollouts", views)
-        return record
-    if run_dir.exists() and not is_previous_output(run_dir, RUN_COMMAND, RUN_OUTPUTS):
-        raise OutputDirError(f"{run_dir} holds files the toy study did not write; move them away or choose another --out")
-    claim_output_dir(run_dir, RUN_COMMAND, RUN_OUTPUTS, overwrite=True)  # an interrupted run: start it over
-    grpo = estimator == "grpo"  # no teacher: nothing to dump
-    run = ToyRun(
+def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
+                rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0) -> ToyRun:
+    """The ToyRun of one study run. `rollouts_per_prompt` None: the method's own budget split
+    (rollout_budget); else that many rollouts per prompt at the same rollouts per step."""
+    if rollouts_per_prompt is None:
+        budget = rollout_budget(estimator, args.rollouts_per_step)
+    elif args.rollouts_per_step % rollouts_per_prompt:
+        raise ValueError(f"run {name}: --rollouts-per-step {args.rollouts_per_step} is not a multiple of {rollouts_per_prompt} rollouts per prompt")
+    else:
+        budget = {"prompts_per_step": args.rollouts_per_step // rollouts_per_prompt, "rollouts_per_prompt": rollouts_per_prompt}
+    return ToyRun(
         model_dir=str(args.model),
         train_file=data["train"],
         val_file=data["val"],
-        run_dir=str(run_dir),
+        run_dir=str(Path(args.out) / "runs" / name),
         estimator=estimator,
         steps=args.steps,
-        **rollout_budget(estimator, args.rollouts_per_step),
+        **budget,
         views=views,
         lr=args.lr,
         seed=seed,
         val_before_train=True,
         test_freq=args.steps,
-        dump_rollouts=not grpo,
+        dump_rollouts=estimator != "grpo",  # no teacher: nothing to dump
+        extra_overrides=[f"+algorithm.avsd.epistemic_tau={epistemic_tau!r}"] if epistemic_tau else [],
     )
-    print(f"[study] {name}: {estimator}, seed {seed}, views {list(views)}, {args.steps} steps", flush=True)
+
+
+def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
+            rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0) -> dict:
+    """Train one (method, seed, views, ...) run unless RUN_DIR/done.json says it finished; returns its record."""
+    run_dir = Path(args.out) / "runs" / name
+    done = run_dir / "done.json"
+    if done.exists():  # finished: its analysis (metrics file and dumps) is redone (cheap), so it follows this code
+        previous = json.loads(done.read_text())
+        record = summarize_run(name, estimator, seed, views, run_dir, read_metrics_file(run_dir / "verl_metrics.jsonl"))
+        record.update(seconds=previous.get("seconds", 0.0), rollouts_per_prompt=previous["rollouts_per_prompt"],
+                      epistemic_tau=previous.get("epistemic_tau", 0.0))
+        return record
+    if run_dir.exists() and not is_previous_output(run_dir, RUN_COMMAND, RUN_OUTPUTS):
+        raise OutputDirError(f"{run_dir} holds files the toy study did not write; move them away or choose another --out")
+    claim_output_dir(run_dir, RUN_COMMAND, RUN_OUTPUTS, overwrite=True)  # an interrupted run: start it over
+    run = toy_run_for(name, estimator, seed, views, args, data, rollouts_per_prompt, epistemic_tau)
+    print(
+        f"[study] {name}: {estimator}, seed {seed}, views {list(views)}, {run.prompts_per_step} prompts x "
+        f"{run.rollouts_per_prompt} rollouts, epistemic_tau {epistemic_tau:g}, {args.steps} steps",
+        flush=True,
+    )
     result = run_main_ppo(run.overrides(), run_dir, timeout_s=args.timeout)
     if result.returncode != 0:
         raise RuntimeError(f"run {name} failed (exit {result.returncode}); log {result.log_file}:\n{result.log_tail(3000)}")
     record = summarize_run(name, estimator, seed, views, run_dir, result.metrics)
-    record["seconds"] = round(result.seconds, 1)
+    record.update(seconds=round(result.seconds, 1), rollouts_per_prompt=run.rollouts_per_prompt, epistemic_tau=epistemic_tau)
     done.write_text(json.dumps(record, indent=1))
     print(
         f"[study] {name}: acc {record['val_acc_before']:.3f} -> {record['val_acc_after']:.3f}, "
@@ -129,9 +160,11 @@ def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int
         counted = sum(c for _, c in shares)
         return sum(v * c for v, c in shares) / counted if counted else float("nan")
 
-    def mean_of(key: str) -> float:
-        values = [metrics[s][key] for s in train_steps if key in metrics[s]]
+    def mean_of(key: str, steps: list[int] = train_steps) -> float:
+        values = [metrics[s][key] for s in steps if key in metrics[s]]  # a step without it (NaN) does not count
         return statistics.fmean(values) if values else float("nan")
+
+    last_steps = train_steps[-LAST_STEPS:]
 
     record = {
         "name": name,
@@ -142,7 +175,7 @@ def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int
         "val_acc_before": _val_accuracy(metrics[0]),
         "val_acc_after": _val_accuracy(last),
         "train_reward_first": metrics[train_steps[0]]["critic/score/mean"],
-        "train_reward_last5": statistics.fmean(metrics[s]["critic/score/mean"] for s in train_steps[-5:]),
+        "train_reward_last5": mean_of("critic/score/mean", last_steps),
         "wrong_positive_top20": pooled("credit/wrong_rollout_positive_top20", "credit/wrong_rollout_top20_tokens"),
         "wrong_rollout_rate": mean_of("credit/wrong_rollout_rate"),
         "groups_without_signal": mean_of("grpo/groups_without_signal"),
@@ -150,6 +183,14 @@ def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int
         "gate_mean": mean_of("avsd/gate_mean"),
         "sign_conflict_rate": mean_of("avsd/sign_conflict_rate"),
         "arithmetic_sign_flips": sum(metrics[s].get("avsd/arithmetic_sign_flips", 0.0) for s in train_steps),
+        # epistemic verbalization at the end of training: each step's rate pools its rollouts
+        "epistemic_rate": mean_of("epistemic/markers_per_1k_tokens", last_steps),
+        "epistemic_rate_correct": mean_of("epistemic/markers_per_1k_tokens_correct", last_steps),
+        "epistemic_rate_wrong": mean_of("epistemic/markers_per_1k_tokens_wrong", last_steps),
+        "response_length_first": mean_of("epistemic/response_length_mean", train_steps[:1]),
+        "response_length": mean_of("epistemic/response_length_mean", last_steps),
+        # sibling view: share of the wrong rollouts that had a correct sibling to read
+        "sibling_wrong_view_rate": mean_of("sibling/wrong_view_rate"),
         "step_seconds": mean_of("timing_s/step"),
         "teacher_seconds": mean_of("timing_s/teacher_views"),
     }
@@ -205,6 +246,12 @@ REPORTED = (
     "gate_open_rate",
     "sign_conflict_rate",
     "arithmetic_sign_flips",
+    "epistemic_rate",
+    "epistemic_rate_correct",
+    "epistemic_rate_wrong",
+    "response_length_first",
+    "response_length",
+    "sibling_wrong_view_rate",
     "step_seconds",
 )
 
@@ -226,6 +273,8 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
             "lr": args.lr,
             "seeds": args.seeds,
             "n_val": args.n_val,
+            "epistemic_window_steps": LAST_STEPS,
+            "epistemic_markers": "algorithm.avsd.epistemic_markers (default list, verl_avsd/config/avsd.yaml)",
             "torch": torch.__version__,
         },
         "seconds": round(seconds),
@@ -278,8 +327,62 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
             f"| {name} | " + " | ".join(cells)
             + f" | {flips} | {fmt(row['gate_open_rate'], True)} | {fmt(row['sign_conflict_rate'], True)} |"
         )
+    lines += epistemic_lines(table, groups, fmt) + sibling_lines(table, groups, fmt)
     lines += ["", "Plots: " + ", ".join(p.name for p in sorted(out.glob("*.png"))), ""]
     (out / "toy_study.md").write_text("\n".join(lines))
+
+
+def _first(records: list[dict], key: str, default):
+    return records[0].get(key, default) if records else default
+
+
+def epistemic_lines(table: dict, groups: dict[str, list[dict]], fmt) -> list[str]:
+    """The `epistemic/*` table: every run, its epistemic_tau next to its marker rates."""
+    lines = [
+        "",
+        f"Epistemic verbalization (`epistemic/*`, the default `algorithm.avsd.epistemic_markers`: wait, hmm, perhaps, "
+        f"let me check, ...): markers per 1k response tokens and response tokens per rollout, each the mean of its "
+        f"per-step values over the last {LAST_STEPS} training steps (a step's rate pools its rollouts; a step with no "
+        f"correct or no wrong rollout does not count for that column); response length also at step 1.",
+        "",
+        "| run | epistemic_tau | markers / 1k tokens | on correct | on wrong | response tokens, step 1 | "
+        f"response tokens, last {LAST_STEPS} |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | {_first(groups[name], 'epistemic_tau', 0.0):g} | {fmt(row['epistemic_rate'], digits=2)} | "
+            f"{fmt(row['epistemic_rate_correct'], digits=2)} | {fmt(row['epistemic_rate_wrong'], digits=2)} | "
+            f"{fmt(row['response_length_first'], digits=1)} | {fmt(row['response_length'], digits=1)} |"
+        )
+    return lines
+
+
+def sibling_lines(table: dict, groups: dict[str, list[dict]], fmt) -> list[str]:
+    """The sibling-view table: the runs at rollout.n > 1 (the sibling block and GRPO, same budget)."""
+    names = [n for n in table if _first(groups[n], "rollouts_per_prompt", 1) > 1]
+    if not any("sibling" in _first(groups[n], "views", []) for n in names):
+        return []
+    lines = [
+        "",
+        f"Sibling view vs the fixed views, all at rollout.n = {GROUP_SIZE} (same rollouts per step as above, "
+        f"{GROUP_SIZE} per prompt; GRPO for reference). `sibling` = a correct rollout of the same prompt, "
+        "masked when the group has none; credit = positive share of the top-20 |advantage| tokens of wrong "
+        "rollouts (lower is better), on each run's own rollouts.",
+        "",
+        "| run | views | acc before | acc after | train reward (last 5) | wrong-rollout top-20 positive | "
+        "wrong rollouts with a sibling | gate open |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        row = table[name]
+        views = ", ".join(_first(groups[name], "views", [])) if groups[name][0]["estimator"] != "grpo" else "-"
+        lines.append(
+            f"| {name} | {views} | {fmt(row['val_acc_before'], True)} | {fmt(row['val_acc_after'], True)} | "
+            f"{fmt(row['train_reward_last5'], True)} | {fmt(row['wrong_positive_top20'], True)} | "
+            f"{fmt(row['sibling_wrong_view_rate'], True)} | {fmt(row['gate_open_rate'], True)} |"
+        )
+    return lines
 
 
 def mean_curves(out: Path, groups: dict[str, list[dict]]) -> dict[str, dict[int, dict]]:
@@ -343,11 +446,35 @@ def parse_args(argv):
     p.add_argument("--rollouts-per-step", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-5, help="one for all methods; at 2e-4 GRPO collapsed (held-out 58%% -> 5%%)")
     p.add_argument("--n-val", type=int, default=128)
-    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--no-sweep", action="store_true", help="the methods only: no view-count sweep, epistemic_tau row or sibling block")
+    p.add_argument("--epistemic-tau", type=float, default=0.1, help="the AVSD row with algorithm.avsd.epistemic_tau on (0: no such row)")
+    p.add_argument("--no-sibling", action="store_true", help="no sibling-view block")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out the study did not make (deletes nothing there)")
     p.add_argument("--parallel", type=int, default=2, help="runs at once (default 2, one per core)")
     return p.parse_args(argv)
+
+
+def study_plan(args) -> list[tuple[str, str, tuple]]:
+    """(group, run name, (estimator, seed, views, run_one keywords)) of every run, in the order they
+    start. A run in two groups is trained once: the M3 sweep point and the plain AVSD row are one run."""
+    plan = [(m, f"{m}_s{seed}", (m, seed, VIEW_SWEEP["M3"], {})) for m in args.methods for seed in args.seeds]
+    if args.no_sweep:
+        return plan
+    if args.epistemic_tau > 0:
+        tau = args.epistemic_tau
+        plan += [(f"avsd tau={tau:g}", f"avsd_tau{tau:g}_s{seed}", ("avsd", seed, VIEW_SWEEP["M3"], {"epistemic_tau": tau}))
+                 for seed in args.seeds]
+    if not args.no_sibling:
+        for label, views in SIBLING_SWEEP.items():
+            plan += [(f"avsd n={GROUP_SIZE} {label}", f"avsd_n{GROUP_SIZE}_{label.replace('+', '_')}_s{seed}",
+                      ("avsd", seed, views, {"rollouts_per_prompt": GROUP_SIZE})) for seed in args.seeds]
+    sweep_seeds = args.sweep_seeds if args.sweep_seeds is not None else args.seeds[:1]
+    for label, views in VIEW_SWEEP.items():
+        for seed in sweep_seeds:
+            name = f"avsd_s{seed}" if label == "M3" else f"avsd_{label}_s{seed}"
+            plan.append((f"avsd {label}", name, ("avsd", seed, views, {})))
+    return plan
 
 
 def main(argv=None) -> int:
@@ -360,19 +487,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"toy_study: error: {error}") from None
     data = toy_data(str(out / "data"), n_train=args.steps * args.rollouts_per_step, n_val=args.n_val, seed=0)
     start = time.monotonic()
-    # (group, run name, estimator, seed, views) of every run; the M3 sweep point is the avsd run itself
-    plan = [(m, f"{m}_s{seed}", m, seed, VIEW_SWEEP["M3"]) for m in args.methods for seed in args.seeds]
-    if not args.no_sweep:
-        sweep_seeds = args.sweep_seeds if args.sweep_seeds is not None else args.seeds[:1]
-        for label, views in VIEW_SWEEP.items():
-            for seed in sweep_seeds:
-                name = f"avsd_s{seed}" if label == "M3" else f"avsd_{label}_s{seed}"
-                plan.append((f"avsd {label}", name, "avsd", seed, views))
-    unique = {name: (estimator, seed, views) for _, name, estimator, seed, views in plan}
+    plan = study_plan(args)
+    unique = {name: spec for _, name, spec in plan}
     # Runs are independent processes (each its own Ray instance); two at a time keep both cores
     # busy through the phases where one run waits (Ray start-up, weight sync, validation).
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {pool.submit(run_one, name, *spec, args, data): name for name, spec in unique.items()}
+        futures = {pool.submit(run_one, name, *spec[:3], args, data, **spec[3]): name for name, spec in unique.items()}
         records = {}
         for future in as_completed(futures):
             if future.exception() is not None:  # stop at the first failed run, start no other
@@ -383,7 +503,7 @@ def main(argv=None) -> int:
                 raise future.exception()
             records[futures[future]] = future.result()
     groups: dict[str, list[dict]] = {}
-    for group, name, *_ in plan:
+    for group, name, _ in plan:
         groups.setdefault(group, []).append(records[name])
     # wall time of all runs, including those finished by an earlier, interrupted invocation
     seconds = sum(r.get("seconds", 0.0) for records in groups.values() for r in records)
