@@ -56,11 +56,13 @@ except ImportError:  # a bare checkout (the GPU machine): the package folder sit
 
 from teacher_prefill import PeakRSS  # bench/teacher_prefill.py: a thread that samples the RSS
 
+from verl_avsd.estimator_facts import teacher_estimators  # plain data, no imports
 from verl_avsd.metrics import credit_metrics, signal_metrics  # pure torch, like signals
 from verl_avsd.signals import avsd_signals, rlsd_advantage
 
 try:
-    from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
+    from verl_avsd.config import avsd_config
+    from verl_avsd.estimators import token_advantages
 except ImportError as error:  # verl (or omegaconf) missing: time verl_avsd.signals directly
     token_advantages, VERL_MISSING = None, f"{type(error).__name__}: {error}"
 else:
@@ -144,7 +146,8 @@ def estimator_calls(inputs: dict, views: int) -> dict[str, Callable[[], tuple]]:
     names = [f"view{m}" for m in range(views)]
     student, logq, view_mask, resp = (inputs[k] for k in ("student_logp", "view_logq", "view_mask", "response_mask"))
     if token_advantages is not None:
-        config = {"avsd": {"views": names, "opsd_view": names[0]}}  # verl's `algorithm` config, as a dict
+        # parsed once, as the trainer does (the estimator reads the AvsdConfig, no parsing per step)
+        config = avsd_config({"avsd": {"views": names, "opsd_view": names[0]}})
 
         kwargs = {
             "student_logp": student,
@@ -154,7 +157,7 @@ def estimator_calls(inputs: dict, views: int) -> dict[str, Callable[[], tuple]]:
             "token_level_rewards": inputs["token_level_rewards"],  # rlsd only
             "index": inputs["index"],  # rlsd only
         }
-        return {name: functools.partial(token_advantages, name, config, **kwargs) for name in TEACHER_ESTIMATORS}
+        return {name: functools.partial(token_advantages, name, config, **kwargs) for name in teacher_estimators()}
 
     # Without verl: the same math through verl_avsd.signals (what token_advantages runs inside).
     def avsd_field(field):

@@ -124,7 +124,7 @@ def composed_value(cfg, key: str):
     from verl_avsd.config import avsd_config
 
     if key.startswith("algorithm.avsd."):
-        node, leaf = avsd_config(cfg.algorithm), key.removeprefix("algorithm.avsd.")
+        node, leaf = OmegaConf.create(avsd_config(cfg.algorithm).to_dict()), key.removeprefix("algorithm.avsd.")
     else:
         node, leaf = cfg, key
     missing = object()

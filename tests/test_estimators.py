@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo import core_algos
 
 import verl_avsd.estimators as est
+from verl_avsd.estimator_facts import teacher_estimators
 from verl_avsd.signals import avsd_signals, opsd_advantage
 
 
@@ -25,7 +26,7 @@ def _algo(**avsd):
     return OmegaConf.create({"adv_estimator": "avsd", "avsd": avsd})
 
 
-@pytest.mark.parametrize("name", est.TEACHER_ESTIMATORS)
+@pytest.mark.parametrize("name", teacher_estimators())
 def test_registered_in_verl_and_refuse_without_teacher(name):
     fn = core_algos.get_adv_estimator_fn(name)
     b = _batch()
@@ -78,7 +79,7 @@ def test_config_typo_is_an_error_with_a_hint():
                              view_mask=b["view_mask"], response_mask=b["response_mask"])
 
 
-@pytest.mark.parametrize("name", est.TEACHER_ESTIMATORS)
+@pytest.mark.parametrize("name", teacher_estimators())
 def test_sentinel_teacher_logprob_gives_finite_advantages_in_every_estimator(name):
     # float32 finfo.min in one view of one token: dropped like a view the teacher could not
     # score (it gave NaN with two views); every estimator's advantage stays finite and sane

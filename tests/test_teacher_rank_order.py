@@ -8,6 +8,7 @@ feeds once, but only for rollouts on the same rank.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_trainer_scores_in_group_order_and_restores_verls_order(monkeypatch):
                   "avsd_view_fed_tokens": torch.ones(len(keys))}  # fmt: skip
         return TensorDict({f: fields[f] for f in select_fields}, batch_size=len(keys))
 
-    monkeypatch.setattr(trainer_module.tq, "kv_batch_get", kv_batch_get)
+    monkeypatch.setattr(seam.tq, "kv_batch_get", kv_batch_get)
     trainer = object.__new__(AvsdTrainer)  # the step only: no Ray, no workers
     trainer.avsd = default_config()
     trainer.config = OmegaConf.create({"data": {}, "actor_rollout_ref": {"rollout": {"temperature": 1.0}}})
@@ -110,7 +111,7 @@ def test_trainer_scores_in_group_order_and_restores_verls_order(monkeypatch):
         assert (seen != keys) == grouped and whole  # (with one rank every group is trivially whole)
         assert metrics.get("avsd/teacher_grouped_by_prompt") == (1.0 if grouped else None)
 
-    trainer.avsd.teacher_group_by_prompt = False  # the switch: verl's order for the teacher too
+    trainer.avsd = dataclasses.replace(trainer.avsd, teacher_group_by_prompt=False)  # the switch: verl's order for the teacher too
     trainer.actor_rollout_wg = RecordingWorkerGroup(4)
     trainer._compute_view_log_probs(FakeBatch(keys, lengths), {})
     assert trainer.actor_rollout_wg.keys_seen == keys

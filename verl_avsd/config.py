@@ -1,10 +1,15 @@
 """`algorithm.avsd.*`: defaults live in `config/avsd.yaml`; this module merges a run's keys onto
 them and rejects what cannot be right (unknown keys, wrong types, inf/nan, out-of-range values)
-at config time, with a message that names the key, before any Ray work starts."""
+at config time, with a message that names the key, before any Ray work starts.
+
+The result is an `AvsdConfig`: typed, frozen, parsed once by the trainer and handed (as the
+object, or as `to_dict()` across the worker transport) to everything that reads it."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import math
 import string
 from collections.abc import Mapping
@@ -29,17 +34,127 @@ class AvsdConfigError(ValueError):
     """A bad `algorithm.avsd.*` setting."""
 
 
-def default_config() -> DictConfig:
+class FrozenMap(dict):
+    """A read-only dict (view_titles of a frozen AvsdConfig) that still pickles through Ray."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(f"{KEY}.view_titles of a parsed AvsdConfig is read-only; use dataclasses.replace")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):  # pickle rebuilds through __init__, not through the refused __setitem__
+        return (FrozenMap, (dict(self),))
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class AvsdConfig:
+    """The resolved `algorithm.avsd.*` options of a run. Each key is documented, with its default,
+    in config/avsd.yaml (the hydra source of the defaults; the fields here have none). Build one
+    with `avsd_config` (merge onto the defaults, check every value) or, on the far side of a
+    transport that carries plain data, `AvsdConfig.from_dict(cfg.to_dict())`; the constructor
+    itself checks nothing. Change one with `dataclasses.replace`."""
+
+    views: tuple[str, ...]
+    opsd_view: str
+    teacher: str  # one of TEACHERS
+    view_template: str  # str.format with TEMPLATE_FIELDS; a command line's backslash-n is a newline here
+    view_titles: Mapping[str, str]  # a FrozenMap
+    max_view_tokens: int
+    token_budget: int
+    logprob_chunk_tokens: int
+    share_prefix_min_tokens: int
+    teacher_group_by_prompt: bool
+    epistemic_tau: float
+    epistemic_markers: tuple[str, ...]
+    rlsd_lam: float
+    rlsd_eps_w: float
+    wrong_below: float
+    credit_top_k: int
+    gate_open_threshold: float
+    dump_rollouts_dir: str | None
+    sandbox_isolation: str  # one of SANDBOX_ISOLATIONS
+    sandbox_max_concurrent: int | None
+    sandbox_fusion_url: str | None
+
+    def to_dict(self) -> dict:
+        """Plain data (lists, dicts): for a transport that carries no objects, or OmegaConf.create."""
+        return {
+            f.name: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> AvsdConfig:
+        """The config `to_dict` wrote (already checked by `avsd_config` where it was parsed)."""
+        if not isinstance(data, Mapping):
+            raise AvsdConfigError(f"{KEY}: expected the mapping AvsdConfig.to_dict() writes, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing, unknown = [n for n in names if n not in data], [k for k in data if k not in names]
+        if missing or unknown:
+            raise AvsdConfigError(
+                f"{KEY}: not an AvsdConfig.to_dict() mapping (missing {missing}, unknown {unknown}); "
+                "every option is a field of AvsdConfig in verl_avsd/config.py and a key of config/avsd.yaml"
+            )
+        return cls(**{f.name: _typed(f.type, data[f.name]) for f in dataclasses.fields(cls)})
+
+
+def _typed(annotation: str, value):
+    """A checked value as its field's type: lists as tuples, mappings read-only, counts as int."""
+    if value is None:
+        return None
+    base = annotation.removesuffix(" | None")
+    if base.startswith("tuple["):
+        return tuple(value)
+    if base.startswith("Mapping["):
+        return FrozenMap(value)
+    if base in ("int", "float"):
+        return {"int": int, "float": float}[base](value)
+    return value
+
+
+def _defaults_node() -> DictConfig:
     return OmegaConf.load(DEFAULTS_PATH)
 
 
-def avsd_config(algorithm_config) -> DictConfig:
+@functools.cache
+def default_config() -> AvsdConfig:
+    """The defaults of config/avsd.yaml, checked like a run's options (frozen, so shared)."""
+    return _as_dataclass(_checked(_defaults_node()))
+
+
+def _as_dataclass(cfg: DictConfig) -> AvsdConfig:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    fields = {f.name for f in dataclasses.fields(AvsdConfig)}
+    if set(data) != fields:  # a key added to the yaml without its field, or the reverse
+        raise AvsdConfigError(
+            f"{DEFAULTS_PATH} and AvsdConfig (verl_avsd/config.py) disagree: keys without a field "
+            f"{sorted(set(data) - fields)}, fields without a key {sorted(fields - set(data))}"
+        )
+    return AvsdConfig.from_dict(data)
+
+
+def avsd_config(algorithm_config) -> AvsdConfig:
     """The resolved AVSD options of a run, from verl's `algorithm` config (DictConfig, dict or a
-    dataclass-like object with an `avsd` attribute/key; missing means all defaults)."""
+    dataclass-like object with an `avsd` attribute/key; missing means all defaults). An `avsd`
+    that is already an AvsdConfig (or an AvsdConfig given itself) was parsed before and comes
+    back as it is."""
+    if isinstance(algorithm_config, AvsdConfig):
+        return algorithm_config
     user = _get(algorithm_config, "avsd")
-    cfg = default_config()
+    if isinstance(user, AvsdConfig):
+        return user
     if user is None:
-        return cfg
+        return default_config()
+    return _as_dataclass(_parsed_node(user))
+
+
+def _parsed_node(user) -> DictConfig:
+    """The run's `algorithm.avsd` mapping merged onto the yaml's defaults, every key checked."""
+    cfg = _defaults_node()
     if not isinstance(user, (Mapping, DictConfig)):
         raise AvsdConfigError(f"{KEY} must be a mapping of AVSD options, got {type(user).__name__} {user!r:.80}")
     try:
@@ -77,6 +192,10 @@ def avsd_config(algorithm_config) -> DictConfig:
             cfg = OmegaConf.merge(cfg, {key: value})
         except OmegaConfBaseException as e:
             raise AvsdConfigError(f"{KEY}.{key}={value!r:.80} cannot be used: {e}") from None
+    return _checked(cfg)
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
     _validate(cfg)
     return cfg
 

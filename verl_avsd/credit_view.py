@@ -1,5 +1,6 @@
 """The token-credit view of one dumped rollout: each token coloured by the advantage the estimators
-(avsd, opsd, avsd_consensus, avsd_arithmetic) give it, recomputed from the dump, and AVSD's gate;
+(the credit methods of verl_avsd.estimator_facts: avsd, opsd, avsd_consensus, avsd_arithmetic)
+give it, recomputed from the dump, and AVSD's gate;
 written as credit_STEP_INDEX.html (every token) and .png (an overview).
 """
 
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from verl_avsd.config import default_config
+from verl_avsd.config import avsd_config, default_config
+from verl_avsd.estimator_facts import credit_methods
 from verl_avsd.plots import plt
 from verl_avsd.rollout_dumps import check_dump_row, dump_dir, dump_tensors, dumped_steps, read_dump
 from verl_avsd.run_files import ReportError, Run, config_value
 
-CREDIT_METHODS = ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic")
 POSITIVE_RGB = (33, 102, 172)  # blue: the method raises this token's probability
 NEGATIVE_RGB = (178, 24, 43)  # red: it lowers it
 GATE_RGB = (27, 120, 55)  # green, intensity = gate in [0, 1]
@@ -57,7 +58,7 @@ def pick_rollout(directory: Path, spec: str | None, wrong_below: float) -> tuple
 
 
 def credit_advantages(row: dict, avsd_options: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-token advantage [T] of each CREDIT_METHODS estimator on this rollout, and AVSD's gate [T],
+    """Per-token advantage [T] of each credit method (estimator_facts) on this rollout, and AVSD's gate [T],
     computed by the estimators training uses (so epistemic_tau and opsd_view apply as in the run)."""
     # imported here: it imports verl (several seconds), which only the credit view needs; verl warns
     # at import about optional training engines it does not find, which says nothing about a report
@@ -69,10 +70,11 @@ def credit_advantages(row: dict, avsd_options: dict) -> tuple[dict[str, torch.Te
     options = {**avsd_options, "views": views}
     if options.get("opsd_view") not in views:
         options["opsd_view"] = views[0]
+    cfg = avsd_config({"avsd": options})  # once for every method
     inputs = dump_tensors([row])  # [1, T], [1, M, T], [1, M], [1, T]
     advantages, gate = {}, None
-    for method in CREDIT_METHODS:
-        adv, signals = token_advantages(method, {"avsd": options}, **inputs)
+    for method in credit_methods():
+        adv, signals = token_advantages(method, cfg, **inputs)
         advantages[method] = adv[0]
         if method == "avsd":
             gate = signals.gate[0]

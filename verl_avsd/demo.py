@@ -27,6 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from verl_avsd.estimator_facts import demo_estimators
 from verl_avsd.output_dir import OutputDirError, claim_output_dir
 from verl_avsd.plots import plot_metrics
 from verl_avsd.toy import TOY_MODEL_DIR
@@ -37,13 +38,12 @@ DEMO_OUTPUTS = (
     "metrics.jsonl", "verl_metrics.jsonl", "config.yaml", "train.log", "reward.png", "gate.png", "credit.png",
     "data", "model", "outputs", "checkpoints", "rollouts",
 )
-ESTIMATORS = ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "rlsd", "grpo")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="verl-avsd demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--estimator", choices=ESTIMATORS, default="avsd")
+    p.add_argument("--estimator", choices=demo_estimators(), default="avsd")
     p.add_argument("--steps", type=int, default=20, help="training steps (default 20, about 5 minutes on 2 cores)")
     p.add_argument("--prompts-per-step", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)

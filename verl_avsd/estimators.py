@@ -16,10 +16,9 @@ import logging
 import torch
 from verl.trainer.ppo import core_algos
 
-from verl_avsd.config import avsd_config
+from verl_avsd.config import AvsdConfig, avsd_config
+from verl_avsd.estimator_facts import teacher_estimators
 from verl_avsd.signals import AvsdSignals, avsd_signals, rlsd_advantage
-
-TEACHER_ESTIMATORS = ("avsd", "avsd_consensus", "avsd_arithmetic", "opsd", "rlsd")
 
 TRAINER_HINT = (
     "add `trainer.v1.trainer_mode=avsd_sync` to the verl command line (the AVSD trainer scores "
@@ -38,7 +37,7 @@ class TeacherLogprobsMissing(RuntimeError):
 
 def token_advantages(
     estimator: str,
-    config,  # verl's `algorithm` config (reads algorithm.avsd.*)
+    config: AvsdConfig,  # parsed once by the trainer; or verl's raw `algorithm` config (parsed here)
     *,
     student_logp: torch.Tensor,  # [B, T] old_log_prob of the rollout policy
     view_logq: torch.Tensor,  # [B, M, T] teacher log-prob of each response token under each view
@@ -49,7 +48,7 @@ def token_advantages(
     norm_adv_by_std_in_grpo: bool = True,
 ) -> tuple[torch.Tensor, AvsdSignals]:
     """Token advantages [B, T] of one estimator, and the AVSD signals they came from (for metrics)."""
-    cfg = avsd_config(config)
+    cfg = config if isinstance(config, AvsdConfig) else avsd_config(config)
     if float(cfg.epistemic_tau) > 0 and estimator != "avsd" and estimator not in _ignored_tau_warned:
         _ignored_tau_warned.add(estimator)  # a setting that silently did nothing otherwise
         logger.warning(
@@ -87,7 +86,7 @@ def token_advantages(
             sequence_adv, signals.consensus, response_mask, lam=float(cfg.rlsd_lam), eps_w=float(cfg.rlsd_eps_w)
         )
     else:
-        raise ValueError(f"unknown AVSD-family estimator {estimator!r}; known: {TEACHER_ESTIMATORS}")
+        raise ValueError(f"unknown AVSD-family estimator {estimator!r}; known: {teacher_estimators()}")
     return advantages.to(torch.float32), signals
 
 
@@ -126,4 +125,4 @@ def _register(name: str):
     return estimator
 
 
-ESTIMATORS = {name: _register(name) for name in TEACHER_ESTIMATORS}
+ESTIMATORS = {name: _register(name) for name in teacher_estimators()}

@@ -21,7 +21,7 @@ from typing import Callable
 import verl_avsd.plugin  # noqa: F401,I001  first: registers the CPU platform before verl picks one
 from verl_avsd.cpu.micro_batch import micro_batch_overrides, run_micro_batch_size
 from verl_avsd.cpu.platform import cpu_overrides
-from verl_avsd.estimators import TEACHER_ESTIMATORS
+from verl_avsd.estimator_facts import needs_groups, needs_teacher
 from verl_avsd.run_files import read_metrics_file
 from verl_avsd.toy import task as toy_task
 
@@ -29,13 +29,12 @@ from verl_avsd.toy import task as toy_task
 TOY_VIEW_TEMPLATE = toy_task.TEACHER_TEMPLATE.replace("{view_text}", "{view}").replace("\n", "\\n")
 
 
-GROUP_SIZE = 4  # rollouts per prompt of the group-relative estimators; the teacher ones sample one
-GROUP_ESTIMATORS = ("grpo", "rlsd")
+GROUP_SIZE = 4  # rollouts per prompt of the group-relative estimators (needs_groups); the others sample one
 
 
 def rollouts_per_prompt(estimator: str) -> int:
     """GROUP_SIZE for the group-relative estimators (their advantage needs a group), else 1."""
-    return GROUP_SIZE if estimator in GROUP_ESTIMATORS else 1
+    return GROUP_SIZE if needs_groups(estimator) else 1
 
 
 def rollout_budget(estimator: str, rollouts_per_step: int) -> dict[str, int]:
@@ -75,7 +74,7 @@ class ToyRun:
     extra_overrides: list[str] = field(default_factory=list)
 
     def overrides(self) -> list[str]:
-        teacher = self.estimator in TEACHER_ESTIMATORS
+        teacher = needs_teacher(self.estimator)
         n = self.rollouts_per_prompt or rollouts_per_prompt(self.estimator)
         run_dir = Path(self.run_dir).resolve()
         views = "[" + ",".join(self.views) + "]"

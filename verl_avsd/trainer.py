@@ -19,6 +19,7 @@ Only three things differ from verl's `sync` trainer:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -36,7 +37,8 @@ from verl.workers.utils.padding import response_to_nested
 
 from verl_avsd.config import avsd_config
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
-from verl_avsd.estimators import TEACHER_ESTIMATORS, token_advantages
+from verl_avsd.estimator_facts import needs_teacher
+from verl_avsd.estimators import token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
 from verl_avsd.metrics import credit_metrics, signal_metrics
 from verl_avsd.resume import ResumableFileLogger
@@ -105,11 +107,11 @@ class AvsdTrainer(PPOTrainerSync):
     def __init__(self, config):
         self.avsd = avsd_config(config.algorithm)  # a typo in algorithm.avsd.* fails here, before Ray work
         self.estimator = str(config.algorithm.adv_estimator)
-        self.needs_teacher = self.estimator in TEACHER_ESTIMATORS
+        self.needs_teacher = needs_teacher(self.estimator)
         if self.estimator == "opsd":
             # OPSD reads one view: the teacher scores only that one, not every view in
             # algorithm.avsd.views (which would cost M-1 views of teacher time for nothing)
-            self.avsd.views = [self.avsd.opsd_view]
+            self.avsd = dataclasses.replace(self.avsd, views=(self.avsd.opsd_view,))
         if self.needs_teacher and SIBLING_VIEW in self.avsd.views and int(config.actor_rollout_ref.rollout.get("n", 1)) < 2:
             raise ValueError(
                 f"algorithm.avsd.views has {SIBLING_VIEW!r}, a correct response of another rollout of the same prompt, "
@@ -209,7 +211,7 @@ class AvsdTrainer(PPOTrainerSync):
         chat_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
         batch.extra_info.update(
             {
-                "avsd_config": OmegaConf.to_container(self.avsd, resolve=True),
+                "avsd_config": self.avsd.to_dict(),  # plain data through TransferQueue; AvsdConfig.from_dict there
                 # the same chat template arguments (e.g. enable_thinking) as the student's prompt
                 "avsd_chat_template_kwargs": dict(OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs),
                 # the student's old_log_prob is at the rollout temperature; score the teacher alike
@@ -345,7 +347,7 @@ class AvsdTrainer(PPOTrainerSync):
         view_logq = padded["avsd_view_logq"].permute(0, 2, 1)  # [B, T, M] -> [B, M, T]
         advantages, signals = token_advantages(
             self.estimator,
-            {"avsd": self.avsd},  # the views the teacher scored, in its order
+            self.avsd,  # parsed once in __init__; its views are the ones the teacher scored, in its order
             student_logp=padded["old_log_probs"],
             view_logq=view_logq,
             view_mask=padded["avsd_view_mask"].bool(),  # [B, M]

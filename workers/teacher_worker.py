@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from omegaconf import OmegaConf
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from verl_avsd.config import AvsdConfig
 from verl_avsd.workers.teacher_context import ROLLOUT_VIEW_FIELDS, build_teacher_contexts, with_rollout_view
 from verl_avsd.workers.teacher_prefill import packed_response_logprobs
 
@@ -58,7 +58,7 @@ def per_sample_list(value) -> list:
 class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_view_log_probs(self, data: TensorDict) -> TensorDict:
-        cfg = OmegaConf.create(tu.get_non_tensor_data(data=data, key="avsd_config", default=None))
+        cfg = AvsdConfig.from_dict(tu.get_non_tensor_data(data=data, key="avsd_config", default=None))  # to_dict() of the trainer's
         chat_kwargs = tu.get_non_tensor_data(data=data, key="avsd_chat_template_kwargs", default=None) or {}
         temperature = float(tu.get_non_tensor_data(data=data, key="temperature", default=1.0))
         worker = self._teacher_training_worker(cfg.teacher)
