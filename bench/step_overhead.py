@@ -18,11 +18,22 @@ Methods (all with the same rollouts per step):
     avsd_m1   AVSD with views [full] (M=1: the same computation as OPSD)
     avsd_m2   AVSD with views [full, partial]
 
+Teacher placement (`algorithm.avsd.teacher_placement`, --placements): `actor` scores the views
+after generation on the actor workers (the packed prefill); `rollout` scores each sample's views
+on the rollout server as soon as its generation ends (workers/rollout_teacher.py). Each teacher
+method runs once per placement (named `avsd`, `opsd` for actor and `avsd@rollout`,
+`opsd@rollout`), GRPO once (it has no teacher); every teacher run uses `teacher: current` (the
+only teacher `rollout` placement has), so the placements compare like with like. Per placement
+the summary gives AVSD/OPSD, AVSD/GRPO and OPSD/GRPO step ratios, and per method the blocking
+teacher time (`avsd/teacher_blocking_s`: what the step waited for the teacher after the last
+generation ended) of `rollout` against `actor` (target: at most 1/4).
+
 Runs go one after another (never in parallel: they would time each other), each in its own
 directory; the first --warmup-steps steps of each run are dropped (compilation, allocator and
 Ray warm-up) and the rest summarized by their median.
 
     python bench/step_overhead.py                                  # avsd, opsd, grpo; 8 steps x 16 prompts
+    python bench/step_overhead.py --placements actor,rollout       # each teacher method under both placements
     python bench/step_overhead.py --methods avsd,opsd,avsd_m1,avsd_m2
     python bench/step_overhead.py --steps 2 --prompts-per-step 4 --methods avsd,opsd --model random  # smoke test
 
@@ -46,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from verl_avsd.estimator_facts import needs_teacher
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,
@@ -68,7 +80,20 @@ METHODS = {
 }
 TIMING_KEYS = ("timing_s/step", "timing_s/teacher_views", "timing_s/gen", "timing_s/update_actor", "timing_s/adv")
 TEACHER_TOKEN_KEYS = ("avsd/teacher_tokens", "avsd/teacher_fed_fraction")  # fed: after shared prefixes ran once
+PLACEMENT_KEYS = ("avsd/teacher_blocking_s", "avsd/teacher_hidden_fraction")  # verl_avsd/teacher_placement.py
+PLACEMENTS = ("actor", "rollout")
 TARGET_STEP_RATIO = 1.05  # AVSD step / OPSD step
+TARGET_BLOCKING_RATIO = 0.25  # blocking teacher time, rollout placement / actor placement
+
+
+def run_name(method: str, placement: str) -> str:
+    """`avsd` (actor placement, as before placements existed) or `avsd@rollout`."""
+    return method if placement == "actor" else f"{method}@{placement}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    method, _, placement = name.partition("@")
+    return method, placement or "actor"
 
 
 def summarize(metrics_by_method: dict[str, dict[int, dict]], warmup_steps: int) -> dict:
@@ -79,26 +104,46 @@ def summarize(metrics_by_method: dict[str, dict[int, dict]], warmup_steps: int) 
     for name, steps in metrics_by_method.items():
         kept = [steps[s] for s in sorted(steps) if "timing_s/step" in steps[s]][warmup_steps:]
         medians = {}
-        for key in TIMING_KEYS + TEACHER_TOKEN_KEYS:
+        keys = TIMING_KEYS + TEACHER_TOKEN_KEYS + (PLACEMENT_KEYS if any(k in m for m in kept for k in PLACEMENT_KEYS) else ())
+        for key in keys:
             values = [m[key] for m in kept if key in m]
             medians[key] = statistics.median(values) if values else None
         methods[name] = {"steps_measured": len(kept), **medians}
 
-    ratios = {}
-    opsd = methods.get("opsd")
+    ratios = {}  # each run against OPSD under the same placement (GRPO: against actor-placed OPSD)
     for name, timers in methods.items():
-        if opsd is None or name == "opsd":
+        placement = split_name(name)[1]
+        baseline = run_name("opsd", placement)
+        opsd = methods.get(baseline)
+        if opsd is None or name == baseline:
             continue
-        ratios[f"{name}/opsd"] = {
+        ratios[f"{name}/{baseline}"] = {
             "step": ratio(timers["timing_s/step"], opsd["timing_s/step"]),
             "teacher_views": ratio(timers["timing_s/teacher_views"], opsd["timing_s/teacher_views"]),
         }
+    summary = {"methods": methods, "ratios": ratios}
+    grpo = methods.get("grpo")
+    if grpo is not None:  # the teacher methods against GRPO (no teacher), per placement
+        summary["grpo_ratios"] = {
+            f"{name}/grpo": ratio(timers["timing_s/step"], grpo["timing_s/step"]) for name, timers in methods.items() if name != "grpo"
+        }
+    placements = {}  # rollout placement against actor, per teacher method
+    for name, timers in methods.items():
+        method, placement = split_name(name)
+        actor = methods.get(method)
+        if placement == "actor" or actor is None:
+            continue
+        blocking = ratio(timers.get("avsd/teacher_blocking_s"), actor.get("avsd/teacher_blocking_s"))
+        placements[f"{name}/{method}"] = {
+            "step": ratio(timers["timing_s/step"], actor["timing_s/step"]),
+            "teacher_blocking": blocking,
+            "blocking_within_target": None if blocking is None else blocking <= TARGET_BLOCKING_RATIO,
+        }
+    if placements:
+        summary["placements"] = placements
     avsd_step = ratios.get("avsd/opsd", {}).get("step")
-    return {
-        "methods": methods,
-        "ratios": ratios,
-        "avsd_step_within_target": None if avsd_step is None else avsd_step <= TARGET_STEP_RATIO,
-    }
+    summary["avsd_step_within_target"] = None if avsd_step is None else avsd_step <= TARGET_STEP_RATIO
+    return summary
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -128,6 +173,17 @@ def markdown(report: dict) -> str:
         step, teacher = values["step"], values["teacher_views"]
         text = f"{pair} step {step:.2f}x" if step is not None else f"{pair} step n/a"
         parts.append(text + (f", teacher {teacher:.2f}x" if teacher is not None else ""))
+    for pair, step in report["summary"].get("grpo_ratios", {}).items() if report["summary"].get("placements") else ():
+        parts.append(f"{pair} step {step:.2f}x" if step is not None else f"{pair} step n/a")
+    for pair, values in report["summary"].get("placements", {}).items():
+        blocking = values["teacher_blocking"]
+        name = pair.split("/")[0]
+        hidden = report["summary"]["methods"][name].get("avsd/teacher_hidden_fraction")
+        parts.append(
+            f"{pair} step {values['step']:.2f}x, blocking teacher "
+            + (f"{blocking:.2f}x" if blocking is not None else "n/a")
+            + (f" ({hidden:.0%} of teacher time hidden)" if hidden is not None else "")
+        )
     config = report["config"]
     return (
         f"step overhead (cpu, {config['model_kind']}, {config['prompts_per_step']} rollouts/step, "
@@ -141,6 +197,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=8, help="training steps per method (default 8)")
     parser.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the medians (default 1)")
     parser.add_argument("--prompts-per-step", type=int, default=16, help="rollouts per step (GRPO: /4 prompts x 4)")
+    parser.add_argument("--placements", default="actor", help="comma-separated teacher placements, from actor, rollout (default actor)")
     parser.add_argument("--model", default="shipped", help="shipped (default), random, or a model folder")
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: a temp dir, removed)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run before it is stopped")
@@ -157,6 +214,9 @@ def main(argv=None) -> dict:
             rollout_budget(METHODS[name][0], args.prompts_per_step)
         except ValueError as e:
             raise SystemExit(f"--prompts-per-step: {e}") from None
+    placements = args.placements.split(",")
+    if not placements or any(p not in PLACEMENTS for p in placements):
+        raise SystemExit(f"--placements {args.placements!r}: a comma-separated list from {', '.join(PLACEMENTS)}")
     if args.steps <= args.warmup_steps:
         raise SystemExit("--steps must be larger than --warmup-steps")
 
@@ -165,8 +225,13 @@ def main(argv=None) -> dict:
         model_dir, model_kind = choose_model(args.model, Path(scratch))
         data = toy_data(str(runs_dir / "data"), n_train=max(256, args.prompts_per_step * args.steps), seed=args.seed)
         metrics_by_method, wall = {}, {}
-        for name in methods:  # one at a time: parallel runs would time each other
-            estimator, views = METHODS[name]
+        runs = [  # a method without a teacher runs once; placement is about the teacher
+            (method, placement) for method in methods for placement in (placements if needs_teacher(METHODS[method][0]) else ["actor"])
+        ]
+        for method, placement in runs:  # one at a time: parallel runs would time each other
+            estimator, views = METHODS[method]
+            name = run_name(method, placement)
+            teacher = [f"+algorithm.avsd.teacher_placement={placement}", "+algorithm.avsd.teacher=current"] if len(placements) > 1 or placement != "actor" else []
             run = ToyRun(
                 model_dir=model_dir,
                 train_file=data["train"],
@@ -177,8 +242,9 @@ def main(argv=None) -> dict:
                 **rollout_budget(estimator, args.prompts_per_step),
                 views=views,
                 seed=args.seed,
+                extra_overrides=teacher if needs_teacher(estimator) else [],
             )
-            print(f"[step_overhead] {name}: {estimator}, views {list(views)}, {args.steps} steps ...", flush=True)
+            print(f"[step_overhead] {name}: {estimator}, views {list(views)}, {placement} placement, {args.steps} steps ...", flush=True)
             result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=args.timeout)
             if result.returncode != 0:
                 print(result.log_tail(4000), file=sys.stderr)
@@ -191,6 +257,8 @@ def main(argv=None) -> dict:
         "summary": summarize(metrics_by_method, args.warmup_steps),
         "config": {
             "methods": {name: {"estimator": METHODS[name][0], "views": list(METHODS[name][1])} for name in methods},
+            "placements": placements,
+            "teacher": "current" if len(placements) > 1 or placements != ["actor"] else "ref (the default)",
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "prompts_per_step": args.prompts_per_step,
@@ -207,7 +275,7 @@ def main(argv=None) -> dict:
         },
         "run_seconds": wall,  # each run's wall clock, Ray and worker start-up included
         "per_step": {  # every step's timers, for a second look at the spread
-            name: {step: {k: m[k] for k in TIMING_KEYS if k in m} for step, m in sorted(steps.items())}
+            name: {step: {k: m[k] for k in TIMING_KEYS + PLACEMENT_KEYS if k in m} for step, m in sorted(steps.items())}
             for name, steps in metrics_by_method.items()
         },
     }

@@ -52,6 +52,7 @@ BAD_VALUES = {
     "views": [None, "full", "", 3, INF, True, {"a": 1}, [], ["full", ""], ["full", 3], ["full", " partial"], [None]],
     "opsd_view": [None, "", 3, ["full"], "partail"],
     "teacher": [None, "", "reference", 1, True, ["ref"]],
+    "teacher_placement": [None, "", "gpu", "Rollout", 1, ["rollout"]],
     "view_template": [None, "", 3, INF, True, ["{prompt}{view}"], {"a": 1}, "{prompt}", "{view}",
                       "{prompt} {view} {veiw}", "{prompt} {view} }", "{prompt} {view} {", "{prompt.upper} {view}",
                       "{} {prompt} {view}", "{prompt} {view:d}", "{prompt[0]} {view}"],
@@ -81,6 +82,7 @@ GOOD_VALUES = {
     "token_budget": [1, 16000.0],  # hydra reads 1.6e4 as a float
     "share_prefix_min_tokens": [0],
     "teacher_group_by_prompt": [False],
+    "teacher_placement": ["actor", "rollout"],
     "epistemic_tau": [0, 0.5],
     "epistemic_markers": [["wait"], ["hmm", "let me check", "peut-être", "vérifions", "2nd thought"]],
     "rlsd_lam": [0, 1],

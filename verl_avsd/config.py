@@ -21,6 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 DEFAULTS_PATH = Path(__file__).parent / "config" / "avsd.yaml"
 
 TEACHERS = ("ref", "current")
+# where the teacher scores the views (verl_avsd/teacher_placement.py; not imported: it brings torch)
+TEACHER_PLACEMENTS = ("actor", "rollout")
 # verl_avsd.sandbox.runner.ISOLATIONS (not imported: the config stays free of the sandbox's imports)
 SANDBOX_ISOLATIONS = ("auto", "bwrap", "unshare", "sandbox_fusion")
 # The names view_template may use, as str.format fields (teacher_context.teacher_messages fills them).
@@ -60,6 +62,7 @@ class AvsdConfig:
     views: tuple[str, ...]
     opsd_view: str
     teacher: str  # one of TEACHERS
+    teacher_placement: str  # one of TEACHER_PLACEMENTS
     view_template: str  # str.format with TEMPLATE_FIELDS; a command line's backslash-n is a newline here
     view_titles: Mapping[str, str]  # a FrozenMap
     max_view_tokens: int
@@ -321,6 +324,8 @@ def _validate(cfg: DictConfig) -> None:
         raise AvsdConfigError(f"{KEY}.opsd_view={cfg.opsd_view!r} is not in {KEY}.views={views}")
     if cfg.teacher not in TEACHERS:
         raise AvsdConfigError(f"{KEY}.teacher must be one of {TEACHERS}, got {cfg.teacher!r}")
+    if cfg.teacher_placement not in TEACHER_PLACEMENTS:
+        raise AvsdConfigError(f"{KEY}.teacher_placement must be one of {TEACHER_PLACEMENTS}, got {cfg.teacher_placement!r:.80}")
     _check_template(cfg)
     _check_titles(cfg)
     for key in ("max_view_tokens", "token_budget", "logprob_chunk_tokens", "credit_top_k"):

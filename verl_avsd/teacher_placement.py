@@ -1,0 +1,151 @@
+"""Where the AVSD teacher runs: `algorithm.avsd.teacher_placement: actor | rollout`.
+
+- `actor` (default): after generation, the packed M-view prefill on the actor workers
+  (workers/teacher_worker.py); the whole teacher time is on the step's critical path.
+- `rollout`: each sample's views are scored as soon as its generation ends, by the rollout
+  server, inside verl's agent-loop worker (workers/rollout_teacher.py), while the other samples
+  of the batch are still generating. The trainer only reads and checks the fields here.
+
+This module is the trainer's side of `rollout`: what it refuses at config time, how it tells
+verl to use the agent-loop manager that scores, and the step's teacher fields and metrics:
+
+    avsd/teacher_hidden_fraction  share of the teacher's scoring time that ran while generation
+                                  of the batch was still going (1 = all of it hidden)
+    avsd/teacher_blocking_s       how long the step waited for teacher work after the batch's
+                                  last generation ended (actor placement: the whole teacher call)
+    avsd/teacher_scoring_s        the teacher's scoring time, summed over samples
+    timing_s/teacher_views        the teacher time on the step's critical path: the blocking wait
+                                  (inside timing_s/gen: verl's sample waits for every finished
+                                  sample) plus reading the fields; with `actor`, the packed call
+"""
+
+from __future__ import annotations
+
+import torch
+
+from verl_avsd.workers.teacher_context import FEEDBACK_VIEW, SIBLING_VIEW, ViewDataError
+
+from verl_avsd.config import TEACHER_PLACEMENTS  # noqa: F401  (the choices; checked where the config is parsed)
+PLACEMENT_KEY = "algorithm.avsd.teacher_placement"
+MANAGER_KEY = "actor_rollout_ref.rollout.agent.agent_loop_manager_class"
+# the class verl's TaskRunnerV1.init_agent_loop_manager loads from MANAGER_KEY
+MANAGER_FQN = "verl_avsd.workers.rollout_teacher.RolloutTeacherAgentLoopManager"
+
+# what the agent-loop worker writes per sample (names and dtypes of the packed worker's output)
+VIEW_FIELDS = ("avsd_view_logq", "avsd_view_mask", "avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens")
+TIME_FIELDS = ("avsd_gen_end_s", "avsd_teacher_start_s", "avsd_teacher_end_s")  # wall clock, float64
+FEEDBACK_METRICS_FIELD = "avsd_feedback_metrics"  # per sample; the batch's feedback/* rates are their means
+
+
+# ---- config time ----
+
+
+def check_rollout_placement(config, avsd) -> None:
+    """Refuse, naming the keys, what `rollout` placement cannot do."""
+    rollout = config.actor_rollout_ref.rollout
+    if avsd.teacher != "current":
+        raise ValueError(
+            f"{PLACEMENT_KEY}=rollout scores the views on the rollout servers, which hold the current policy: it needs "
+            f"algorithm.avsd.teacher=current, got algorithm.avsd.teacher={avsd.teacher!r} "
+            f"(for the reference teacher use {PLACEMENT_KEY}=actor)"
+        )
+    if SIBLING_VIEW in list(avsd.views):
+        raise ValueError(
+            f"{PLACEMENT_KEY}=rollout scores a sample as soon as its generation ends, but algorithm.avsd.views has "
+            f"{SIBLING_VIEW!r}, which needs the rewards of the whole prompt group: drop the view or use {PLACEMENT_KEY}=actor"
+        )
+    name, temperature = str(rollout.name), float(rollout.temperature)
+    if name != "hf" and temperature != 1.0:
+        # vLLM scores prompt log-probs from the raw logits whatever the request's temperature
+        # (verl's own distillation teacher always asks at 1.0); the hf server applies it.
+        raise ValueError(
+            f"{PLACEMENT_KEY}=rollout with actor_rollout_ref.rollout.name={name} needs actor_rollout_ref.rollout.temperature=1: "
+            f"{name} returns prompt log-probs of the raw logits (no temperature), but the student's log-probs are at "
+            f"temperature {temperature}; use {PLACEMENT_KEY}=actor"
+        )
+    if rollout.get("multi_turn", {}).get("enable", False):
+        raise ValueError(f"{PLACEMENT_KEY}=rollout scores single-turn rollouts, but actor_rollout_ref.rollout.multi_turn.enable=true")
+    current = rollout.get("agent", {}).get("agent_loop_manager_class")
+    if current and current != MANAGER_FQN:
+        raise ValueError(f"{PLACEMENT_KEY}=rollout brings its own agent-loop manager ({MANAGER_FQN}), but {MANAGER_KEY}={current} is set")
+
+
+def use_rollout_teacher(config) -> None:
+    """Point verl at the agent-loop manager that scores the views (verl's task runner reads the
+    key from this same config object after the trainer is built)."""
+    from omegaconf import open_dict
+
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.agent.agent_loop_manager_class = MANAGER_FQN
+
+
+# ---- each step: the fields the agent-loop workers wrote ----
+
+
+def placement_timing(gen_end: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> dict[str, float]:
+    """The overlap metrics of one batch from its samples' wall-clock times ([B] float64 each)."""
+    if not len(gen_end):
+        return {}
+    last_gen = float(gen_end.max())
+    busy = (end - start).clamp(min=0)  # [B]
+    hidden = (torch.minimum(end, torch.full_like(end, last_gen)) - start).clamp(min=0)  # [B] before the last generation ended
+    total = float(busy.sum())
+    return {
+        "avsd/teacher_hidden_fraction": float(hidden.sum()) / total if total > 0 else 1.0,
+        "avsd/teacher_blocking_s": max(float(end.max()) - last_gen, 0.0),
+        "avsd/teacher_scoring_s": total,
+    }
+
+
+def read_rollout_teacher(batch, views: list[str], metrics: dict, timing_raw: dict) -> None:
+    """Check the teacher fields the agent-loop workers wrote for this batch and log the teacher
+    metrics (the estimator then reads the fields as it reads the packed path's)."""
+    import transfer_queue as tq
+
+    from verl_avsd.workers.teacher_worker import per_sample_list
+
+    names = list(VIEW_FIELDS + TIME_FIELDS) + ([FEEDBACK_METRICS_FIELD] if FEEDBACK_VIEW in views else [])
+    try:
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names + ["responses", "extra_info"])
+    except Exception as error:  # noqa: BLE001 - TransferQueue names no field; this message does
+        raise RuntimeError(
+            f"{PLACEMENT_KEY}=rollout: the rollouts of this batch carry no teacher fields {names}; they are written by "
+            f"{MANAGER_FQN}, which {MANAGER_KEY} must name (the trainer sets it)"
+        ) from error
+    real = [not tag.get("is_padding", False) for tag in batch.tags]
+    responses = list(data["responses"].unbind(0))
+    logq = list(data["avsd_view_logq"].unbind(0))  # [B] x [T_b, M]
+    padded = data.select(*[n for n in names if n not in ("avsd_view_logq", FEEDBACK_METRICS_FIELD)]).to_padded_tensor()
+    M = len(views)
+    for b, (key, is_real) in enumerate(zip(batch.keys, real)):
+        shape, want = tuple(logq[b].shape), (len(responses[b]), M)
+        if is_real and shape != want:
+            raise RuntimeError(f"{PLACEMENT_KEY}=rollout: sample {key} has avsd_view_logq of shape {shape}, expected {want} (response tokens, views {views})")
+    view_mask = padded["avsd_view_mask"].bool()  # [B, M]
+    if view_mask.shape != (len(batch), M):
+        raise RuntimeError(f"{PLACEMENT_KEY}=rollout: avsd_view_mask is {tuple(view_mask.shape)}, expected {(len(batch), M)} (views {views})")
+    extra_infos = per_sample_list(data["extra_info"])
+    feedback_possible = FEEDBACK_VIEW in views and any(isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos)
+    if len(batch) and not view_mask.any() and not feedback_possible:  # as build_teacher_contexts on a batch
+        raise ViewDataError(f"no row of this batch has any of the views algorithm.avsd.views={views}")
+
+    keep = torch.tensor(real)
+    timing = placement_timing(padded["avsd_gen_end_s"][keep], padded["avsd_teacher_start_s"][keep], padded["avsd_teacher_end_s"][keep])
+    teacher_tokens = int(padded["avsd_view_tokens"].sum())
+    fed_tokens = float(padded["avsd_view_fed_tokens"].sum())
+    metrics.update(timing)
+    metrics.update(
+        {
+            "avsd/teacher_tokens": float(teacher_tokens),
+            "avsd/teacher_tokens_per_s": teacher_tokens / max(timing.get("avsd/teacher_scoring_s", 0.0), 1e-9),
+            "avsd/teacher_fed_tokens": fed_tokens,
+            "avsd/teacher_fed_fraction": fed_tokens / max(teacher_tokens, 1),
+            "avsd/views_truncated": float(padded["avsd_view_truncated"].sum()),
+        }
+    )
+    if FEEDBACK_VIEW in views:  # each sample's rates are 0/1: the batch's are their means
+        per_sample = [m for m, r in zip(per_sample_list(data[FEEDBACK_METRICS_FIELD]), real) if r and isinstance(m, dict)]
+        for name in sorted({k for m in per_sample for k in m}):
+            metrics[name] = sum(m.get(name, 0.0) for m in per_sample) / len(per_sample)
+    # the wait after the last generation is teacher time on the critical path (verl's timer adds the read)
+    timing_raw["teacher_views"] = timing_raw.get("teacher_views", 0.0) + timing.get("avsd/teacher_blocking_s", 0.0)
