@@ -57,6 +57,8 @@ BAD_VALUES = {
                       "{prompt} {view} {veiw}", "{prompt} {view} }", "{prompt} {view} {", "{prompt.upper} {view}",
                       "{} {prompt} {view}", "{prompt} {view:d}", "{prompt[0]} {view}"],
     "view_titles": [None, "", "abc", 3, INF, True, [1], {"full": 3}, {"full": ""}, {"mine": None}],
+    "teacher_chat_template_kwargs": ["", "enable_thinking=true", 3, INF, True, [1], {"tokenize": True},
+                                     {"add_generation_prompt": False}, {"1x": 1}],
     "max_view_tokens": NOT_A_NUMBER + [0, -1, 3.7, 1e30],
     "token_budget": NOT_A_NUMBER + [0, -5, 0.5, 2**40],
     "logprob_chunk_tokens": NOT_A_NUMBER + [0, -1, 1.5],
@@ -79,6 +81,7 @@ GOOD_VALUES = {
     "views": [["full"], ["reference", "hint", "feedback"]],
     "view_template": ["{view}{prompt}", "{prompt} {{literal}} {view_name}/{view_title}: {view}", "{prompt!s} {view:>3}"],
     "view_titles": [{"full": "Worked solution"}, {}],
+    "teacher_chat_template_kwargs": [None, {"enable_thinking": True}, {}],
     "token_budget": [1, 16000.0],  # hydra reads 1.6e4 as a float
     "share_prefix_min_tokens": [0],
     "teacher_group_by_prompt": [False],

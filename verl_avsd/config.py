@@ -25,6 +25,8 @@ TEACHERS = ("ref", "current")
 TEACHER_PLACEMENTS = ("actor", "rollout")
 # verl_avsd.sandbox.runner.ISOLATIONS (not imported: the config stays free of the sandbox's imports)
 SANDBOX_ISOLATIONS = ("auto", "bwrap", "unshare", "sandbox_fusion")
+# chat-template arguments the teacher's context builder sets itself (teacher_context.build_teacher_contexts)
+RESERVED_CHAT_TEMPLATE_KWARGS = ("conversation", "tokenize", "add_generation_prompt", "return_dict", "continue_final_message")
 # The names view_template may use, as str.format fields (teacher_context.teacher_messages fills them).
 TEMPLATE_FIELDS = ("prompt", "view", "view_name", "view_title")
 MAX_TOKENS = 2**31 - 1  # token counts go into torch int tensors; past this a value is a typo
@@ -63,8 +65,9 @@ class AvsdConfig:
     opsd_view: str
     teacher: str  # one of TEACHERS
     teacher_placement: str  # one of TEACHER_PLACEMENTS
-    view_template: str  # str.format with TEMPLATE_FIELDS; a command line's backslash-n is a newline here
+    view_template: str  # str.format with TEMPLATE_FIELDS (a command line's backslash-n is a newline here), or a preset name
     view_titles: Mapping[str, str]  # a FrozenMap
+    teacher_chat_template_kwargs: Mapping[str, object] | None  # a FrozenMap; None = the student's
     max_view_tokens: int
     token_budget: int
     logprob_chunk_tokens: int
@@ -188,6 +191,12 @@ def _parsed_node(user) -> DictConfig:
             f"{KEY}.view_titles must be a mapping of view name to title like {{full: 'A worked solution'}}, "
             f"got {user['view_titles']!r:.80}"
         )
+    chat_kwargs = user.get("teacher_chat_template_kwargs")
+    if chat_kwargs is not None and not isinstance(chat_kwargs, (Mapping, DictConfig)):
+        raise AvsdConfigError(
+            f"{KEY}.teacher_chat_template_kwargs must be a mapping of chat-template arguments like "
+            f"{{enable_thinking: true}} or null (= the student's), got {chat_kwargs!r:.80}"
+        )
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.view_titles, False)  # users may title views of their own
     for key, value in user.items():  # one key at a time, so an error can name it
@@ -269,6 +278,14 @@ def _check_template(cfg) -> None:
     template = cfg.view_template
     if not isinstance(template, str):
         raise AvsdConfigError(f"{KEY}.view_template must be a string with {{prompt}} and {{view}}, got {template!r:.80}")
+    from verl_avsd.view_presets import is_preset_name, view_template_preset  # plain data, no heavy imports
+
+    if is_preset_name(template):  # a bare name: a preset (a format string always has braces)
+        try:
+            view_template_preset(template)
+        except ValueError as e:
+            raise AvsdConfigError(str(e)) from None
+        return
     # A template written on a command line cannot hold a newline; a literal backslash-n stands for one.
     template = cfg.view_template = template.replace("\\n", "\n")
     literal_hint = "write a literal brace as {{ or }}"
@@ -289,6 +306,23 @@ def _check_template(cfg) -> None:
         template.format(**{f: "x" for f in TEMPLATE_FIELDS})
     except (ValueError, TypeError, KeyError, IndexError) as e:
         raise AvsdConfigError(f"{KEY}.view_template cannot be filled in ({e}): {template!r:.120}") from None
+
+
+def _check_teacher_chat_kwargs(cfg) -> None:
+    """null, or a mapping of argument names (not ones the context builder sets itself) to values."""
+    kwargs = cfg.teacher_chat_template_kwargs
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, DictConfig):
+        raise AvsdConfigError(f"{KEY}.teacher_chat_template_kwargs must be a mapping like {{enable_thinking: true}} or null, got {kwargs!r:.80}")
+    for name in kwargs:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise AvsdConfigError(f"{KEY}.teacher_chat_template_kwargs: {name!r} is not an argument name")
+        if name in RESERVED_CHAT_TEMPLATE_KWARGS:
+            raise AvsdConfigError(
+                f"{KEY}.teacher_chat_template_kwargs.{name} is set by the teacher's context builder itself "
+                f"(it may not set {', '.join(RESERVED_CHAT_TEMPLATE_KWARGS)})"
+            )
 
 
 def _check_markers(cfg) -> None:
@@ -328,6 +362,7 @@ def _validate(cfg: DictConfig) -> None:
         raise AvsdConfigError(f"{KEY}.teacher_placement must be one of {TEACHER_PLACEMENTS}, got {cfg.teacher_placement!r:.80}")
     _check_template(cfg)
     _check_titles(cfg)
+    _check_teacher_chat_kwargs(cfg)
     for key in ("max_view_tokens", "token_budget", "logprob_chunk_tokens", "credit_top_k"):
         _count(cfg, key, 1)
     _count(cfg, "share_prefix_min_tokens", 0, what=" (0 = off)")
