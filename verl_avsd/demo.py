@@ -44,6 +44,11 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="verl-avsd demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--estimator", choices=demo_estimators(), default="avsd")
+    p.add_argument(
+        "--teacher-placement", choices=("actor", "rollout"), default="actor",
+        help="where the teacher scores the views (algorithm.avsd.teacher_placement): actor = after generation on the "
+        "actor workers (default); rollout = on the rollout server as each sample finishes (teacher: current)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=20, help="training steps (default 20, about 5 minutes on 2 cores)")
     p.add_argument("--prompts-per-step", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     data = toy_data(str(out / "data"), n_train=max(256, args.prompts_per_step * args.steps), n_val=64, seed=args.seed)
     run = ToyRun(
         model_dir=model_dir, train_file=data["train"], val_file=data["val"], run_dir=str(out),
-        estimator=args.estimator, steps=args.steps, prompts_per_step=args.prompts_per_step, lr=args.lr, seed=args.seed,
+        estimator=args.estimator, teacher_placement=args.teacher_placement, steps=args.steps, prompts_per_step=args.prompts_per_step, lr=args.lr, seed=args.seed,
     )
     overrides = run.overrides()
 

@@ -71,6 +71,10 @@ class ToyRun:
     test_freq: int = -1
     resume: bool = False
     dump_rollouts: bool = False
+    # algorithm.avsd.teacher_placement and .teacher (None: `current` with rollout placement, the
+    # only teacher the rollout servers hold; else the yaml's default)
+    teacher_placement: str = "actor"
+    teacher: str | None = None
     extra_overrides: list[str] = field(default_factory=list)
 
     def overrides(self) -> list[str]:
@@ -116,6 +120,9 @@ class ToyRun:
         ]
         if self.dump_rollouts:
             out.append(f"+algorithm.avsd.dump_rollouts_dir={run_dir / 'rollouts'}")
+        if teacher and (self.teacher_placement != "actor" or self.teacher):
+            out.append(f"+algorithm.avsd.teacher_placement={self.teacher_placement}")
+            out.append(f"+algorithm.avsd.teacher={self.teacher or 'current'}")
         if not teacher:
             out = [o for o in out if not o.startswith(("+algorithm.avsd.view_template", "+algorithm.avsd.opsd_view"))]
         return out + list(self.extra_overrides)
