@@ -166,7 +166,9 @@ def _cell(text) -> str:
 
 
 def _value(value) -> str:
-    """As a hydra override writes it: true, [a,b], 5e-6."""
+    """As a hydra override writes it: true, [a,b], 5e-6, null."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):

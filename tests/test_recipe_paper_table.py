@@ -101,6 +101,7 @@ def test_an_edited_recipe_script_fails_the_check(tmp_path, monkeypatch):
         ("math_grpo_qwen3_8b.sh", "actor_rollout_ref.rollout.temperature=0.7", "Rollout temperature"),
         ("math_rlsd_qwen3_8b.sh", "algorithm.avsd.teacher=ref", "Teacher weights"),
         ("code_avsd_qwen3_8b.sh", "data.apply_chat_template_kwargs.enable_thinking=true", "Student thinking mode"),
+        ("math_avsd_qwen3_8b.sh", "+algorithm.avsd.teacher_chat_template_kwargs={enable_thinking:true}", "Teacher thinking mode"),
         ("small_qwen3_1p7b_1gpu.sh", "actor_rollout_ref.model.lora_rank=64", "LoRA rank / alpha"),
     ],
 )
