@@ -22,8 +22,9 @@ Teacher placement (`algorithm.avsd.teacher_placement`, --placements): `actor` sc
 after generation on the actor workers (the packed prefill); `rollout` scores each sample's views
 on the rollout server as soon as its generation ends (workers/rollout_teacher.py). Each teacher
 method runs once per placement (named `avsd`, `opsd` for actor and `avsd@rollout`,
-`opsd@rollout`), GRPO once (it has no teacher); every teacher run uses `teacher: current` (the
-only teacher `rollout` placement has), so the placements compare like with like. Per placement
+`opsd@rollout`), GRPO once (it has no teacher); when --placements names `rollout`, every teacher
+run uses `teacher: current` (the only teacher `rollout` placement has), so the placements compare
+like with like (with `actor` alone, the default teacher, `ref`). Per placement
 the summary gives AVSD/OPSD, AVSD/GRPO and OPSD/GRPO step ratios, and per method the blocking
 teacher time (`avsd/teacher_blocking_s`: what the step waited for the teacher after the last
 generation ended) of `rollout` against `actor` (target: at most 1/4).
@@ -231,7 +232,6 @@ def main(argv=None) -> dict:
         for method, placement in runs:  # one at a time: parallel runs would time each other
             estimator, views = METHODS[method]
             name = run_name(method, placement)
-            teacher = [f"+algorithm.avsd.teacher_placement={placement}", "+algorithm.avsd.teacher=current"] if len(placements) > 1 or placement != "actor" else []
             run = ToyRun(
                 model_dir=model_dir,
                 train_file=data["train"],
@@ -242,7 +242,8 @@ def main(argv=None) -> dict:
                 **rollout_budget(estimator, args.prompts_per_step),
                 views=views,
                 seed=args.seed,
-                extra_overrides=teacher if needs_teacher(estimator) else [],
+                teacher_placement=placement,
+                teacher="current" if placements != ["actor"] else None,  # the rollout placement's teacher, for both
             )
             print(f"[step_overhead] {name}: {estimator}, views {list(views)}, {placement} placement, {args.steps} steps ...", flush=True)
             result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=args.timeout)

@@ -46,6 +46,7 @@ from verl_avsd.rollout_dumps import append_dump_rows, drop_dumps_after
 from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.sibling_view import sampling_order, sibling_views
+from verl_avsd.teacher_placement import check_rollout_placement, read_rollout_teacher, use_rollout_teacher
 from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage, row_name
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker, per_sample_list
 
@@ -123,6 +124,9 @@ class AvsdTrainer(PPOTrainerSync):
                 f"algorithm.use_kl_in_reward is not supported with algorithm.adv_estimator={self.estimator}: "
                 "the teacher advantage is per token already; use actor_rollout_ref.actor.use_kl_loss for a KL term"
             )
+        if self.needs_teacher and self.avsd.teacher_placement == "rollout":  # verl_avsd/teacher_placement.py
+            check_rollout_placement(config, self.avsd)
+            use_rollout_teacher(config)  # verl's task runner builds the agent-loop manager that scores
         self.rollout_failures = ConsecutiveFailures(failure_limit(config), self._dead_rollout_actors)
         super().__init__(config)
 
@@ -208,6 +212,9 @@ class AvsdTrainer(PPOTrainerSync):
     # ---- the teacher step ----
 
     def _compute_view_log_probs(self, batch, metrics: dict):
+        if self.avsd.teacher_placement == "rollout":  # scored in the agent loop as each rollout finished
+            read_rollout_teacher(batch, list(self.avsd.views), metrics, self.timing_raw)
+            return batch
         chat_kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
         batch.extra_info.update(
             {
@@ -241,6 +248,9 @@ class AvsdTrainer(PPOTrainerSync):
                 "avsd/teacher_fed_tokens": fed_tokens,
                 "avsd/teacher_fed_fraction": fed_tokens / max(teacher_tokens, 1),
                 "avsd/views_truncated": float(stats["avsd_view_truncated"].sum()),
+                # as logged with teacher_placement=rollout: here the step waits for all of it
+                "avsd/teacher_blocking_s": elapsed,
+                "avsd/teacher_hidden_fraction": 0.0,
             }
         )
         return batch
@@ -261,6 +271,8 @@ class AvsdTrainer(PPOTrainerSync):
     def _build_feedback_views(self, batch, metrics: dict):
         """Run every rollout's program on its row's public tests; the teacher worker reads the
         result (field `avsd_feedback`) as that rollout's `feedback` view."""
+        if self.avsd.teacher_placement == "rollout":  # the agent-loop worker ran them, before scoring
+            return batch
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "extra_info"])
         texts = self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True)
         views, feedback_stats = feedback_for_rollouts(texts, per_sample_list(data["extra_info"]), self.avsd)
