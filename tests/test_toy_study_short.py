@@ -37,7 +37,11 @@ def test_short_study_avsd_blames_wrong_rollouts(tmp_path):
     # the paired recomputation on the dumped rollouts agrees with what the trainer logged
     assert abs(run["paired"]["avsd_wrong_positive_top20"] - run["wrong_positive_top20"]) < 0.05
     report_rows = [line for line in (out / "toy_study.md").read_text().splitlines() if line.startswith("| avsd | ")]
-    assert len(report_rows) == 2, report_rows  # the method table and the paired-credit table
+    assert len(report_rows) == 3, report_rows  # the method, paired-credit and epistemic tables
+    # epistemic/* logged by the trainer and read: the toy model writes digits and "Answer:", never
+    # a marker of the default list (a rate, 0, not a missing value), in ~33-token responses
+    assert run["epistemic_rate"] == 0.0 and run["epistemic_rate_correct"] == 0.0
+    assert 20 < run["response_length"] < 48 and run["rollouts_per_prompt"] == 1 and run["epistemic_tau"] == 0.0
 
     # the first wrong token: where the response stops following the reference solution
     tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
