@@ -272,6 +272,7 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
             "grpo_group": GROUP_SIZE,
             "lr": args.lr,
             "seeds": args.seeds,
+            "baseline_seeds": args.baseline_seeds if args.baseline_seeds is not None else args.seeds,
             "n_val": args.n_val,
             "epistemic_window_steps": LAST_STEPS,
             "epistemic_markers": "algorithm.avsd.epistemic_markers (default list, verl_avsd/config/avsd.yaml)",
@@ -297,7 +298,9 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
         "",
         f"{args.steps} steps x {args.rollouts_per_step} rollouts per step (GRPO: groups of {GROUP_SIZE}), lr {args.lr}, "
         f"seeds {args.seeds}, held-out accuracy = greedy on {args.n_val} `val` problems (verl validation). "
-        f"Mean ± std over seeds. Runs took {seconds / 60:.0f} min in all.",
+        f"Mean ± std over seeds. Runs took {seconds / 60:.0f} min in all."
+        + (f" Seeds of {', '.join(m for m in groups if m in METHODS and m != 'avsd')}: {args.baseline_seeds}."
+           if args.baseline_seeds is not None else ""),
         "",
         "| run | acc before | acc after | train reward (last 5) | wrong-rollout top-20 positive | "
         "GRPO groups w/o signal | gate open | sign conflict | arith. sign flips | s/step |",
@@ -441,6 +444,8 @@ def parse_args(argv):
     p.add_argument("--model", default=TOY_MODEL_DIR, type=lambda x: Path(x).resolve())
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--baseline-seeds", nargs="+", type=int, default=None,
+                   help="seeds of the methods other than avsd (default: --seeds); the AVSD rows keep --seeds")
     p.add_argument("--sweep-seeds", nargs="*", type=int, default=None, help="seeds of the view sweep (default: the first seed)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rollouts-per-step", type=int, default=16)
@@ -455,10 +460,14 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def method_seeds(method: str, args) -> list[int]:
+    return args.seeds if method == "avsd" or args.baseline_seeds is None else args.baseline_seeds
+
+
 def study_plan(args) -> list[tuple[str, str, tuple]]:
     """(group, run name, (estimator, seed, views, run_one keywords)) of every run, in the order they
     start. A run in two groups is trained once: the M3 sweep point and the plain AVSD row are one run."""
-    plan = [(m, f"{m}_s{seed}", (m, seed, VIEW_SWEEP["M3"], {})) for m in args.methods for seed in args.seeds]
+    plan = [(m, f"{m}_s{seed}", (m, seed, VIEW_SWEEP["M3"], {})) for m in args.methods for seed in method_seeds(m, args)]
     if args.no_sweep:
         return plan
     if args.epistemic_tau > 0:

@@ -61,6 +61,10 @@ def test_plan_has_the_tau_row_and_the_sibling_block_at_rollout_n_4(study, tmp_pa
     assert {g for g, _, _ in only} == set(study.METHODS)
     some = study.study_plan(study.parse_args(["--out", str(tmp_path), "--epistemic-tau", "0", "--no-sibling"]))
     assert not any("tau" in g or "n=4" in g for g, _, _ in some)
+    # --baseline-seeds: fewer seeds for the other methods, the AVSD rows keep --seeds
+    fewer = study.study_plan(study.parse_args(["--out", str(tmp_path), "--baseline-seeds", "0", "1", "--no-sweep"]))
+    assert [n for g, n, _ in fewer if g == "opsd"] == ["opsd_s0", "opsd_s1"]
+    assert [n for g, n, _ in fewer if g == "avsd"] == ["avsd_s0", "avsd_s1", "avsd_s2"]
 
 
 def test_a_group_size_the_budget_cannot_split_is_a_clear_error(study, tmp_path):
