@@ -122,3 +122,25 @@ def test_object_and_raw_config_give_the_same_advantages():
     cfg = avsd_config(raw)
     for name in ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "rlsd"):
         torch.testing.assert_close(est.token_advantages(name, raw, **_inputs())[0], est.token_advantages(name, cfg, **_inputs())[0])
+
+
+def test_trainer_parses_once_and_opsd_scores_its_one_view(monkeypatch):
+    from verl_avsd import trainer as trainer_module
+    from verl_avsd.estimator_facts import ESTIMATOR_FACTS, EstimatorFacts
+
+    monkeypatch.setattr(trainer_module.PPOTrainerSync, "__init__", lambda self, config: None)
+    monkeypatch.setattr(trainer_module, "failure_limit", lambda config: 3, raising=False)
+    calls = []
+    real = config_module._parsed_node
+    monkeypatch.setattr(config_module, "_parsed_node", lambda user: calls.append(user) or real(user))
+
+    def config(estimator):
+        return OmegaConf.create({"algorithm": {"adv_estimator": estimator, "avsd": {"views": ["full", "answer"]}},
+                                 "actor_rollout_ref": {"rollout": {"n": 1}}})  # fmt: skip
+
+    t = trainer_module.AvsdTrainer(config("opsd"))
+    assert isinstance(t.avsd, AvsdConfig) and t.avsd.views == ("full",) and t.needs_teacher
+    assert len(calls) == 1
+    assert not trainer_module.AvsdTrainer(config("grpo")).needs_teacher
+    monkeypatch.setitem(ESTIMATOR_FACTS, "fake_est", EstimatorFacts("fake_est", True, False, False, False))
+    assert trainer_module.AvsdTrainer(config("fake_est")).needs_teacher  # the table decides

@@ -27,9 +27,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from verl_avsd.config import avsd_config
 from verl_avsd.estimator_facts import demo_estimators
+from verl_avsd.metrics import credit_metric_name
 from verl_avsd.output_dir import OutputDirError, claim_output_dir
-from verl_avsd.plots import plot_metrics
+from verl_avsd.plots import plot_metrics, run_plots
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import ToyRun, random_toy_model, run_main_ppo, toy_data
 
@@ -59,15 +61,16 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def _progress(total: int):
+def _progress(total: int, credit_top_k: int):
     start = time.monotonic()
+    credit = credit_metric_name(credit_top_k)
 
     def on_step(step: int, m: dict) -> None:
         parts = [f"step {step:3d}/{total}", f"reward {m.get('critic/score/mean', float('nan')):.3f}"]
         if "avsd/gate_mean" in m:
             parts += [f"gate {m['avsd/gate_mean']:.3f}", f"open {m['avsd/gate_open_rate']:.2f}"]
-        if "credit/wrong_rollout_positive_top20" in m:
-            parts.append(f"wrong+ {m['credit/wrong_rollout_positive_top20']:.3f}")
+        if credit in m:
+            parts.append(f"wrong+ {m[credit]:.3f}")
         parts.append(f"{m.get('timing_s/step', 0):.1f}s/step ({time.monotonic() - start:.0f}s)")
         print("  ".join(parts), flush=True)
 
@@ -95,15 +98,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from verl_avsd.verl_config import compose_verl_config
 
-    OmegaConf.save(compose_verl_config(overrides), out / "config.yaml", resolve=True)
+    config = compose_verl_config(overrides)
+    OmegaConf.save(config, out / "config.yaml", resolve=True)
+    credit_top_k = avsd_config(config.algorithm).credit_top_k  # the k in the credit metric's name
     print(f"[demo] {args.estimator} on the toy task, {args.steps} steps x {args.prompts_per_step} prompts, model {model_dir}")
     print(f"[demo] verl's output goes to {out / 'train.log'}; starting Ray and the workers takes a minute ...", flush=True)
 
-    result = run_main_ppo(overrides, out, timeout_s=args.timeout, on_step=_progress(args.steps))
+    result = run_main_ppo(overrides, out, timeout_s=args.timeout, on_step=_progress(args.steps, credit_top_k))
     with open(out / "metrics.jsonl", "w") as f:
         for step in sorted(result.metrics):
             f.write(json.dumps({"step": step, **result.metrics[step]}) + "\n")
-    plots = plot_metrics({args.estimator: result.metrics}, out)
+    plots = plot_metrics({args.estimator: result.metrics}, out, run_plots(credit_top_k))
     if result.returncode != 0:
         print(result.log_tail(4000), file=sys.stderr)
         print(f"[demo] main_ppo failed (exit {result.returncode}); full log: {out / 'train.log'}", file=sys.stderr)

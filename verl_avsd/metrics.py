@@ -68,11 +68,22 @@ def wrong_rollout_positive_topk(
     return (positive / counted if counted else 0.0), counted
 
 
+def credit_metric_name(k: int) -> str:
+    """The logged name of the positive share at algorithm.avsd.credit_top_k = k (demo, report, plots
+    and the toy study derive it from here; the report reads k from each run's config)."""
+    return f"credit/wrong_rollout_positive_top{k}"
+
+
+def credit_tokens_metric_name(k: int) -> str:
+    """The logged name of that share's token count (the weight to pool it over steps)."""
+    return f"credit/wrong_rollout_top{k}_tokens"
+
+
 def credit_metrics(advantages, response_mask, sequence_reward, wrong_below: float, k: int) -> dict[str, float]:
     share, counted = wrong_rollout_positive_topk(advantages, response_mask, sequence_reward, wrong_below, k)
     wrong = sequence_reward < wrong_below
     return {
-        f"credit/wrong_rollout_positive_top{k}": share,
-        f"credit/wrong_rollout_top{k}_tokens": float(counted),
+        credit_metric_name(k): share,
+        credit_tokens_metric_name(k): float(counted),
         "credit/wrong_rollout_rate": float(wrong.float().mean()) if wrong.numel() else 0.0,
     }

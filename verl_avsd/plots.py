@@ -10,29 +10,35 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from verl_avsd.metrics import credit_metric_name  # noqa: E402
 from verl_avsd.run_files import TEACHER_SHARE  # noqa: E402
 
 # One figure per question a user asks of a run: (file, title, [(metric, label), ...])
-RUN_PLOTS = [
-    ("reward.png", "Reward (mean score of the step's rollouts)", [("critic/score/mean", "reward")]),
-    ("gate.png", "AVSD gate", [("avsd/gate_mean", "gate mean"), ("avsd/gate_open_rate", "open rate (gate >= 0.5)")]),
-    (
-        "credit.png",
-        "Credit on wrong rollouts",
-        [("credit/wrong_rollout_positive_top20", "positive share of top-20 |advantage| tokens")],
-    ),
-]
+REWARD_PLOT = ("reward.png", "Reward (mean score of the step's rollouts)", [("critic/score/mean", "reward")])
+GATE_PLOT = ("gate.png", "AVSD gate", [("avsd/gate_mean", "gate mean"), ("avsd/gate_open_rate", "open rate (gate >= 0.5)")])
+
+
+def credit_plot(top_ks: list[int]) -> tuple:
+    """The credit figure: one line per algorithm.avsd.credit_top_k the runs logged under (its metric
+    name carries k)."""
+    series = [(credit_metric_name(k), f"positive share of top-{k} |advantage| tokens") for k in sorted(set(top_ks))]
+    return ("credit.png", "Credit on wrong rollouts", series)
+
+
+def run_plots(credit_top_k: int) -> list:
+    """The demo's figures of a run whose credit metrics are at top-`credit_top_k`."""
+    return [REWARD_PLOT, GATE_PLOT, credit_plot([credit_top_k])]
+
 
 # `verl-avsd report`: the demo's figures plus the signals, the teacher's cost and GRPO's dead groups.
-# The reward figure is built by `report_plots`, since the validation keys depend on the data sources.
-REPORT_PLOTS = [
-    RUN_PLOTS[1],
-    (
-        "signals.png",
-        "AVSD residual and alignment",
-        [("avsd/residual_mean", "residual J (mean)"), ("avsd/alignment_mean", "alignment C (mean)")],
-    ),
-    RUN_PLOTS[2],
+# The reward and credit figures are built by `report_plots` (the validation keys depend on the data
+# sources, the credit metric's name on each run's credit_top_k).
+SIGNALS_PLOT = (
+    "signals.png",
+    "AVSD residual and alignment",
+    [("avsd/residual_mean", "residual J (mean)"), ("avsd/alignment_mean", "alignment C (mean)")],
+)
+REPORT_PLOTS_AFTER_CREDIT = [
     (
         "teacher_share.png",
         "Teacher share of the step time",
@@ -48,13 +54,19 @@ REPORT_PLOTS = [
 ]
 
 
-def report_plots(validation_keys: list[str]) -> list:
+def report_plots(validation_keys: list[str], credit_top_ks: list[int]) -> list:
     """The report's figures; the reward figure also draws each validation accuracy the runs logged
-    (verl: `val-core/<data_source>/<acc|reward>/mean@N`)."""
+    (verl: `val-core/<data_source>/<acc|reward>/mean@N`), the credit figure each run's top-k."""
     reward = [("critic/score/mean", "train reward")] + [
         (k, "val " + k.removeprefix("val-core/")) for k in validation_keys
     ]
-    return [("reward.png", "Reward (train) and validation accuracy", reward), *REPORT_PLOTS]
+    return [
+        ("reward.png", "Reward (train) and validation accuracy", reward),
+        GATE_PLOT,
+        SIGNALS_PLOT,
+        credit_plot(credit_top_ks),
+        *REPORT_PLOTS_AFTER_CREDIT,
+    ]
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -66,7 +78,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_metrics(runs: dict[str, dict[int, dict]], out_dir: str | Path, plots=RUN_PLOTS, smooth: int = 1) -> list[Path]:
+def plot_metrics(runs: dict[str, dict[int, dict]], out_dir: str | Path, plots: list, smooth: int = 1) -> list[Path]:
     """One PNG per entry of `plots`, each with a line per (run, metric); runs = {label: {step: metrics}}.
     With several runs each run keeps one colour and each metric one line style. `smooth` > 1 draws
     the trailing moving average over that many logged points.

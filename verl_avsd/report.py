@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         out = claim_output_dir(out, "verl-avsd report", REPORT_OUTPUTS, overwrite=args.overwrite, keep=True)
 
         curves = {run.label: run.metrics for run in runs}
-        plots = plot_metrics(curves, out, report_plots(validation_keys(runs)), smooth=args.smooth)
+        top_ks = [run_summary["credit_top_k"] for run_summary in summary["runs"].values()]
+        plots = plot_metrics(curves, out, report_plots(validation_keys(runs), top_ks), smooth=args.smooth)
 
         with_dumps = [run for run in runs if dump_dir(run) is not None]
         if args.rollout is not None and not with_dumps:

@@ -8,12 +8,15 @@ import re
 import statistics
 from pathlib import Path
 
-from verl_avsd.config import default_config
+from verl_avsd.config import AvsdConfigError, avsd_config, default_config
+from verl_avsd.metrics import credit_metric_name
 from verl_avsd.run_files import TEACHER_SHARE, ReportError, Run, config_value, load_run
 
 VALIDATION_KEY = re.compile(r"^val-core/.+/(acc|reward)/mean@\d+$")  # verl's held-out accuracy
 REWARD = "critic/score/mean"
 EPISTEMIC_RATE = "epistemic/markers_per_1k_tokens"  # the summary shows the run's epistemic_tau after it
+# The row of credit_metric_name(k), k = each run's algorithm.avsd.credit_top_k (run_credit_top_k).
+CREDIT_SHARE = "credit share"
 
 # What the summary averages over each run's last N logged values: (metric, row label)
 SUMMARY_METRICS = [
@@ -22,7 +25,7 @@ SUMMARY_METRICS = [
     ("avsd/gate_open_rate", "gate open rate"),
     ("avsd/residual_mean", "residual mean"),
     ("avsd/alignment_mean", "alignment mean"),
-    ("credit/wrong_rollout_positive_top20", "wrong-rollout positive top-20"),
+    (CREDIT_SHARE, "wrong-rollout positive top-{k}"),
     ("grpo/groups_without_signal", "GRPO groups without signal"),
     (EPISTEMIC_RATE, "epistemic markers per 1k tokens"),
     ("timing_s/step", "step time (s)"),
@@ -45,13 +48,32 @@ def validation_keys(runs: list[Run]) -> list[str]:
     return sorted({k for run in runs for values in run.metrics.values() for k in values if VALIDATION_KEY.match(k)})
 
 
+def run_credit_top_k(run: Run) -> int:
+    """The run's algorithm.avsd.credit_top_k (the k in its credit metric's name): from its
+    config.yaml; a run without one, from the name it logged the metric under; else the default."""
+    value = config_value(run.config, "algorithm.avsd.credit_top_k")
+    if value is not None:
+        try:
+            return avsd_config({"avsd": {"credit_top_k": value}}).credit_top_k
+        except AvsdConfigError as e:
+            raise ReportError(f"{run.run_dir}: config.yaml: {e}") from None
+    logged = set()
+    for key in {key for values in run.metrics.values() for key in values}:
+        k = re.search(r"\d+$", key)
+        if k and key == credit_metric_name(int(k.group())):
+            logged.add(int(k.group()))
+    return logged.pop() if len(logged) == 1 else default_config().credit_top_k
+
+
 def summarize_run(run: Run, last: int = 5) -> dict:
     """One run's numbers; a metric the run never logged is None (shown as n/a), never 0."""
     reward = _final_and_best(_series(run.metrics, REWARD))
+    top_k = run_credit_top_k(run)
     last_means = {}
     for key, _ in SUMMARY_METRICS:
-        values = [v for _, v in _series(run.metrics, key)][-last:]
-        last_means[key] = statistics.fmean(values) if values else None
+        metric = credit_metric_name(top_k) if key == CREDIT_SHARE else key
+        values = [v for _, v in _series(run.metrics, metric)][-last:]
+        last_means[metric] = statistics.fmean(values) if values else None
     return {
         "run_dir": str(run.run_dir),
         "metrics_file": run.metrics_file.name,
@@ -59,6 +81,7 @@ def summarize_run(run: Run, last: int = 5) -> dict:
         "model": config_value(run.config, "actor_rollout_ref.model.path"),
         # the optional term that keeps exploratory tokens; a config without the key ran the default
         "epistemic_tau": config_value(run.config, "algorithm.avsd.epistemic_tau", default_config().epistemic_tau if run.config else None),
+        "credit_top_k": top_k,
         "steps": max(run.metrics),
         "reward_final": reward["final"],
         "reward_final_step": reward["final_step"],
@@ -113,8 +136,14 @@ def summary_markdown(summary: dict) -> str:
         vals = [r["validation"].get(key) for r in runs.values()]
         rows.append((f"final val {name}", [_at(v["final"], v["final_step"]) if v else "n/a" for v in vals]))
         rows.append((f"best val {name}", [_at(v["best"], v["best_step"]) if v else "n/a" for v in vals]))
+    top_ks = sorted({r["credit_top_k"] for r in runs.values()})
     for key, label in SUMMARY_METRICS:
-        rows.append((f"{label}, last {n}", [_fmt(r["last_n_mean"][key]) for r in runs.values()]))
+        if key == CREDIT_SHARE:  # each run's own k
+            label = label.format(k=top_ks[0] if len(top_ks) == 1 else f"k (k = {', '.join(map(str, top_ks))} by run)")
+            cells = [_fmt(r["last_n_mean"][credit_metric_name(r["credit_top_k"])]) for r in runs.values()]
+        else:
+            cells = [_fmt(r["last_n_mean"][key]) for r in runs.values()]
+        rows.append((f"{label}, last {n}", cells))
         if key == EPISTEMIC_RATE:
             rows.append(("epistemic_tau", [_fmt(r.get("epistemic_tau")) for r in runs.values()]))
 
