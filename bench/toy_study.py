@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from verl_avsd.estimators import token_advantages
-from verl_avsd.metrics import credit_metric_name, credit_tokens_metric_name, wrong_rollout_positive_topk
+from verl_avsd.metrics import wrong_rollout_positive_topk
 from verl_avsd.output_dir import OutputDirError, claim_output_dir, is_previous_output
 from verl_avsd.plots import plot_metrics
 from verl_avsd.rollout_dumps import dump_tensors
@@ -68,7 +68,6 @@ TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
 # The sibling-view block, each at rollout.n = GROUP_SIZE: label -> views
 SIBLING_SWEEP = {"fixed": VIEW_SWEEP["M3"], "sibling": ("sibling",), "fixed+sibling": (*VIEW_SWEEP["M3"], "sibling")}
-TOP_K = 20  # the paper's top-20 credit metric; the study's runs keep algorithm.avsd.credit_top_k's default, 20
 LAST_STEPS = 5  # the end-of-training window of the train reward and the epistemic columns
 # What the study and each of its runs write: an interrupted run is started over only in a folder
 # the study made (verl_avsd.output_dir), and --out must be new, empty or a previous study.
@@ -177,7 +176,7 @@ def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int
         "val_acc_after": _val_accuracy(last),
         "train_reward_first": metrics[train_steps[0]]["critic/score/mean"],
         "train_reward_last5": mean_of("critic/score/mean", last_steps),
-        "wrong_positive_top20": pooled(credit_metric_name(TOP_K), credit_tokens_metric_name(TOP_K)),
+        "wrong_positive_top20": pooled("credit/wrong_rollout_positive_top20", "credit/wrong_rollout_top20_tokens"),
         "wrong_rollout_rate": mean_of("credit/wrong_rollout_rate"),
         "groups_without_signal": mean_of("grpo/groups_without_signal"),
         "gate_open_rate": mean_of("avsd/gate_open_rate"),
@@ -212,10 +211,18 @@ def paired_credit(dump_dir: Path, views: tuple[str, ...], k: int = 20) -> dict:
     reward = torch.tensor([r["reward"] for r in rows], dtype=torch.float32)  # [B]
     config = {"avsd": {"views": list(views), "opsd_view": views[0]}}
     out = {"rollouts": len(rows), "wrong_rollouts": int((reward < 1.0).sum())}
+    # A rollout with every view masked (a `sibling` view alone, its group without another correct
+    # rollout) gets advantage 0: its top-k tokens count as "not positive" and would flatter the
+    # share, so the sibling comparison also reports it over the rollouts with a view.
+    viewed = inputs["view_mask"].any(dim=1)  # [B]
+    out["wrong_rollouts_viewed"] = int((viewed & (reward < 1.0)).sum())
     for method in TEACHER_METHODS:
         adv, signals = token_advantages(method, config, **inputs)
         out[f"{method}_wrong_positive_top{k}"] = wrong_rollout_positive_topk(adv, response_mask, reward, 1.0, k)[0]
         if method == "avsd":
+            out[f"avsd_wrong_positive_top{k}_viewed"] = wrong_rollout_positive_topk(
+                adv[viewed], response_mask[viewed], reward[viewed], 1.0, k
+            )[0]
             mask = signals.token_mask
             flips = torch.sign(signals.arithmetic) != torch.sign(signals.consensus)
             out["arithmetic_sign_flips"] = int((flips & mask).sum())
@@ -372,18 +379,21 @@ def sibling_lines(table: dict, groups: dict[str, list[dict]], fmt) -> list[str]:
         f"Sibling view vs the fixed views, all at rollout.n = {GROUP_SIZE} (same rollouts per step as above, "
         f"{GROUP_SIZE} per prompt; GRPO for reference). `sibling` = a correct rollout of the same prompt, "
         "masked when the group has none; credit = positive share of the top-20 |advantage| tokens of wrong "
-        "rollouts (lower is better), on each run's own rollouts.",
+        "rollouts (lower is better), on each run's own rollouts: as logged, and recomputed from the dumps over "
+        "the wrong rollouts that had at least one view (a rollout with every view masked gets advantage 0, "
+        "whose tokens count as not positive).",
         "",
         "| run | views | acc before | acc after | train reward (last 5) | wrong-rollout top-20 positive | "
-        "wrong rollouts with a sibling | gate open |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "same, wrong rollouts with a view | wrong rollouts with a sibling | gate open |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
         row = table[name]
         views = ", ".join(_first(groups[name], "views", [])) if groups[name][0]["estimator"] != "grpo" else "-"
+        viewed = aggregate([r["paired"] for r in groups[name] if "paired" in r], "avsd_wrong_positive_top20_viewed")
         lines.append(
             f"| {name} | {views} | {fmt(row['val_acc_before'], True)} | {fmt(row['val_acc_after'], True)} | "
-            f"{fmt(row['train_reward_last5'], True)} | {fmt(row['wrong_positive_top20'], True)} | "
+            f"{fmt(row['train_reward_last5'], True)} | {fmt(row['wrong_positive_top20'], True)} | {fmt(viewed, True)} | "
             f"{fmt(row['sibling_wrong_view_rate'], True)} | {fmt(row['gate_open_rate'], True)} |"
         )
     return lines
@@ -434,7 +444,7 @@ def plot_bars(out: Path, result: dict) -> None:
 
 STUDY_PLOTS = [
     ("study_reward.png", "Train reward (mean over seeds)", [("critic/score/mean", "reward")]),
-    ("study_credit.png", "Wrong-rollout top-20 positive share", [(credit_metric_name(TOP_K), "positive share")]),
+    ("study_credit.png", "Wrong-rollout top-20 positive share", [("credit/wrong_rollout_positive_top20", "positive share")]),
     ("study_gate.png", "AVSD gate open rate", [("avsd/gate_open_rate", "open rate")]),
 ]
 

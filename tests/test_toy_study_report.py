@@ -130,3 +130,20 @@ def test_report_shows_tau_next_to_the_rates_and_the_sibling_rows(study, tmp_path
     saved = json.loads((tmp_path / "toy_study.json").read_text())
     assert saved["methods"]["avsd tau=0.1"]["epistemic_rate"]["mean"] == 3.0
     assert saved["runs"]["avsd tau=0.1"][0]["epistemic_tau"] == 0.1
+
+
+def test_paired_credit_also_reports_the_wrong_rollouts_that_had_a_view(study, tmp_path):
+    """A wrong rollout with its only view masked (sibling alone, no correct sibling) gets advantage 0:
+    counted, its tokens are "not positive" and halve the share here; over the viewed ones it is 1."""
+    def row(view_ok: bool, reward: float) -> dict:
+        return {"is_padding": False, "reward": reward, "response_mask": [1, 1, 1], "student_logp": [-2.0, -2.0, -2.0],
+                "view_logq": [[-0.5, -0.5, -0.5] if view_ok else [None, None, None]], "view_mask": [view_ok]}
+
+    dumps = tmp_path / "rollouts"
+    dumps.mkdir()
+    rows = [row(True, 0.0), row(False, 0.0), row(True, 1.0)]
+    (dumps / "rollouts_step1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paired = study.paired_credit(dumps, ("sibling",))
+    assert (paired["wrong_rollouts"], paired["wrong_rollouts_viewed"]) == (2, 1)
+    assert paired["avsd_wrong_positive_top20"] == pytest.approx(0.5)
+    assert paired["avsd_wrong_positive_top20_viewed"] == pytest.approx(1.0)
