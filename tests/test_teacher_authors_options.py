@@ -141,3 +141,21 @@ def test_bad_teacher_kwargs_are_errors_naming_the_key(value, match):
 
 def test_teacher_kwargs_default_is_null():
     assert avsd_config({}).teacher_chat_template_kwargs is None
+
+
+def test_options_survive_the_worker_transport(thinking_tokenizer):
+    """The trainer hands the worker `to_dict()` (plain data); the worker's AvsdConfig.from_dict
+    builds the same contexts (in the e2e run by hand: teacher log-probs equal to 7e-7)."""
+    from verl_avsd.config import AvsdConfig
+
+    cfg = avsd_config({"avsd": {"view_template": "privileged_reference", "teacher_chat_template_kwargs": {"enable_thinking": True}}})
+    moved = AvsdConfig.from_dict(cfg.to_dict())
+    assert moved.to_dict()["teacher_chat_template_kwargs"] == {"enable_thinking": True}
+    here = build_teacher_contexts(thinking_tokenizer, [STUDENT], [ROW], cfg, {"enable_thinking": False})
+    there = build_teacher_contexts(thinking_tokenizer, [STUDENT], [ROW], moved, {"enable_thinking": False})
+    assert [[c.tolist() for c in row] for row in here.context_ids] == [[c.tolist() for c in row] for row in there.context_ids]
+    assert thinking_tokenizer.decode(there.context_ids[0][2]) == (  # thinking on: no empty think block
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+        + their_teacher_message(PROBLEM, "Verified final answer: 42", "answer_only")
+        + "<|im_end|>\n<|im_start|>assistant\n"
+    )
