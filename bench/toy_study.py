@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from verl_avsd.estimators import token_advantages
-from verl_avsd.metrics import wrong_rollout_positive_topk
+from verl_avsd.metrics import credit_metric_name, credit_tokens_metric_name, wrong_rollout_positive_topk
 from verl_avsd.output_dir import OutputDirError, claim_output_dir, is_previous_output
 from verl_avsd.plots import plot_metrics
 from verl_avsd.rollout_dumps import dump_tensors
@@ -68,6 +68,7 @@ TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
 # The sibling-view block, each at rollout.n = GROUP_SIZE: label -> views
 SIBLING_SWEEP = {"fixed": VIEW_SWEEP["M3"], "sibling": ("sibling",), "fixed+sibling": (*VIEW_SWEEP["M3"], "sibling")}
+TOP_K = 20  # the paper's top-20 credit metric; the study's runs keep algorithm.avsd.credit_top_k's default, 20
 LAST_STEPS = 5  # the end-of-training window of the train reward and the epistemic columns
 # What the study and each of its runs write: an interrupted run is started over only in a folder
 # the study made (verl_avsd.output_dir), and --out must be new, empty or a previous study.
@@ -176,7 +177,7 @@ def summarize_run(name, estimator, seed, views, run_dir: Path, metrics: dict[int
         "val_acc_after": _val_accuracy(last),
         "train_reward_first": metrics[train_steps[0]]["critic/score/mean"],
         "train_reward_last5": mean_of("critic/score/mean", last_steps),
-        "wrong_positive_top20": pooled("credit/wrong_rollout_positive_top20", "credit/wrong_rollout_top20_tokens"),
+        "wrong_positive_top20": pooled(credit_metric_name(TOP_K), credit_tokens_metric_name(TOP_K)),
         "wrong_rollout_rate": mean_of("credit/wrong_rollout_rate"),
         "groups_without_signal": mean_of("grpo/groups_without_signal"),
         "gate_open_rate": mean_of("avsd/gate_open_rate"),
@@ -444,7 +445,7 @@ def plot_bars(out: Path, result: dict) -> None:
 
 STUDY_PLOTS = [
     ("study_reward.png", "Train reward (mean over seeds)", [("critic/score/mean", "reward")]),
-    ("study_credit.png", "Wrong-rollout top-20 positive share", [("credit/wrong_rollout_positive_top20", "positive share")]),
+    ("study_credit.png", "Wrong-rollout top-20 positive share", [(credit_metric_name(TOP_K), "positive share")]),
     ("study_gate.png", "AVSD gate open rate", [("avsd/gate_open_rate", "open rate")]),
 ]
 
