@@ -10,10 +10,13 @@ This module is the trainer's side of `rollout`: what it refuses at config time, 
 verl to use the agent-loop manager that scores, and the step's teacher fields and metrics:
 
     avsd/teacher_hidden_fraction  share of the teacher's scoring time that ran while generation
-                                  of the batch was still going (1 = all of it hidden)
+                                  of the batch was still going (1 = all of it hidden; 0 with actor
+                                  placement). A sample's scoring time is its requests' time in
+                                  flight, from the agent-loop worker: a server that queues them
+                                  behind generation (the `hf` one) counts the wait as scoring
     avsd/teacher_blocking_s       how long the step waited for teacher work after the batch's
                                   last generation ended (actor placement: the whole teacher call)
-    avsd/teacher_scoring_s        the teacher's scoring time, summed over samples
+    avsd/teacher_scoring_s        the samples' scoring times, summed
     timing_s/teacher_views        the teacher time on the step's critical path: the blocking wait
                                   (inside timing_s/gen: verl's sample waits for every finished
                                   sample) plus reading the fields; with `actor`, the packed call
