@@ -86,5 +86,5 @@ def view_template_preset(value) -> ViewTemplatePreset | None:
     raise ValueError(
         f"{KEY}={value!r} is not a preset (presets: {', '.join(VIEW_TEMPLATE_PRESETS)})"
         + (f"; did you mean {hint[0]!r}?" if hint else "")
-        + " A template of your own is python str.format text with {prompt} and {view}."
+        + "; a template of your own is python str.format text with {prompt} and {view}"
     )
