@@ -10,6 +10,8 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verl_avsd.data_prep.authors_partial import PARTIAL_NOTICE, authors_partial_view, authors_segments, without_last_box
 from verl_avsd.data_prep.cli import main
@@ -125,3 +127,28 @@ def test_authors_partial_view_needs_worked_solutions(tmp_path, capsys):
     assert "--partial-view authors" in err and "--format generic" in err and "--solution-key" in err
     assert main([*argv, "--partial-view", "theirs"]) == 2
     assert "--partial-view" in capsys.readouterr().err
+
+
+# Random solutions from the pieces the rule reacts to: whatever the mix, a non-empty solution keeps
+# all three views, the partial view ends with the notice, and what it keeps is the start of the
+# solution (with its last box removed; whitespace aside), never all of it.
+PIECES = ["a", "b c", " ", "\n", "\n\n", ".", "! ", "? ", "1.", "2)", "- ", "* ", "•", "\\boxed{", "{", "}", "\t", "3.5"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(PIECES), min_size=1, max_size=30))
+def test_any_solution_keeps_three_views_and_a_strict_prefix(pieces):
+    solution = "".join(pieces)
+    if not solution.strip():
+        return
+    views = {v["name"]: v["text"] for v in math_views(solution, "1", "authors")}
+    assert list(views) == ["full", "partial", "answer"]
+    rest = without_last_box(solution)
+    if not rest:
+        assert views["partial"] == THEIR_NOTICE
+        return
+    kept = kept_part(views["partial"])
+    compact = lambda text: "".join(text.split())  # noqa: E731
+    assert kept and compact(rest).startswith(compact(kept))
+    if len(rest) > 1:  # rest is stripped: dropping its last segment or character drops a visible one
+        assert len(compact(kept)) < len(compact(rest))
