@@ -1,12 +1,12 @@
 """Benchmark: how many sandboxed programs per second this machine runs, per isolation and pool size.
 
-Workloads (every program is run through `Sandbox.run_many` / `build_feedback_views`, i.e. the
+Workloads (every program is run through `Sandbox.run_many` / `run_feedback`, i.e. the
 same path the rewards and the feedback view take):
 
   hello     `print(input())`: the fixed cost of one sandboxed run (start-up, isolation, teardown)
   cpu_0.1s  a pure-Python loop of about 0.1 s of CPU: how the pool shares the cores
   cpp       compile + run a small C++ program (only where g++ is installed)
-  feedback  build_feedback_views over a batch of 16 responses with 2 public tests each
+  feedback  run_feedback over a batch of 16 responses with 2 public tests each
 
 plus `bare_python`, the same `hello` program started with subprocess and no sandbox at all, to
 show what isolation costs. Each workload runs at max_concurrent 1, 2 and 4 for every isolation
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from verl_avsd.feedback_view import build_feedback_views
+from verl_avsd.feedback_view import run_feedback
 from verl_avsd.sandbox import Limits, Sandbox
 from verl_avsd.sandbox.runner import working_isolations
 
@@ -79,7 +79,7 @@ def measure_runs(sandbox: Sandbox, code: str, language: str, count: int) -> dict
 def measure_feedback(sandbox: Sandbox, batch: int) -> dict:
     responses = [RESPONSES[i % len(RESPONSES)] for i in range(batch)]
     started = time.monotonic()
-    views = build_feedback_views(responses, [PUBLIC_TESTS] * batch, time_limit_s=5, memory_mb=256, sandbox=sandbox)
+    views = [f.text for f in run_feedback(responses, [PUBLIC_TESTS] * batch, time_limit_s=5, memory_mb=256, sandbox=sandbox)]
     wall = time.monotonic() - started
     return {
         "responses": batch,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-import verl_avsd.trainer as trainer_module
+import verl_avsd.verl_trainer_seam as seam
 
 VOCAB = ["<eos>", "wait", "hmm", "so", "the", "answer", "is", "42", "7", "let", "me", "check", "perhaps", "x"]
 EOS = 0
@@ -52,15 +52,16 @@ class FakeTQ:
 
     def kv_batch_get(self, keys, partition_id, select_fields):
         self.gets.append(list(select_fields))
-        return self.data.select(*select_fields)
+        # as TransferQueue (BatchMeta.select_fields): a field no sample has is left out, not an error
+        return self.data.select(*[f for f in select_fields if f in self.data.keys()])
 
     def kv_batch_put(self, keys, partition_id, fields):
         self.puts.append({k: fields[k] for k in fields.keys()})
         return Batch(list(keys), partition_id, self.tags)
 
     def install(self, monkeypatch):
-        monkeypatch.setattr(trainer_module.tq, "kv_batch_get", self.kv_batch_get)
-        monkeypatch.setattr(trainer_module.tq, "kv_batch_put", self.kv_batch_put)
+        monkeypatch.setattr(seam.tq, "kv_batch_get", self.kv_batch_get)  # the trainer's only way to TransferQueue
+        monkeypatch.setattr(seam.tq, "kv_batch_put", self.kv_batch_put)
         return self
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from verl_avsd.feedback_view import FEEDBACK_STATUSES, build_feedback_views, feedback_metrics, run_feedback
+from verl_avsd.feedback_view import FEEDBACK_STATUSES, feedback_metrics, run_feedback
 from verl_avsd.sandbox import RunResult, SandboxUnavailable, Status, get_sandbox
 from verl_avsd.sandbox.judge import MalformedTests
 
@@ -104,7 +104,7 @@ def test_batch_keeps_order_and_per_row_settings():
         fenced(READ_TWO + "print(a - b)"),
     ]
     tests = [PUBLIC, PUBLIC, PUBLIC, PUBLIC]
-    views = build_feedback_views(responses, tests, time_limit_s=[1, 1, 0.1, 1], memory_mb=256)
+    views = [f.text for f in run_feedback(responses, tests, time_limit_s=[1, 1, 0.1, 1], memory_mb=256)]
     assert views[0] == "All 2 public tests pass."
     assert views[1] is None
     assert views[2].startswith("Public test 1 of 2: the program exceeds the time limit (0.1 s).")  # its own limit

@@ -4,7 +4,7 @@ container TransferQueue / TensorDict hands it over in."""
 import numpy as np
 from tensordict import NonTensorData, NonTensorStack
 
-from verl_avsd.workers.teacher_worker import per_sample_list
+from verl_avsd.workers.verl_worker_seam import per_sample_list
 
 
 def test_per_sample_list_of_every_container():

@@ -16,8 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
-from verl_avsd import trainer as trainer_module
 from verl_avsd.config import default_config
+import verl_avsd.verl_trainer_seam as seam
 from verl_avsd.trainer import AvsdTrainer, teacher_rank_order
 
 

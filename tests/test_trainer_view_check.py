@@ -5,8 +5,8 @@ import types
 
 import pytest
 
-import verl_avsd.trainer as trainer_module
 from verl_avsd.config import avsd_config
+import verl_avsd.verl_trainer_seam as seam
 from verl_avsd.trainer import AvsdTrainer
 from verl_avsd.workers.teacher_context import ViewDataError
 
@@ -20,7 +20,7 @@ class TeacherStepReached(Exception):
 def _trainer(views):
     t = object.__new__(AvsdTrainer)  # no Ray, no workers: only the advantage step's first lines run
     t.avsd = avsd_config({"avsd": {"views": views}})
-    t.needs_teacher = True
+    t.estimator, t.needs_teacher = "avsd", True
     t.timing_raw = {}
 
     def teacher_step(*_):
@@ -39,7 +39,7 @@ def rows(monkeypatch):
         fetched.append(select_fields)
         return {"extra_info": rows}
 
-    monkeypatch.setattr(trainer_module.tq, "kv_batch_get", kv_batch_get)
+    monkeypatch.setattr(seam.tq, "kv_batch_get", kv_batch_get)
     return fetched
 
 

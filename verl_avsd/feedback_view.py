@@ -1,6 +1,6 @@
 """The execution-feedback view: what the student's program does on the public tests, in words.
 
-After rollout, the trainer calls `build_feedback_views(responses, public_tests, ...)` for the
+After rollout, the trainer calls `run_feedback(responses, public_tests, ...)` for the
 code rollouts of a batch. Each response's program (its last fenced code block) runs in the
 sandbox on its row's public tests (`extra_info.public_tests`), in order, stopping at the first
 failure, and the outcome becomes the `feedback` view text that the teacher reads like any
@@ -62,23 +62,6 @@ class Feedback:
     status: str  # "ok" (all pass), the first failure's status, or one of NO_VIEW_STATUSES
 
 
-def build_feedback_views(
-    responses: Sequence[str],
-    public_tests: Sequence[Any],
-    *,
-    time_limit_s: float | Sequence[float | None] | None = None,
-    memory_mb: float | Sequence[float | None] | None = None,
-    languages: Sequence[str | None] | None = None,
-    sandbox: Sandbox | None = None,
-    row_names: Sequence[str] | None = None,
-) -> list[str | None]:
-    """One feedback view text per response (None: no view). See `run_feedback` for arguments."""
-    return [feedback.text for feedback in run_feedback(
-        responses, public_tests, time_limit_s=time_limit_s, memory_mb=memory_mb,
-        languages=languages, sandbox=sandbox, row_names=row_names,
-    )]  # fmt: skip
-
-
 def run_feedback(
     responses: Sequence[str],
     public_tests: Sequence[Any],
@@ -89,7 +72,7 @@ def run_feedback(
     sandbox: Sandbox | None = None,
     row_names: Sequence[str] | None = None,
 ) -> list[Feedback]:
-    """Feedback (text and status) for each response.
+    """Feedback for each response: its view text (`.text`, None for no view) and status.
 
     responses: decoded rollout texts. public_tests: per response, the row's public tests (the
     contract's JSON string, a dict, or None for a row without any). time_limit_s / memory_mb:
@@ -100,7 +83,7 @@ def run_feedback(
     """
     n = len(responses)
     if len(public_tests) != n:
-        raise ValueError(f"build_feedback_views: {n} responses but {len(public_tests)} public test sets")
+        raise ValueError(f"run_feedback: {n} responses but {len(public_tests)} public test sets")
     names = list(row_names) if row_names is not None else [f"batch sample {i}" for i in range(n)]
     times, memories, langs = (
         _per_row(time_limit_s, n, "time_limit_s"),
@@ -198,8 +181,8 @@ def _per_row(value, n: int, name: str) -> list:
         return [value] * n
     values = list(value)
     if len(values) != n:
-        raise ValueError(f"build_feedback_views: {name} has {len(values)} entries for {n} responses")
+        raise ValueError(f"run_feedback: {name} has {len(values)} entries for {n} responses")
     return values
 
 
-__all__ = ["Feedback", "build_feedback_views", "feedback_metrics", "feedback_text", "run_feedback"]
+__all__ = ["Feedback", "feedback_metrics", "feedback_text", "run_feedback"]

@@ -87,3 +87,33 @@ def credit_metrics(advantages, response_mask, sequence_reward, wrong_below: floa
         credit_tokens_metric_name(k): float(counted),
         "credit/wrong_rollout_rate": float(wrong.float().mean()) if wrong.numel() else 0.0,
     }
+
+
+def groups_without_signal(sequence_reward: torch.Tensor, uids: list) -> float:
+    """Share of prompt groups whose rollouts all got the same reward (GRPO advantage 0)."""
+    groups: dict = {}
+    for r, uid in zip(sequence_reward.tolist(), uids):
+        groups.setdefault(uid, []).append(r)
+    multi = [g for g in groups.values() if len(g) > 1]
+    return sum(1 for g in multi if max(g) == min(g)) / len(multi) if multi else float("nan")
+
+
+def step_credit_metrics(
+    advantages: torch.Tensor,  # [B, T]
+    response_mask: torch.Tensor,  # [B, T]
+    sequence_reward: torch.Tensor,  # [B]
+    uids: list,  # [B] prompt uid of each rollout
+    real: list[bool],  # [B] False for the batch's padding copies
+    wrong_below: float,
+    k: int,
+    grouped: bool,
+) -> dict[str, float]:
+    """The trainer's per-step credit metrics, the same for every estimator (teacher or not):
+    `credit_metrics` over the real rollouts and, when rollouts come in groups (rollout.n > 1),
+    `grpo/groups_without_signal`."""
+    keep = torch.tensor(real, dtype=torch.bool)
+    reward = sequence_reward[keep]
+    metrics = credit_metrics(advantages[keep], response_mask[keep], reward, wrong_below, k)
+    if grouped:
+        metrics["grpo/groups_without_signal"] = groups_without_signal(reward, [u for u, r in zip(uids, real) if r])
+    return metrics

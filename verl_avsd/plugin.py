@@ -18,11 +18,11 @@ verl swallows exceptions raised here, so `tests/test_plugin.py` imports it on it
 from verl_avsd.cpu import platform as cpu_platform  # noqa: F401,I001
 import importlib
 
-from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplicaRegistry
 
 from verl_avsd import estimators  # noqa: F401
 from verl_avsd import trainer  # noqa: F401
+from verl_avsd.workers.verl_worker_seam import register_rollout_adapter
 
 # The `hf` rollout backend (transformers `generate`, the CPU port's rollout) is registered by
 # name on every host, so `actor_rollout_ref.rollout.name=hf` works wherever it is chosen, but
@@ -30,6 +30,6 @@ from verl_avsd import trainer  # noqa: F401
 # patch, and a GPU run that uses vLLM never loads it (tests/test_plugin.py checks).
 HF_ROLLOUT_MODULE = "verl_avsd.cpu.hf_rollout"
 RolloutReplicaRegistry.register("hf", lambda: importlib.import_module(HF_ROLLOUT_MODULE).HFReplica)
-# verl has no registration function for the in-worker adapter, only this table of module paths,
-# read by `get_rollout_class(name, mode)` (verl/workers/rollout/base.py).
-rollout_base._ROLLOUT_REGISTRY[("hf", "async")] = f"{HF_ROLLOUT_MODULE}.HFServerAdapter"
+# verl has no registration function for the in-worker adapter, only a table of class paths read
+# by `verl.workers.rollout.base.get_rollout_class(name, mode)`; the seam writes to it.
+register_rollout_adapter("hf", "async", f"{HF_ROLLOUT_MODULE}.HFServerAdapter")

@@ -23,32 +23,54 @@ import dataclasses
 import time
 
 import numpy as np
-import ray
-import torch
-import transfer_queue as tq
 from omegaconf import OmegaConf
-from tensordict import TensorDict
-from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
-from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-from verl.workers.utils.padding import response_to_nested
 
 from verl_avsd.config import avsd_config
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.estimator_facts import needs_teacher
 from verl_avsd.estimators import token_advantages
 from verl_avsd.feedback_view import feedback_metrics, run_feedback
-from verl_avsd.metrics import credit_metrics, signal_metrics
+from verl_avsd.metrics import signal_metrics, step_credit_metrics
 from verl_avsd.resume import ResumableFileLogger
 from verl_avsd.rollout_dumps import append_dump_rows, drop_dumps_after
 from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
 from verl_avsd.sandbox import get_sandbox
 from verl_avsd.sibling_view import sampling_order, sibling_views
 from verl_avsd.teacher_placement import check_rollout_placement, read_rollout_teacher, use_rollout_teacher
+from verl_avsd.verl_trainer_seam import (
+    ADVANTAGES,
+    EXTRA_INFO,
+    OLD_LOG_PROBS,
+    RESPONSE_MASK,
+    RESPONSES,
+    RETURNS,
+    RM_SCORES,
+    ROLLOUT_IS_WEIGHTS,
+    ROLLOUT_LOG_PROBS,
+    UID,
+    actor_dp_size,
+    add_tracking_backend,
+    apply_rollout_correction,
+    build_ref_model_with_actor,
+    check_one_output_per_session,
+    get_fields,
+    has_separate_actor,
+    is_real,
+    nested_like,
+    observe_group_status,
+    put_fields,
+    put_rows,
+    rollout_actors,
+    rollout_correction_config,
+    seq_lens,
+    use_actor_worker_class,
+)
 from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage, row_name
-from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker, per_sample_list
+from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
+from verl_avsd.workers.verl_worker_seam import per_sample_list
 
 
 def feedback_for_rollouts(response_texts: list[str], extra_infos: list[dict], cfg) -> tuple[list[str], dict]:
@@ -73,15 +95,6 @@ def _lora_enabled(config) -> bool:
     model = config.actor_rollout_ref.model
     rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
     return rank > 0 or model.get("lora_adapter_path") is not None
-
-
-def groups_without_signal(sequence_reward: torch.Tensor, uids: list) -> float:
-    """Share of prompt groups whose rollouts all got the same reward (GRPO advantage 0)."""
-    groups: dict = {}
-    for r, uid in zip(sequence_reward.tolist(), uids):
-        groups.setdefault(uid, []).append(r)
-    multi = [g for g in groups.values() if len(g) > 1]
-    return sum(1 for g in multi if max(g) == min(g)) / len(multi) if multi else float("nan")
 
 
 def teacher_rank_order(seq_lens: list[int], uids: list, dp_size: int) -> list[int] | None:
@@ -134,47 +147,29 @@ class AvsdTrainer(PPOTrainerSync):
 
     def _build_replay_buffer(self):
         buffer = super()._build_replay_buffer()
-        sync = getattr(buffer, "_sync_metadata_from_transfer_queue", None)  # where it reads each group's status
-        if sync is None:  # a custom sampler (trainer.v1.sampler.custom_sampler) of another shape: its own rules
-            return buffer
 
-        def sync_and_count_failures():
-            sync()
-            in_flight = buffer.pending_keys["train"] | buffer.running_keys["train"]
-            step = getattr(self, "global_steps", 0)
-            self.rollout_failures.observe(buffer.finished_keys["train"], buffer.failure_keys["train"], step, in_flight)
+        def count_failures(finished, failed, in_flight):
+            self.rollout_failures.observe(finished, failed, getattr(self, "global_steps", 0), in_flight)
 
-        buffer._sync_metadata_from_transfer_queue = sync_and_count_failures
+        # each time the buffer reads the groups' status (a custom sampler of another shape: its own rules)
+        observe_group_status(buffer, count_failures)
         return buffer
 
     def _dead_rollout_actors(self) -> list[str]:
-        actors = {}
-        manager = getattr(self, "llm_server_manager", None)
-        for r, replica in enumerate(getattr(manager, "rollout_replicas", None) or []):
-            actors.update({f"rollout server {r}.{i}": server for i, server in enumerate(replica.servers)})
-        loop_manager = getattr(self, "agent_loop_manager", None)
-        for i, worker in enumerate(getattr(loop_manager, "agent_loop_workers", None) or []):
-            actors[f"agent-loop worker {i}"] = worker
-        return dead_actors(actors)
+        return dead_actors(rollout_actors(self))
 
     # ---- workers: verl's, plus the teacher method; the ref model whenever the teacher needs it ----
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
-        wants_ref_model = self.needs_teacher and self.avsd.teacher == "ref" and not _lora_enabled(self.config)
-        if wants_ref_model and Role.ActorRollout in self.role_worker_mapping:
-            # verl builds the ref model only for a KL term; the AVSD teacher needs it too.
-            del self.role_worker_mapping[Role.ActorRollout]
-            self.mapping[Role.ActorRolloutRef] = self.mapping.pop(Role.ActorRollout)
-            self.role_worker_mapping[Role.ActorRolloutRef] = None
-        if Role.Actor in self.role_worker_mapping:
+        if self.needs_teacher and self.avsd.teacher == "ref" and not _lora_enabled(self.config):
+            build_ref_model_with_actor(self)  # verl builds the ref model only for a KL term; the AVSD teacher needs it too
+        if has_separate_actor(self):
             raise NotImplementedError(
                 "trainer.v1.trainer_mode=avsd_sync runs the teacher on the colocated actor workers "
                 "(actor_rollout_ref.hybrid_engine=True)"
             )
-        for role in (Role.ActorRollout, Role.ActorRolloutRef):
-            if role in self.role_worker_mapping:
-                self.role_worker_mapping[role] = ray.remote(AvsdActorRolloutRefWorker)
+        use_actor_worker_class(self, AvsdActorRolloutRefWorker)
 
     # ---- resume: each step's metrics and rollout dumps exactly once (verl_avsd/resume.py) ----
 
@@ -206,7 +201,7 @@ class AvsdTrainer(PPOTrainerSync):
             backends, resumed_step = pending
             self.config.trainer.logger = backends  # as the user set it, for everything after Tracking
             trainer = self.config.trainer
-            tracking.logger["file"] = ResumableFileLogger(trainer.project_name, trainer.experiment_name, resumed_step)
+            add_tracking_backend(tracking, "file", ResumableFileLogger(trainer.project_name, trainer.experiment_name, resumed_step))
         self.__dict__["_tracking"] = tracking
 
     # ---- the teacher step ----
@@ -234,10 +229,8 @@ class AvsdTrainer(PPOTrainerSync):
         elapsed = time.perf_counter() - start
         if order is not None:  # outputs are stored per sample key; the update keeps verl's order
             batch.reorder(np.argsort(order).tolist())
-        stats = tq.kv_batch_get(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            select_fields=["avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens"],
+        stats = get_fields(
+            batch, ["avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens"]
         ).to_padded_tensor()  # TransferQueue hands per-sample fields back nested
         teacher_tokens = int(stats["avsd_view_tokens"].sum())
         fed_tokens = float(stats["avsd_view_fed_tokens"].sum())  # after shared prefixes ran once
@@ -257,14 +250,11 @@ class AvsdTrainer(PPOTrainerSync):
 
     def _teacher_order(self, batch, metrics: dict) -> list[int] | None:
         """`teacher_rank_order` for this batch on the actor's data-parallel ranks."""
-        group = self.actor_rollout_wg
-        if "actor" not in group._dispatch_info:  # as verl's _balance_batch finds the dp size
-            group._dispatch_info["actor"] = group._query_dispatch_info("actor")
-        dp_size = max(group._dispatch_info["actor"]) + 1
+        dp_size = actor_dp_size(self.actor_rollout_wg)
         if dp_size <= 1:
             return None
-        uids = per_sample_list(tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid"])["uid"])
-        order = teacher_rank_order([tag["seq_len"] for tag in batch.tags], uids, dp_size)
+        uids = per_sample_list(get_fields(batch, [UID])[UID])
+        order = teacher_rank_order(seq_lens(batch), uids, dp_size)
         metrics["avsd/teacher_grouped_by_prompt"] = float(order is not None)
         return order
 
@@ -273,32 +263,26 @@ class AvsdTrainer(PPOTrainerSync):
         result (field `avsd_feedback`) as that rollout's `feedback` view."""
         if self.avsd.teacher_placement == "rollout":  # the agent-loop worker ran them, before scoring
             return batch
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "extra_info"])
-        texts = self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True)
-        views, feedback_stats = feedback_for_rollouts(texts, per_sample_list(data["extra_info"]), self.avsd)
+        data = get_fields(batch, [RESPONSES, EXTRA_INFO])
+        texts = self.tokenizer.batch_decode(list(data[RESPONSES].unbind(0)), skip_special_tokens=True)
+        views, feedback_stats = feedback_for_rollouts(texts, per_sample_list(data[EXTRA_INFO]), self.avsd)
         metrics.update(feedback_stats)
         # the returned batch meta lists the new field, so the teacher worker receives it
-        return tq.kv_batch_put(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            fields=list_of_dict_to_tensordict([{"avsd_feedback": v} for v in views]),
-        )
+        return put_rows(batch, [{"avsd_feedback": v} for v in views])
 
     # ---- rollouts as text: the sibling view and the epistemic metrics ----
 
     def _decoded_rollouts(self, batch) -> dict:
         """The responses of the batch decoded (once a step), with their prompt uid, sequence reward,
         response tokens (response_mask) and whether each is a real rollout (not verl's padding)."""
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "responses", "response_mask", "rm_scores"]
-        )
-        padded = data.select("response_mask", "rm_scores").to_padded_tensor()
+        data = get_fields(batch, [UID, RESPONSES, RESPONSE_MASK, RM_SCORES])
+        padded = data.select(RESPONSE_MASK, RM_SCORES).to_padded_tensor()
         return {
-            "texts": self.tokenizer.batch_decode(list(data["responses"].unbind(0)), skip_special_tokens=True),
-            "uids": per_sample_list(data["uid"]),
-            "rewards": padded["rm_scores"].sum(-1).tolist(),  # [B]
-            "tokens": padded["response_mask"].sum(-1).tolist(),  # [B]
-            "real": [not tag.get("is_padding", False) for tag in batch.tags],
+            "texts": self.tokenizer.batch_decode(list(data[RESPONSES].unbind(0)), skip_special_tokens=True),
+            "uids": per_sample_list(data[UID]),
+            "rewards": padded[RM_SCORES].sum(-1).tolist(),  # [B]
+            "tokens": padded[RESPONSE_MASK].sum(-1).tolist(),  # [B]
+            "real": is_real(batch),
         }
 
     def _build_sibling_views(self, batch, rollouts: dict, metrics: dict):
@@ -309,11 +293,7 @@ class AvsdTrainer(PPOTrainerSync):
             rollouts["real"], sampling_order(batch.keys, rollouts["uids"]),
         )  # fmt: skip
         metrics.update(stats)
-        return tq.kv_batch_put(
-            keys=batch.keys,
-            partition_id=batch.partition_id,
-            fields=list_of_dict_to_tensordict([{"avsd_sibling": v} for v in views]),
-        )
+        return put_rows(batch, [{"avsd_sibling": v} for v in views])
 
     def _epistemic_metrics(self, rollouts: dict, metrics: dict) -> None:
         """`epistemic/*` over the real rollouts (verl_avsd/epistemic.py), whatever the estimator."""
@@ -334,9 +314,10 @@ class AvsdTrainer(PPOTrainerSync):
             self._epistemic_metrics(self._decoded_rollouts(batch), metrics)
             return batch
 
+        # verl groups several outputs of one session (a multi-output agent loop); the teacher path would not
+        check_one_output_per_session(batch.keys, self.estimator)
         if not getattr(self, "_views_checked", False):  # first batch: a misspelt view fails here, by name
-            rows = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info"])
-            check_view_coverage(per_sample_list(rows["extra_info"]), list(self.avsd.views))
+            check_view_coverage(per_sample_list(get_fields(batch, [EXTRA_INFO])[EXTRA_INFO]), list(self.avsd.views))
             self._views_checked = True
         if "feedback" in self.avsd.views:
             with marked_timer("feedback_view", self.timing_raw, color="olive"):
@@ -349,18 +330,31 @@ class AvsdTrainer(PPOTrainerSync):
         with marked_timer("teacher_views", self.timing_raw, color="olive"):
             batch = self._compute_view_log_probs(batch, metrics)
 
-        fields = ["uid", "response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask"]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        response_mask_nested = data["response_mask"]
-        uids = per_sample_list(data["uid"])
-        padded = data.select("response_mask", "rm_scores", "old_log_probs", "avsd_view_logq", "avsd_view_mask").to_padded_tensor()
-        response_mask = padded["response_mask"]  # [B, T]
-        rewards = padded["rm_scores"]  # [B, T]
+        correction = rollout_correction_config(self.config.algorithm)
+        padded_fields = [RESPONSE_MASK, RM_SCORES, OLD_LOG_PROBS, "avsd_view_logq", "avsd_view_mask"]
+        padded_fields += [ROLLOUT_LOG_PROBS] if correction is not None else []  # left out where the rollout gave none
+        data = get_fields(batch, [UID, *padded_fields])
+        response_mask_nested = data[RESPONSE_MASK]
+        uids = per_sample_list(data[UID])
+        padded = data.select(*[f for f in padded_fields if f in data.keys()]).to_padded_tensor()
+        response_mask = padded[RESPONSE_MASK]  # [B, T]
+        rewards = padded[RM_SCORES]  # [B, T]
         view_logq = padded["avsd_view_logq"].permute(0, 2, 1)  # [B, T, M] -> [B, M, T]
+        out = {}  # per-token fields for the actor update, [B, T]
+        if correction is not None and ROLLOUT_LOG_PROBS in padded.keys():
+            # verl's rollout correction, as in its own advantage step: importance weights for the actor's
+            # loss and rejection sampling (rejected tokens leave response_mask, so they get no advantage)
+            response_mask, is_weights, correction_metrics = apply_rollout_correction(
+                correction, padded[OLD_LOG_PROBS], padded[ROLLOUT_LOG_PROBS], response_mask
+            )
+            metrics.update(correction_metrics)
+            out[RESPONSE_MASK] = response_mask
+            if is_weights is not None:
+                out[ROLLOUT_IS_WEIGHTS] = is_weights
         advantages, signals = token_advantages(
             self.estimator,
             self.avsd,  # parsed once in __init__; its views are the ones the teacher scored, in its order
-            student_logp=padded["old_log_probs"],
+            student_logp=padded[OLD_LOG_PROBS],
             view_logq=view_logq,
             view_mask=padded["avsd_view_mask"].bool(),  # [B, M]
             response_mask=response_mask,
@@ -368,40 +362,33 @@ class AvsdTrainer(PPOTrainerSync):
             index=np.array(uids, dtype=object),
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
         )
-        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         metrics.update(signal_metrics(signals, float(self.avsd.gate_open_threshold)))
         metrics["avsd/views_scored"] = float(view_logq.shape[1])  # M the teacher ran
-        metrics.update(
-            credit_metrics(
-                advantages[real], response_mask[real], rewards[real].sum(-1), float(self.avsd.wrong_below), int(self.avsd.credit_top_k)
-            )
-        )
-        if self.config.actor_rollout_ref.rollout.n > 1:
-            metrics["grpo/groups_without_signal"] = groups_without_signal(rewards[real].sum(-1), [u for u, r in zip(uids, real) if r])
+        metrics.update(self._credit_metrics(advantages, response_mask, rewards.sum(-1), uids, batch))
 
         if self.avsd.dump_rollouts_dir:
             self._dump_rollouts(batch, padded, view_logq, padded["avsd_view_mask"], advantages, signals.gate)
         self._epistemic_metrics(rollouts if rollouts is not None else self._decoded_rollouts(batch), metrics)
 
-        out = {name: response_to_nested(advantages, response_mask_nested) for name in ("advantages", "returns")}
-        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(out, batch_size=len(batch)))
+        out.update({ADVANTAGES: advantages, RETURNS: advantages})
+        return put_fields(batch, {name: nested_like(value, response_mask_nested) for name, value in out.items()})
 
     def _dump_rollouts(self, batch, padded, view_logq, view_mask, advantages, gate) -> None:
         """One JSON line per rollout with its token-level signals (`algorithm.avsd.dump_rollouts_dir`)."""
-        extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_info", "responses"])
-        extra_infos = per_sample_list(extra["extra_info"])
+        extra = get_fields(batch, [EXTRA_INFO, RESPONSES])
+        extra_infos = per_sample_list(extra[EXTRA_INFO])
         rows = []
-        for b, (key, tag) in enumerate(zip(batch.keys, batch.tags)):
+        for b, (key, real) in enumerate(zip(batch.keys, is_real(batch))):
             info = extra_infos[b] if isinstance(extra_infos[b], dict) else {}
             rows.append({
                 "step": self.global_steps,
                 "key": key,
-                "is_padding": bool(tag.get("is_padding", False)),
+                "is_padding": not real,
                 "index": info.get("index"),
                 "estimator": self.estimator,
                 "views": list(self.avsd.views),
                 "reward": float(padded["rm_scores"][b].sum()),
-                "response_ids": extra["responses"][b].tolist(),
+                "response_ids": extra[RESPONSES][b].tolist(),
                 "response_mask": padded["response_mask"][b].tolist(),
                 "student_logp": padded["old_log_probs"][b].tolist(),
                 "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
@@ -412,16 +399,16 @@ class AvsdTrainer(PPOTrainerSync):
         append_dump_rows(self.avsd.dump_rollouts_dir, self.global_steps, rows)
 
     def _comparison_metrics(self, batch, metrics: dict) -> None:
-        """Credit reliability and GRPO signal share for estimators without a teacher."""
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "response_mask", "rm_scores", "advantages"]
-        )
-        uids = per_sample_list(data["uid"])
-        padded = data.select("response_mask", "rm_scores", "advantages").to_padded_tensor()
-        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
-        reward = padded["rm_scores"][real].sum(-1)
-        metrics.update(
-            credit_metrics(padded["advantages"][real], padded["response_mask"][real], reward, float(self.avsd.wrong_below), int(self.avsd.credit_top_k))
-        )
-        if self.config.actor_rollout_ref.rollout.n > 1:
-            metrics["grpo/groups_without_signal"] = groups_without_signal(reward, [u for u, r in zip(uids, real) if r])
+        """Credit reliability and GRPO signal share for estimators without a teacher (after verl's step)."""
+        data = get_fields(batch, [UID, RESPONSE_MASK, RM_SCORES, ADVANTAGES])
+        padded = data.select(RESPONSE_MASK, RM_SCORES, ADVANTAGES).to_padded_tensor()
+        uids = per_sample_list(data[UID])
+        metrics.update(self._credit_metrics(padded[ADVANTAGES], padded[RESPONSE_MASK], padded[RM_SCORES].sum(-1), uids, batch))
+
+    def _credit_metrics(self, advantages, response_mask, sequence_reward, uids: list, batch) -> dict:
+        """`credit/*` (and `grpo/groups_without_signal` with groups) over the batch's real rollouts, the
+        same for every estimator. advantages, response_mask [B, T]; sequence_reward [B]."""
+        return step_credit_metrics(
+            advantages, response_mask, sequence_reward, uids, is_real(batch),
+            float(self.avsd.wrong_below), int(self.avsd.credit_top_k), grouped=self.config.actor_rollout_ref.rollout.n > 1,
+        )  # fmt: skip

@@ -21,8 +21,6 @@ Teacher weights (`algorithm.avsd.teacher`):
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
@@ -32,27 +30,12 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl_avsd.config import AvsdConfig
 from verl_avsd.workers.teacher_context import ROLLOUT_VIEW_FIELDS, build_teacher_contexts, with_rollout_view
 from verl_avsd.workers.teacher_prefill import packed_response_logprobs
-
-
-@contextlib.contextmanager
-def _unsharded(module):
-    """FSDP2 keeps the root's own parameters (embeddings, lm_head) sharded outside its forward;
-    the prefill calls the backbone and the output embedding separately, so gather them for the
-    duration. A plain module (no FSDP) passes through."""
-    if hasattr(module, "unshard") and hasattr(module, "reshard"):
-        module.unshard()
-        try:
-            yield
-        finally:
-            module.reshard()
-    else:
-        yield
-
-
-def per_sample_list(value) -> list:
-    """A per-sample non-tensor field from TransferQueue / TensorDict (NonTensorStack, LinkedList,
-    numpy array, ...) as a list (the trainer reads its fields the same way)."""
-    return value.tolist() if hasattr(value, "tolist") else list(value)
+from verl_avsd.workers.verl_worker_seam import (  # verl's worker internals (the seam's items 1 and 2)
+    per_sample_list,
+    teacher_forward,
+    teacher_training_worker,
+    worker_tokenizer,
+)
 
 
 class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -62,7 +45,7 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
         chat_kwargs = tu.get_non_tensor_data(data=data, key="avsd_chat_template_kwargs", default=None) or {}
         temperature = float(tu.get_non_tensor_data(data=data, key="temperature", default=1.0))
         worker = self._teacher_training_worker(cfg.teacher)
-        tokenizer = (self.actor or self.ref).model_config.tokenizer
+        tokenizer = worker_tokenizer(self)
 
         responses = [r for r in data["responses"].unbind(0)]  # [B] x [T_b]
         extra_infos = per_sample_list(data["extra_info"])
@@ -76,11 +59,10 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
 
         # LoRA + ref: the base model is the actor's with its adapter disabled.
         no_adapter = cfg.teacher == "ref" and self.ref is None
-        adapter_off = worker.engine.disable_adapter() if no_adapter else contextlib.nullcontext()
         prefill = {}  # sequence_tokens, fed_tokens, microbatches
-        with worker.engine.eval_mode(), adapter_off, _unsharded(worker.engine.module):
+        with teacher_forward(worker, adapter_off=no_adapter) as model:
             logprobs = packed_response_logprobs(
-                worker.engine.module,
+                model,
                 sequences,
                 token_budget=int(cfg.token_budget),
                 logprob_chunk_tokens=int(cfg.logprob_chunk_tokens),
@@ -114,8 +96,4 @@ class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
 
     def _teacher_training_worker(self, teacher: str):
         """The TrainingWorker whose model is the teacher."""
-        if teacher == "current" or self.ref is None:
-            if self.actor is None:
-                raise RuntimeError("algorithm.avsd.teacher needs the actor model on this worker, which has none")
-            return self.actor
-        return self.ref
+        return teacher_training_worker(self, teacher)

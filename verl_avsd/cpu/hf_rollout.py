@@ -53,6 +53,8 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from verl_avsd.workers.verl_worker_seam import attach_server
+
 from .prompt_logprobs import PromptLogProbScorer, ScoringRequest, scoring_request
 from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
 
@@ -389,9 +391,8 @@ class HFReplica(RolloutReplica):
             .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
         )
         self.servers = [server]
-        self._server_handle = server
         # verl's load balancer only uses the address as a key; there is no HTTP endpoint.
-        self._server_address = name
+        attach_server(self, server, address=name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ accelerator on the host (no NVIDIA GPU, even one this process cannot see; no ROC
 There, and only there, it
 - registers the "cpu" platform with verl (`PlatformRegistry`);
 - sets `VERL_ENGINE_DEVICE=cuda` unless already set (why: `_select_cpu_platform`);
-- wraps verl's `initialize_global_process_group_ray` (`_patch_process_group_backend`);
+- wraps verl's `initialize_global_process_group_ray` (`_dedupe_process_group_devices`);
 - makes `torch.Tensor.pin_memory` a no-op when torch sees no accelerator (`_patch_pin_memory`).
 On a GPU machine (or with `VERL_PLATFORM` naming another platform) it only defines things.
 
@@ -20,7 +20,7 @@ What the CPU platform answers:
 - `device_module` (what verl calls `get_torch_device()`): `torch.cpu` plus the memory
   and RNG calls that `torch.cuda` has and `torch.cpu` lacks, as no-ops or zeros;
 - Ray resource "GPU": verl's resource pools require a GPU (or NPU) count
-  (`verl/single_controller/ray/base.py`, `ResourcePoolManager._check_resource_available`),
+  (`verl.single_controller.ray.base.ResourcePoolManager._check_resource_available`),
   so a CPU run gives Ray one placeholder GPU (`ray_init.num_gpus=1`, see `cpu_overrides()`).
   No code here or in torch touches it: the CPU torch build has no CUDA.
 
@@ -46,6 +46,13 @@ from typing import Any, Optional
 import torch
 import yaml
 from verl.plugin.platform import PlatformBase, PlatformRegistry
+
+from verl_avsd.workers.verl_worker_seam import (
+    ENGINE_DEVICE_ENV,
+    chosen_platform,
+    disable_pin_memory,
+    wrap_process_group_init,
+)
 
 CPU_PLATFORM_NAME = "cpu"
 CPU_OVERRIDES_FILE = Path(__file__).parent / "cpu.yaml"
@@ -235,43 +242,29 @@ def _without_duplicate_devices(backend: str) -> str:
     return ",".join(kept.values())
 
 
-def _patch_process_group_backend() -> None:
-    """Make verl's process-group setup valid when the device itself is the CPU.
+def _dedupe_process_group_devices(original, device_name, nccl_backend):
+    """verl's `initialize_global_process_group_ray`, valid when the device itself is the CPU.
 
     verl builds the backend string `f"cpu:gloo,{device}:{backend}"`
-    (verl/utils/distributed.py:88, `initialize_global_process_group_ray`), which for device
-    "cpu" is "cpu:gloo,cpu:gloo", and torch rejects a device named twice. The wrapper drops
-    the repeat; any string without a repeated device (every GPU setup) passes unchanged.
-    `verl.workers.engine_workers` binds the function by name at import, so both names are
-    replaced (this module is imported at `import verl`, normally before engine_workers).
+    (`verl.utils.distributed.initialize_global_process_group_ray`), which for device "cpu" is
+    "cpu:gloo,cpu:gloo", and torch rejects a device named twice. The wrapper drops the repeat;
+    any string without a repeated device (every GPU setup) passes unchanged. The seam
+    (`wrap_process_group_init`) installs it under both names verl calls it by.
     """
-    import sys
-
-    import verl.utils.distributed as verl_distributed
-
-    original = verl_distributed.initialize_global_process_group_ray
-    if getattr(original, "_dedupes_devices", False):
-        return
 
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        backend = backend or f"cpu:gloo,{verl_distributed.get_device_name()}:{verl_distributed.get_nccl_backend()}"
+        backend = backend or f"cpu:gloo,{device_name()}:{nccl_backend()}"
         return original(timeout_second=timeout_second, backend=_without_duplicate_devices(backend))
 
-    initialize_global_process_group_ray._dedupes_devices = True
-    verl_distributed.initialize_global_process_group_ray = initialize_global_process_group_ray
-    engine_workers = sys.modules.get("verl.workers.engine_workers")
-    if engine_workers is not None:
-        engine_workers.initialize_global_process_group_ray = initialize_global_process_group_ray
+    return initialize_global_process_group_ray
 
 
 def _warn_if_platform_chosen_too_early() -> None:
     """verl picks its platform once per process, at the first `get_platform()` call; modules
-    such as verl/workers/engine/fsdp/transformer_impl.py:89 even cache the device name at
+    such as `verl.workers.engine.fsdp.transformer_impl` (its `device_name`) even cache the device name at
     import. If that happened before this module registered "cpu", this process runs with
     the wrong platform, so say so loudly (verl swallows plugin errors silently)."""
-    from verl.plugin.platform import platform_manager
-
-    chosen = platform_manager._current_platform
+    chosen = chosen_platform()
     if chosen is not None and not isinstance(chosen, PlatformCPU):
         logging.getLogger(__name__).warning(
             "verl chose platform %r before verl_avsd.cpu.platform was imported, so this process "
@@ -285,13 +278,13 @@ def _patch_pin_memory() -> None:
     """Page-locked memory exists only for an accelerator; with none, pinning is a no-op.
 
     verl's FSDP2 reference model (forward only) always uses `CPUOffloadPolicy(pin_memory=True)`
-    (verl/workers/engine/fsdp/transformer_impl.py:459), and torch's FSDP2 then calls
+    (`verl.workers.engine.fsdp.transformer_impl.FSDPEngine._build_fsdp_module`), and torch's FSDP2 then calls
     `Tensor.pin_memory()`, which raises "Cannot access accelerator device" when there is none.
     Where torch sees an accelerator (`VERL_PLATFORM=cpu` on a GPU host) pinning works: untouched.
     """
     if torch.accelerator.is_available():
         return
-    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
+    disable_pin_memory()
 
 
 def _select_cpu_platform() -> None:
@@ -300,11 +293,11 @@ def _select_cpu_platform() -> None:
     PlatformRegistry.register(platform=CPU_PLATFORM_NAME)(PlatformCPU)
     # verl's FSDP engine is plain torch and device-agnostic (it places tensors on
     # `get_device_name()`), but it is registered only for devices "cuda" and "npu"
-    # (verl/workers/engine/fsdp/transformer_impl.py:1143). verl's own knob
-    # VERL_ENGINE_DEVICE (verl/workers/engine/base.py:405) picks the engine by another
-    # device's registration; this runs in each process that selects the CPU platform.
-    os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
-    _patch_process_group_backend()
+    # (`EngineRegistry.register` on `verl.workers.engine.fsdp.transformer_impl.FSDPEngineWithLMHead`).
+    # verl's own knob VERL_ENGINE_DEVICE (read by `verl.workers.engine.base.EngineRegistry.get_engine_cls`)
+    # picks the engine by another device's registration; this runs in each process that selects the CPU platform.
+    os.environ.setdefault(ENGINE_DEVICE_ENV, "cuda")
+    wrap_process_group_init(_dedupe_process_group_devices)
     _patch_pin_memory()
     _warn_if_platform_chosen_too_early()
 
