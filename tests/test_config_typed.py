@@ -82,7 +82,7 @@ def test_from_dict_names_what_is_wrong(bad, match):
     assert "algorithm.avsd" in str(e.value)
 
 
-def test_a_parsed_config_passes_through_unparsed(monkeypatch):
+def test_a_parsed_config_passes_through_unparsed():
     cfg = avsd_config({"avsd": {"views": ["full"]}})
     assert avsd_config(cfg) is cfg and avsd_config({"avsd": cfg}) is cfg
 

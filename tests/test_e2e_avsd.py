@@ -25,11 +25,14 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_avsd.config import avsd_config
+from verl_avsd.metrics import credit_metric_name
+from verl_avsd.summary import summarize_runs
 from verl_avsd.signals import avsd_signals
 from verl_avsd.toy_run import TOY_VIEW_TEMPLATE, ToyRun, random_toy_model, run_main_ppo, toy_data
 from verl_avsd.workers.teacher_context import build_teacher_contexts
 
 TIMEOUT_S = 900
+CREDIT_TOP_K = 5
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +59,28 @@ def _dumps(run_dir, step) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def avsd_run(toy):
-    return _run(toy, "avsd", estimator="avsd", steps=3, save_freq=1, dump_rollouts=True)
+    # credit_top_k off its default: the metric's name must follow it (credit_metric_name)
+    return _run(toy, "avsd", estimator="avsd", steps=3, save_freq=1, dump_rollouts=True,
+                extra_overrides=[f"+algorithm.avsd.credit_top_k={CREDIT_TOP_K}"])
 
 
 @pytest.mark.slow
 def test_avsd_metrics_present_and_in_range(avsd_run):
-    _, result = avsd_run
+    run, result = avsd_run
+    # the report finds the run's top-k credit metric (by its logged name: a ToyRun writes no config.yaml)
+    summary = summarize_runs([run.run_dir])["runs"]["avsd"]
+    assert summary["credit_top_k"] == CREDIT_TOP_K and summary["last_n_mean"][credit_metric_name(CREDIT_TOP_K)] is not None
     assert sorted(result.metrics) == [1, 2, 3]
     for step, m in result.metrics.items():
         for key in ("avsd/gate_mean", "avsd/gate_open_rate", "avsd/residual_mean", "avsd/alignment_mean",
-                    "avsd/sign_conflict_rate", "credit/wrong_rollout_positive_top20", "timing_s/teacher_views",
+                    "avsd/sign_conflict_rate", credit_metric_name(CREDIT_TOP_K), "timing_s/teacher_views",
                     "avsd/teacher_tokens_per_s", "actor/pg_loss"):
             assert key in m and math.isfinite(m[key]), (step, key)
         for key in ("avsd/gate_mean", "avsd/gate_open_rate", "avsd/alignment_mean", "avsd/sign_conflict_rate",
-                    "credit/wrong_rollout_positive_top20"):
+                    credit_metric_name(CREDIT_TOP_K)):
             assert 0.0 <= m[key] <= 1.0, (step, key, m[key])
         assert m["avsd/residual_mean"] >= 0
+        assert credit_metric_name(20) not in m  # the default's name is not logged
         assert m["avsd/views_valid_mean"] == 3.0 and m["avsd/views_dropped"] == 0.0  # every toy row has 3 views
         assert m["avsd/views_scored"] == 3.0
         assert m["avsd/teacher_tokens"] > 0 and m["timing_s/teacher_views"] > 0
