@@ -221,3 +221,19 @@ def test_engine_device_knob_is_verls():
     from verl.workers.engine.base import EngineRegistry
 
     assert worker_seam.ENGINE_DEVICE_ENV in inspect.getsource(EngineRegistry.get_engine_cls)
+
+
+def test_the_methods_avsd_trainer_overrides_are_still_called_by_verl():
+    """AvsdTrainer overrides these verl methods (each calls verl's first); a renamed one would leave
+    the override dead code, and the teacher step would silently never run."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_avsd.trainer import AvsdTrainer
+
+    verl_methods = {n: f for n, f in vars(PPOTrainer).items() if inspect.isfunction(f)}
+    called = {n for f in verl_methods.values() for n in _names(f)}
+    overrides = {n for n in vars(AvsdTrainer) if n in verl_methods}
+    assert overrides == {"__init__", "_build_replay_buffer", "_init_resource_pool_mgr", "fit", "_compute_advantage"}
+    assert overrides - {"__init__", "fit"} <= called
+    # the trainer's attributes verl sets: the step's timings, the actor worker group, the tokenizer, the step
+    assert {"timing_raw", "actor_rollout_wg", "tokenizer", "global_steps"} <= called
