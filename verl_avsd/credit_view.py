@@ -1,7 +1,7 @@
 """The token-credit view of one dumped rollout: each token coloured by the advantage the estimators
 (the credit methods of verl_avsd.estimator_facts: avsd, opsd, avsd_consensus, avsd_arithmetic)
-give it, recomputed from the dump, and AVSD's gate;
-written as credit_STEP_INDEX.html (every token) and .png (an overview).
+give it, recomputed from the dump, and AVSD's gate; written as credit_STEP_INDEX.html (every
+token) and .png (an overview).
 """
 
 from __future__ import annotations
