@@ -22,12 +22,7 @@ from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: py
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.trainer import feedback_for_rollouts
 from verl_avsd.teacher_placement import check_rollout_placement, placement_timing
-from verl_avsd.workers.rollout_teacher import (
-    PromptLogprobError,
-    response_logprobs,
-    sample_contexts,
-    score_sample_views,
-)
+from verl_avsd.workers.rollout_teacher import PromptLogprobError, RolloutTeacherAgentLoopWorker, response_logprobs
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 
 PROGRAM = "```python\nprint(sum(map(int, input().split())))\n```"
@@ -109,23 +104,23 @@ def _packed(model, tokenizer, prompts, infos, responses, feedbacks, cfg, tempera
     data["raw_prompt"] = NonTensorStack(*prompts)
     data["avsd_feedback"] = NonTensorStack(*feedbacks)
     tu.assign_non_tensor(data, avsd_config=cfg.to_dict(), avsd_chat_template_kwargs={}, temperature=temperature)
-    out = AvsdActorRolloutRefWorker.compute_view_log_probs.__wrapped__(worker, data) if hasattr(
-        AvsdActorRolloutRefWorker.compute_view_log_probs, "__wrapped__"
-    ) else AvsdActorRolloutRefWorker.compute_view_log_probs(worker, data)
-    return out
+    return AvsdActorRolloutRefWorker.compute_view_log_probs.__wrapped__(worker, data)  # without verl's dispatch
 
 
-def _rollout(server, tokenizer, prompts, infos, responses, feedbacks, cfg, temperature):
-    """The rollout placement: each sample scored on its own, as the agent-loop worker does."""
+def _rollout(server, tokenizer, prompts, infos, responses, cfg, temperature):
+    """The rollout placement: each sample through the agent-loop worker's hook, as verl calls it
+    when the sample's generation ends (the feedback program runs there, in the sandbox)."""
+    worker = object.__new__(RolloutTeacherAgentLoopWorker)  # no Ray actor: the hook's attributes only
+    worker.distillation_enabled = False  # verl's own distillation teacher (the base hook) is off
+    worker.avsd, worker.tokenizer, worker.chat_kwargs, worker.teacher_temperature = cfg, tokenizer, {}, temperature
+    worker.llm_client = server
 
     async def all_samples():
         results = []
         for b, (prompt, info, response) in enumerate(zip(prompts, infos, responses)):
-            from verl_avsd.workers.teacher_context import with_rollout_view
-
-            info = with_rollout_view(info, "feedback", feedbacks[b])
-            contexts = sample_contexts(tokenizer, prompt, info, cfg, {})
-            results.append(await score_sample_views(server.generate, contexts, response.tolist(), temperature=temperature, request_id=f"uid{b}"))
+            sample = {"raw_prompt": prompt, "extra_info": info, "uid": f"uid{b}"}  # what verl passes as sample_kwargs
+            await worker._compute_teacher_logprobs(None, [1, 2], response.tolist(), False, sample)
+            results.append(sample)
         return results
 
     return asyncio.run(all_samples())
@@ -138,12 +133,16 @@ def test_rollout_placement_equals_packed_path(model_and_tokenizer, temperature):
     cfg = _cfg()
     # the feedback view: the sandbox runs each program first (as both placements do)
     texts = [tokenizer.decode(r.tolist(), skip_special_tokens=True) for r in responses]
-    feedbacks, _ = feedback_for_rollouts(texts, infos, cfg)
+    feedbacks, feedback_stats = feedback_for_rollouts(texts, infos, cfg)
     assert feedbacks[0] and feedbacks[2] == "" and feedbacks[1] == ""  # a passing program; no tests; no program
 
     packed = _packed(model, tokenizer, prompts, infos, responses, feedbacks, cfg, temperature)
     server = PromptLogprobServer(model)
-    rollout = _rollout(server, tokenizer, prompts, infos, responses, feedbacks, cfg, temperature)
+    rollout = _rollout(server, tokenizer, prompts, infos, responses, cfg, temperature)
+    assert [fields["avsd_feedback"] for fields in rollout] == feedbacks  # the worker's sandbox run = the trainer's
+    for name, rate in feedback_stats.items():  # the trainer logs the batch's rates as the samples' means
+        assert sum(fields["avsd_feedback_metrics"][name] for fields in rollout) / len(rollout) == pytest.approx(rate), name
+    assert all(fields["avsd_teacher_start_s"] <= fields["avsd_teacher_end_s"] for fields in rollout)
 
     mask = packed["avsd_view_mask"]  # [B, M]
     assert mask.tolist() == [
@@ -166,7 +165,7 @@ def test_rollout_placement_equals_packed_path(model_and_tokenizer, temperature):
     # one request per unmasked view of each non-empty response, one sticky id per sample, all in flight together
     assert len(server.requests) == int(mask[:4].sum())
     assert server.max_in_flight == 4
-    assert {r[0] for r in server.requests} == {"uid0", "uid1", "uid2", "uid3"}
+    assert {r[0] for r in server.requests} == {f"avsd_teacher_uid{b}" for b in range(4)}
     assert all(r[2] == {"max_tokens": 1, "temperature": temperature, "prompt_logprobs": 0, "detokenize": False} for r in server.requests)
 
 

@@ -28,7 +28,6 @@ import torch
 
 from verl_avsd.workers.teacher_context import FEEDBACK_VIEW, SIBLING_VIEW, ViewDataError
 
-from verl_avsd.config import TEACHER_PLACEMENTS  # noqa: F401  (the choices; checked where the config is parsed)
 PLACEMENT_KEY = "algorithm.avsd.teacher_placement"
 MANAGER_KEY = "actor_rollout_ref.rollout.agent.agent_loop_manager_class"
 # the class verl's TaskRunnerV1.init_agent_loop_manager loads from MANAGER_KEY
