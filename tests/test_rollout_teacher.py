@@ -263,3 +263,21 @@ def test_step_overhead_summary_compares_placements(monkeypatch):
     assert "avsd@rollout/avsd step 0.87x, blocking teacher 0.12x (90% of teacher time hidden)" in line
     assert "avsd@rollout/grpo step 1.30x" in line
 
+
+
+def test_trainer_refuses_before_any_ray_work_and_otherwise_points_verl_at_the_scoring_manager():
+    from verl_avsd.teacher_placement import MANAGER_FQN, use_rollout_teacher
+    from verl_avsd.trainer import AvsdTrainer
+
+    config = OmegaConf.create({
+        "algorithm": {"adv_estimator": "avsd", "avsd": {"teacher_placement": "rollout", "teacher": "ref"}},
+        "actor_rollout_ref": {"rollout": {"name": "hf", "temperature": 1.0, "n": 1, "agent": {"agent_loop_manager_class": None}}},
+    })  # fmt: skip
+    with pytest.raises(ValueError, match="teacher_placement=rollout .* needs algorithm.avsd.teacher=current"):
+        AvsdTrainer(config)
+    OmegaConf.set_struct(config, True)  # as verl's resolved config is
+    use_rollout_teacher(config)
+    assert config.actor_rollout_ref.rollout.agent.agent_loop_manager_class == MANAGER_FQN
+    from verl.utils.import_utils import load_class_from_fqn  # what verl's TaskRunnerV1 does with the key
+
+    assert load_class_from_fqn(MANAGER_FQN, "AgentLoopManager").__name__ == "RolloutTeacherAgentLoopManager"

@@ -102,13 +102,12 @@ def placement_timing(gen_end: torch.Tensor, start: torch.Tensor, end: torch.Tens
 def read_rollout_teacher(batch, views: list[str], metrics: dict, timing_raw: dict) -> None:
     """Check the teacher fields the agent-loop workers wrote for this batch and log the teacher
     metrics (the estimator then reads the fields as it reads the packed path's)."""
-    import transfer_queue as tq
-
-    from verl_avsd.workers.teacher_worker import per_sample_list
+    from verl_avsd.verl_trainer_seam import get_fields
+    from verl_avsd.workers.verl_worker_seam import per_sample_list
 
     names = list(VIEW_FIELDS + TIME_FIELDS) + ([FEEDBACK_METRICS_FIELD] if FEEDBACK_VIEW in views else [])
     try:
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names + ["responses", "extra_info"])
+        data = get_fields(batch, names + ["responses", "extra_info"])
     except Exception as error:  # noqa: BLE001 - TransferQueue names no field; this message does
         raise RuntimeError(
             f"{PLACEMENT_KEY}=rollout: the rollouts of this batch carry no teacher fields {names}; they are written by "
