@@ -21,9 +21,9 @@ No token is generated for these requests (`token_ids` is empty): verl reads only
 
 Prefix cache (vLLM's automatic prefix caching, on the CPU): the M views of a rollout share the
 problem, and the n rollouts of a prompt share the whole view context, so most of each request's
-tokens were already run for an earlier request. `PrefixKVCache` keeps, per recent request, the
-KV cache of every layer and the final hidden states of the tokens it fed, in LRU order and
-bounded in bytes. A new request reuses the longest common prefix with any entry: its KV (cropped)
+tokens were already run for an earlier request. `PrefixKVCache` (prefix_cache.py) keeps, per
+recent request, the KV of every layer and the final hidden states of the tokens it fed, in LRU
+order and bounded in bytes. A new request reuses the longest common prefix with any entry: its KV
 lets the model run only on the rest, and its hidden states give the log-probs of the reused
 positions. `extra_fields["num_cached_tokens"]` reports the tokens reused, like vLLM.
 Weights change -> every entry is stale: the server clears the cache in `update_weights`, before
@@ -32,24 +32,27 @@ loading (and on `clear_kv_cache` and `sleep`, like vLLM, to free the memory).
 Config (verl's RolloutConfig): `actor_rollout_ref.rollout.enable_prefix_caching` (verl's own key,
 default true) turns the cache on or off; `actor_rollout_ref.rollout.custom.hf_prefix_cache_mb`
 (default PREFIX_CACHE_MB) bounds its memory. Requests that arrive together are scored in one
-round, one after another in token order (neighbours share the longest prefixes); rows are not
-padded into one forward: with ragged cached prefixes a padded batch would redo shared work.
+round (the server never mixes them with generation): in waves, so that one request's prefix is
+cached before the requests sharing it run (`PromptLogProbScorer.score_batch`), each wave in padded
+forwards of up to MAX_BATCH_TOKENS, every row on top of its own cached prefix (`prefill_tails`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from transformers import DynamicCache
 
 from verl_avsd.workers.teacher_prefill import _final_logit_transform, chunked_token_logprobs
 
+from .prefix_cache import PrefixKVCache, Tail, common_prefix_length, group_tails, prefill_tails
+
 PREFIX_CACHE_MB = 512  # default bound of the prefix cache (custom.hf_prefix_cache_mb)
 LOGPROB_CHUNK_TOKENS = 1024  # rows of [n, V] float32 logits alive at once in the log-prob head
+MAX_BATCH_TOKENS = 8192  # padded tokens B x (P + T) of one forward over several requests
+SHARE_MIN_TOKENS = 16  # a request waits a wave when an earlier one of its round leaves this many more cached
 
 
 @dataclass
@@ -116,81 +119,6 @@ def scoring_request(
 
 
 # --------------------------------------------------------------------------------------------
-# The prefix cache: KV + final hidden states of recent requests, LRU, bounded in bytes.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CachedPrefix:
-    """What running the model on `ids` left behind: enough to skip any prefix of it."""
-
-    ids: torch.Tensor  # [n] int64, the tokens fed (a request's sequence minus its last token)
-    key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, keys and values [1, kv_heads, n, head_dim]
-    hidden: torch.Tensor  # [n, H] final hidden states (after the backbone's last norm)
-
-    def nbytes(self) -> int:
-        kv = sum(keys.nbytes + values.nbytes for keys, values in self.key_values)
-        return kv + self.hidden.nbytes + self.ids.nbytes
-
-    def past(self, length: int) -> DynamicCache:
-        """A fresh DynamicCache holding the first `length` positions (the entry stays intact:
-        the forward appends to the copy, never to the stored tensors)."""
-        return DynamicCache(ddp_cache_data=[(keys[:, :, :length], values[:, :, :length]) for keys, values in self.key_values])
-
-
-class PrefixKVCache:
-    """LRU of `CachedPrefix`es keyed by their token tuple, at most `max_bytes` in total."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[int, ...], CachedPrefix] = OrderedDict()
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def longest_prefix(self, ids: torch.Tensor) -> tuple[Optional[CachedPrefix], int]:
-        """The entry sharing the longest prefix with `ids` [n] and that length (0: none)."""
-        exact = self._entries.get(tuple(ids.tolist()))
-        if exact is not None:
-            self._entries.move_to_end(tuple(ids.tolist()))
-            return exact, len(ids)
-        best, best_length = None, 0
-        for key, entry in self._entries.items():
-            span = min(len(entry.ids), len(ids))
-            if span <= best_length:
-                continue
-            differs = (entry.ids[:span] != ids[:span]).nonzero()
-            length = span if len(differs) == 0 else int(differs[0, 0])
-            if length > best_length:
-                best, best_length, best_key = entry, length, key
-        if best is not None:
-            self._entries.move_to_end(best_key)
-        return best, best_length
-
-    def put(self, entry: CachedPrefix) -> None:
-        size = entry.nbytes()
-        if size > self.max_bytes:
-            return  # would evict everything and still not fit
-        key = tuple(entry.ids.tolist())
-        if key in self._entries:
-            self._bytes -= self._entries.pop(key).nbytes()
-        self._entries[key] = entry
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)  # least recently used
-            self._bytes -= evicted.nbytes()
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
-
-# --------------------------------------------------------------------------------------------
 # The scorer: one request at a time, reusing the cache.
 # --------------------------------------------------------------------------------------------
 
@@ -199,13 +127,14 @@ class PromptLogProbScorer:
     """Answers `ScoringRequest`s with a model, reusing `PrefixKVCache` entries when enabled.
 
     `stats` counts, since construction: requests, cache_hits (requests that reused > 0 tokens),
-    cached_tokens (positions taken from the cache) and fed_tokens (positions the model ran on).
+    cached_tokens (positions taken from the cache), fed_tokens (positions the model ran on) and
+    forwards (padded model calls).
     The caller serialises calls with weight updates and calls `clear()` after each update.
     """
 
     def __init__(self, enable_prefix_caching: bool = True, max_cache_mb: float = PREFIX_CACHE_MB) -> None:
         self.cache = PrefixKVCache(int(max_cache_mb * 2**20)) if enable_prefix_caching else None
-        self.stats = {"requests": 0, "cache_hits": 0, "cached_tokens": 0, "fed_tokens": 0}
+        self.stats = {"requests": 0, "cache_hits": 0, "cached_tokens": 0, "fed_tokens": 0, "forwards": 0}
         self._model_id: Optional[int] = None  # the model the cache was filled with
 
     @classmethod
@@ -227,22 +156,55 @@ class PromptLogProbScorer:
     def score_batch(self, model, requests: list[ScoringRequest]) -> list[dict[str, Any]]:
         """extra_fields (prompt_ids, prompt_logprobs, num_cached_tokens) per request, in order.
 
-        Run in token order so that requests sharing a prefix follow each other in the LRU.
+        The requests of a round run in waves, each wave in few padded forwards (`prefill_tails`).
+        In token order, a request whose neighbour of the same round shares SHARE_MIN_TOKENS more
+        leading tokens with it than the cache does waits for the next wave, which finds that
+        neighbour's prefix cached: n rollouts of one view arriving together run the view
+        context once, and then their responses in one batch.
         """
         if id(model) != self._model_id:  # a different model object: nothing cached applies
             self.clear()
             self._model_id = id(model)
-        order = sorted(range(len(requests)), key=lambda i: requests[i].prompt_ids)
-        results: list[dict[str, Any]] = [{} for _ in requests]
-        for i in order:
-            results[i] = self.score(model, requests[i])
-        return results
+        fed = [torch.tensor(request.prompt_ids[:-1], dtype=torch.long) for request in requests]  # [n_i]: each predicts the next
+        hidden: list[Optional[torch.Tensor]] = [None] * len(requests)  # [n_i, H] final hidden states
+        reused = [0] * len(requests)
+        pending = sorted(range(len(requests)), key=lambda i: requests[i].prompt_ids)
+        while pending:
+            wave: dict[int, Tail] = {}
+            deferred: list[int] = []
+            for previous, i in zip([None, *pending], pending):
+                entry, length = self.cache.longest_prefix(fed[i]) if self.cache is not None else (None, 0)
+                if wave and self.cache is not None and common_prefix_length(fed[previous], fed[i]) >= length + SHARE_MIN_TOKENS:
+                    deferred.append(i)
+                else:
+                    wave[i] = Tail(ids=fed[i], prefix=entry, reused=length)
+            self._run_wave(model, wave, hidden, reused)
+            pending = deferred
+        return [self._layout(model, request, h, r) for request, h, r in zip(requests, hidden, reused, strict=True)]
 
-    def score(self, model, request: ScoringRequest) -> dict[str, Any]:
-        sequence = torch.tensor(request.prompt_ids, dtype=torch.long)  # [L]
-        fed = sequence[:-1]  # [n = L - 1]: each position predicts the next token
-        hidden, reused = self._final_hidden(model, fed)  # [n, H]
-        targets = sequence[1:].to(hidden.device)  # [n]
+    def _run_wave(self, model, wave: dict[int, Tail], hidden: list, reused: list) -> None:
+        """Fill hidden[i] and reused[i] for the wave's requests; cache what ran."""
+        to_run = []
+        for i, tail in wave.items():
+            reused[i] = tail.reused
+            if len(tail.ids) == 0:  # a one-token sequence: nothing to predict
+                hidden[i] = torch.empty((0, model.config.get_text_config().hidden_size), device=next(model.parameters()).device)
+            elif tail.reused == len(tail.ids):  # all of it cached
+                hidden[i] = tail.prefix.hidden[: tail.reused]
+            else:
+                to_run.append(i)
+        for group in group_tails([wave[i] for i in to_run], MAX_BATCH_TOKENS):
+            indices = [to_run[j] for j in group]
+            self.stats["forwards"] += 1
+            for i, ran in zip(indices, prefill_tails(model, [wave[i] for i in indices]), strict=True):
+                hidden[i] = ran.hidden
+                if self.cache is not None:
+                    self.cache.put(ran)
+                self.stats["fed_tokens"] += len(ran.ids) - wave[i].reused
+
+    def _layout(self, model, request: ScoringRequest, hidden: torch.Tensor, reused: int) -> dict[str, Any]:
+        """vLLM's layout (extract_prompt_logprobs) of the log-probs at every position but the last."""
+        targets = torch.tensor(request.prompt_ids[1:], dtype=torch.long, device=hidden.device)  # [n]
         k = request.num_logprobs
         if k == 0:
             logprobs = chunked_token_logprobs(model, hidden, targets, LOGPROB_CHUNK_TOKENS, request.temperature)  # [n]
@@ -253,30 +215,12 @@ class PromptLogProbScorer:
         self.stats["requests"] += 1
         self.stats["cache_hits"] += int(reused > 0)
         self.stats["cached_tokens"] += reused
-        self.stats["fed_tokens"] += len(fed) - reused
         width = max(k, 1)
         return {
             "prompt_ids": ids + [[0] * width],  # vLLM's dummy entry for the last token
             "prompt_logprobs": values + [[0.0] * width],
             "num_cached_tokens": reused,
         }
-
-    def _final_hidden(self, model, fed: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Final hidden states [n, H] of `fed` [n] and how many positions came from the cache."""
-        device = next(model.parameters()).device
-        if len(fed) == 0:
-            return torch.empty((0, model.config.get_text_config().hidden_size), device=device), 0
-        entry, reused = self.cache.longest_prefix(fed) if self.cache is not None else (None, 0)
-        if entry is not None and reused == len(fed):
-            return entry.hidden[:reused], reused
-        past = entry.past(reused) if entry is not None and reused > 0 else DynamicCache()
-        out = model.get_decoder()(input_ids=fed[reused:].to(device)[None], past_key_values=past, use_cache=True)  # fed tail [1, n - r]
-        new_hidden = out.last_hidden_state[0]  # [n - r, H]
-        hidden = torch.cat([entry.hidden[:reused], new_hidden]) if reused > 0 else new_hidden  # [n, H]
-        if self.cache is not None:
-            key_values = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, kv_heads, n, head_dim]
-            self.cache.put(CachedPrefix(ids=fed.clone(), key_values=key_values, hidden=hidden))
-        return hidden, reused
 
 
 def _top_k_logprobs(model, hidden: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,4 +242,4 @@ def _top_k_logprobs(model, hidden: torch.Tensor, k: int, temperature: float) -> 
     return ids, values
 
 
-__all__ = ["PREFIX_CACHE_MB", "CachedPrefix", "PrefixKVCache", "PromptLogProbScorer", "ScoringRequest", "scoring_request"]
+__all__ = ["PREFIX_CACHE_MB", "PromptLogProbScorer", "ScoringRequest", "scoring_request"]
