@@ -141,11 +141,12 @@ def test_cached_results_equal_uncached_and_feed_fewer_tokens(server, model_dir):
     uncached = make_server(model_dir, enable_prefix_caching=False)
     first, repeat, sibling = (encode(server, CONTEXT + " " + r) for r in (RESPONSES[0], RESPONSES[0], RESPONSES[1]))
     (a,) = score(server, [first], 0.7)
-    fed_once = server.scorer.stats["fed_tokens"]
+    fed_once, head_once = server.scorer.stats["fed_tokens"], server.scorer.stats["head_tokens"]
     assert fed_once == len(first) - 1 and a.extra_fields["num_cached_tokens"] == 0
     (b,) = score(server, [repeat], 0.7)  # the same request again: nothing to run
     assert b.extra_fields["prompt_logprobs"] == a.extra_fields["prompt_logprobs"]
     assert b.extra_fields["num_cached_tokens"] == len(first) - 1 and server.scorer.stats["fed_tokens"] == fed_once
+    assert server.scorer.stats["head_tokens"] == head_once + 1  # the head's output is reused but for the last position
     (c,) = score(server, [sibling], 0.7)  # shares the context: only the rest is run
     shared = next(j for j, (x, y) in enumerate(zip(first, sibling)) if x != y)
     assert c.extra_fields["num_cached_tokens"] == shared > 0

@@ -34,6 +34,10 @@ class CachedPrefix:
     ids: torch.Tensor  # [n] int64, the tokens fed
     key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, keys and values [kv_heads, n, head_dim]
     hidden: torch.Tensor  # [n, H] final hidden states (after the backbone's last norm)
+    # the log-prob head's output for the request that ran it: ((temperature, k), ids [n, w], log-probs [n, w]);
+    # positions j < r - 1 of a request reusing r tokens have the same targets, so the same values.
+    # Not counted in nbytes (12 w bytes a token, beside kilobytes of KV); set before `put`.
+    head: Optional[tuple[tuple[float, int], torch.Tensor, torch.Tensor]] = None
 
     def nbytes(self) -> int:
         kv = sum(keys.nbytes + values.nbytes for keys, values in self.key_values)

@@ -47,7 +47,7 @@ import torch
 
 from verl_avsd.workers.teacher_prefill import _final_logit_transform, chunked_token_logprobs
 
-from .prefix_cache import PrefixKVCache, Tail, common_prefix_length, group_tails, prefill_tails
+from .prefix_cache import CachedPrefix, PrefixKVCache, Tail, common_prefix_length, group_tails, prefill_tails
 
 PREFIX_CACHE_MB = 512  # default bound of the prefix cache (custom.hf_prefix_cache_mb)
 LOGPROB_CHUNK_TOKENS = 1024  # rows of [n, V] float32 logits alive at once in the log-prob head
@@ -127,14 +127,14 @@ class PromptLogProbScorer:
     """Answers `ScoringRequest`s with a model, reusing `PrefixKVCache` entries when enabled.
 
     `stats` counts, since construction: requests, cache_hits (requests that reused > 0 tokens),
-    cached_tokens (positions taken from the cache), fed_tokens (positions the model ran on) and
-    forwards (padded model calls).
+    cached_tokens (positions taken from the cache), fed_tokens (positions the model ran on),
+    forwards (padded model calls) and head_tokens (positions the log-prob head ran on).
     The caller serialises calls with weight updates and calls `clear()` after each update.
     """
 
     def __init__(self, enable_prefix_caching: bool = True, max_cache_mb: float = PREFIX_CACHE_MB) -> None:
         self.cache = PrefixKVCache(int(max_cache_mb * 2**20)) if enable_prefix_caching else None
-        self.stats = {"requests": 0, "cache_hits": 0, "cached_tokens": 0, "fed_tokens": 0, "forwards": 0}
+        self.stats = {"requests": 0, "cache_hits": 0, "cached_tokens": 0, "fed_tokens": 0, "forwards": 0, "head_tokens": 0}
         self._model_id: Optional[int] = None  # the model the cache was filled with
 
     @classmethod
@@ -168,6 +168,8 @@ class PromptLogProbScorer:
         fed = [torch.tensor(request.prompt_ids[:-1], dtype=torch.long) for request in requests]  # [n_i]: each predicts the next
         hidden: list[Optional[torch.Tensor]] = [None] * len(requests)  # [n_i, H] final hidden states
         reused = [0] * len(requests)
+        sources: list[Optional[CachedPrefix]] = [None] * len(requests)  # the entry each reused
+        results: list[dict[str, Any]] = [{} for _ in requests]
         pending = sorted(range(len(requests)), key=lambda i: requests[i].prompt_ids)
         while pending:
             wave: dict[int, Tail] = {}
@@ -178,15 +180,18 @@ class PromptLogProbScorer:
                     deferred.append(i)
                 else:
                     wave[i] = Tail(ids=fed[i], prefix=entry, reused=length)
-            self._run_wave(model, wave, hidden, reused)
+            for i, ran in self._run_wave(model, wave, hidden, reused, sources).items():
+                results[i] = self._layout(model, requests[i], hidden[i], reused[i], sources[i], ran)
+                if self.cache is not None and ran is not None:
+                    self.cache.put(ran)  # after _layout: the entry carries its head output
             pending = deferred
-        return [self._layout(model, request, h, r) for request, h, r in zip(requests, hidden, reused, strict=True)]
+        return results
 
-    def _run_wave(self, model, wave: dict[int, Tail], hidden: list, reused: list) -> None:
-        """Fill hidden[i] and reused[i] for the wave's requests; cache what ran."""
-        to_run = []
+    def _run_wave(self, model, wave: dict[int, Tail], hidden: list, reused: list, sources: list) -> dict[int, Optional[CachedPrefix]]:
+        """Fill hidden[i], reused[i] and sources[i] for the wave's requests; per request, what ran (None: nothing)."""
+        to_run, ran_by_request = [], {i: None for i in wave}
         for i, tail in wave.items():
-            reused[i] = tail.reused
+            reused[i], sources[i] = tail.reused, tail.prefix
             if len(tail.ids) == 0:  # a one-token sequence: nothing to predict
                 hidden[i] = torch.empty((0, model.config.get_text_config().hidden_size), device=next(model.parameters()).device)
             elif tail.reused == len(tail.ids):  # all of it cached
@@ -197,21 +202,31 @@ class PromptLogProbScorer:
             indices = [to_run[j] for j in group]
             self.stats["forwards"] += 1
             for i, ran in zip(indices, prefill_tails(model, [wave[i] for i in indices]), strict=True):
-                hidden[i] = ran.hidden
-                if self.cache is not None:
-                    self.cache.put(ran)
+                hidden[i], ran_by_request[i] = ran.hidden, ran
                 self.stats["fed_tokens"] += len(ran.ids) - wave[i].reused
+        return ran_by_request
 
-    def _layout(self, model, request: ScoringRequest, hidden: torch.Tensor, reused: int) -> dict[str, Any]:
-        """vLLM's layout (extract_prompt_logprobs) of the log-probs at every position but the last."""
+    def _layout(self, model, request: ScoringRequest, hidden: torch.Tensor, reused: int,
+                source: Optional[CachedPrefix], ran: Optional[CachedPrefix]) -> dict[str, Any]:
+        """vLLM's layout (extract_prompt_logprobs) of the log-probs at every position but the last.
+
+        The head runs from position reused - 1 on when `source` holds its output at the same
+        temperature and k (the positions before have the same targets); `ran` keeps the result.
+        """
         targets = torch.tensor(request.prompt_ids[1:], dtype=torch.long, device=hidden.device)  # [n]
-        k = request.num_logprobs
+        k, key = request.num_logprobs, (request.temperature, request.num_logprobs)
+        start = reused - 1 if reused > 1 and source is not None and source.head is not None and source.head[0] == key else 0
         if k == 0:
-            logprobs = chunked_token_logprobs(model, hidden, targets, LOGPROB_CHUNK_TOKENS, request.temperature)  # [n]
-            ids, values = targets[:, None].tolist(), logprobs[:, None].tolist()
+            logprobs = chunked_token_logprobs(model, hidden[start:], targets[start:], LOGPROB_CHUNK_TOKENS, request.temperature)  # [n - s]
+            ids, values = targets[start:, None].cpu(), logprobs[:, None].cpu()  # [n - s, 1]
         else:
-            top_ids, top_logprobs = _top_k_logprobs(model, hidden, k, request.temperature)  # [n, k] each
-            ids, values = top_ids.tolist(), top_logprobs.tolist()
+            ids, values = _top_k_logprobs(model, hidden[start:], k, request.temperature)  # [n - s, k] each
+        if start:
+            ids, values = torch.cat([source.head[1][:start], ids]), torch.cat([source.head[2][:start], values])  # [n, w]
+        if ran is not None:
+            ran.head = (key, ids, values)
+        ids, values = ids.tolist(), values.tolist()
+        self.stats["head_tokens"] += len(targets) - start
         self.stats["requests"] += 1
         self.stats["cache_hits"] += int(reused > 0)
         self.stats["cached_tokens"] += reused
