@@ -15,9 +15,11 @@ model's after its final transform (soft-capping, logit scale), computed by exact
 the packed teacher path uses (workers/teacher_prefill.py::chunked_token_logprobs), so both
 placements give the same numbers. T is the request's `temperature`: AVSD sends the rollout
 temperature so teacher and student log-probs compare like with like. vLLM ignores the
-temperature for prompt log-probs (it scores the raw logits; verl's teacher manager therefore
-always sends 1.0); here T <= 0 (greedy) scores the raw logits, as vLLM would, and T > 0 scales.
+temperature for prompt log-probs (vllm/v1/worker/gpu/sample/prompt_logprob.py scores the raw
+logits; verl's teacher manager therefore always sends 1.0), so at T != 1 vLLM's answer differs
+from this one; here T <= 0 (greedy) scores the raw logits, as vLLM would, and T > 0 scales.
 No token is generated for these requests (`token_ids` is empty): verl reads only extra_fields.
+A one-token sequence gets only the dummy entry, as from vLLM; an empty one is an error.
 
 Prefix cache (vLLM's automatic prefix caching, on the CPU): the M views of a rollout share the
 problem, and the n rollouts of a prompt share the whole view context, so most of each request's
@@ -25,7 +27,9 @@ tokens were already run for an earlier request. `PrefixKVCache` (prefix_cache.py
 recent request, the KV of every layer and the final hidden states of the tokens it fed, in LRU
 order and bounded in bytes. A new request reuses the longest common prefix with any entry: its KV
 lets the model run only on the rest, and its hidden states give the log-probs of the reused
-positions. `extra_fields["num_cached_tokens"]` reports the tokens reused, like vLLM.
+positions (the entry also keeps its log-probs at the last temperature and k asked, which the
+reused positions share, so the vocabulary projection runs only on the rest too).
+`extra_fields["num_cached_tokens"]` reports the tokens reused, like vLLM.
 Weights change -> every entry is stale: the server clears the cache in `update_weights`, before
 loading (and on `clear_kv_cache` and `sleep`, like vLLM, to free the memory).
 
