@@ -12,9 +12,14 @@ Only three things differ from verl's `sync` trainer:
    and the reference model is built whenever the teacher is `ref` (even without a KL term);
 2. the advantage step first builds the rollout-dependent views (`feedback`, `sibling`), runs the
    teacher step, then the AVSD-family estimator, and logs `avsd/*`, `credit/*`, `epistemic/*`
-   and teacher throughput metrics through verl's tracker;
+   and teacher throughput metrics through verl's tracker. It replaces verl's advantage step, so
+   it takes that step's other parts itself or refuses them by name: verl's rollout correction
+   (`algorithm.rollout_correction`: importance weights, rejection sampling) runs as in verl,
+   `algorithm.use_kl_in_reward` and agent loops with several outputs per session are refused;
 3. for estimators without a teacher (`grpo`, ...) it runs verl's own advantage step and
    still logs the credit, epistemic and GRPO-signal metrics, so runs compare side by side.
+
+Every private verl name it relies on goes through verl_avsd/verl_trainer_seam.py.
 """
 
 from __future__ import annotations
