@@ -130,3 +130,17 @@ def test_credit_metrics_are_one_helper_for_both_paths(monkeypatch):
     assert "grpo/groups_without_signal" in credit and "credit/wrong_rollout_rate" in credit
     assert {k: teacher_metrics[k] for k in credit} == {k: grpo_metrics[k] for k in credit}
     assert teacher_metrics["credit/wrong_rollout_rate"] == 0.5 and teacher_metrics["grpo/groups_without_signal"] == 0.0
+
+
+def test_kl_in_reward_is_refused_naming_the_key(monkeypatch):
+    """verl's step adds the KL penalty to the reward (apply_kl_penalty); the teacher path refuses it."""
+    monkeypatch.setattr(trainer_module.PPOTrainerSync, "__init__", lambda self, config: None)
+    monkeypatch.setattr(trainer_module, "failure_limit", lambda config: 3)
+
+    def config(estimator):
+        return OmegaConf.create({"algorithm": {"adv_estimator": estimator, "use_kl_in_reward": True},
+                                 "actor_rollout_ref": {"rollout": {"n": 2}}})  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"algorithm\.use_kl_in_reward is not supported with algorithm\.adv_estimator=avsd"):
+        AvsdTrainer(config("avsd"))
+    AvsdTrainer(config("grpo"))  # verl's own step applies it
