@@ -26,7 +26,11 @@ And rows beyond the method comparison (all off with --no-sweep):
     next to the plain AVSD row;
   - the `sibling` view (a correct rollout of the same prompt, built at train time) alone and next
     to the fixed views, against the fixed views, all at rollout.n = GROUP_SIZE (the GRPO budget:
-    P/4 prompts x 4 rollouts), since a rollout of a group of one has no sibling.
+    P/4 prompts x 4 rollouts), since a rollout of a group of one has no sibling. The toy model
+    was warmed up to read a view under the header "Reference (full|partial|answer):" only, so the
+    sibling alone runs twice: under its own name, and shown as "Reference (full):" (a correct
+    rollout is written like the worked solution), which separates the view's information from
+    the novelty of its header.
 
     python bench/toy_study.py                      # the whole study (~2 h on 2 cores)
     python bench/toy_study.py --seeds 0 --steps 4  # a quick look
@@ -57,6 +61,7 @@ from verl_avsd.run_files import read_metrics_file
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import (
     GROUP_SIZE,
+    TOY_VIEW_TEMPLATE,
     ToyRun,
     rollout_budget,
     run_main_ppo,
@@ -66,8 +71,14 @@ from verl_avsd.toy_run import (
 METHODS = ("grpo", "opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 TEACHER_METHODS = ("opsd", "avsd_consensus", "avsd_arithmetic", "avsd")
 VIEW_SWEEP = {"M1": ("full",), "M2": ("full", "partial"), "M3": ("full", "partial", "answer")}
-# The sibling-view block, each at rollout.n = GROUP_SIZE: label -> views
-SIBLING_SWEEP = {"fixed": VIEW_SWEEP["M3"], "sibling": ("sibling",), "fixed+sibling": (*VIEW_SWEEP["M3"], "sibling")}
+# The sibling-view block, each at rollout.n = GROUP_SIZE: label -> (views, the name the teacher's
+# header shows for every view, None = each its own)
+SIBLING_SWEEP = {
+    "fixed": (VIEW_SWEEP["M3"], None),
+    "sibling": (("sibling",), None),
+    "sibling as full": (("sibling",), "full"),
+    "fixed+sibling": ((*VIEW_SWEEP["M3"], "sibling"), None),
+}
 TOP_K = 20  # the paper's top-20 credit metric; the study's runs keep algorithm.avsd.credit_top_k's default, 20
 LAST_STEPS = 5  # the end-of-training window of the train reward and the epistemic columns
 # What the study and each of its runs write: an interrupted run is started over only in a folder
@@ -82,8 +93,25 @@ VAL_KEY_PREFIX = "val-core/"  # verl: val-core/<data_source>/<reward var>/mean@1
 # One run
 
 
+class StudyRun(ToyRun):
+    """A ToyRun whose teacher header may show one name for every view: the toy template's
+    "Reference ({view_name}):" with `header` in place of the view's name (None: its own).
+    (Not a dataclass itself: the tests load this file without registering it as a module.)"""
+
+    def __init__(self, *, header: str | None = None, **fields):
+        super().__init__(**fields)
+        self.header = header
+
+    def overrides(self) -> list[str]:
+        out = super().overrides()
+        if self.header is None:
+            return out
+        shown = TOY_VIEW_TEMPLATE.replace("{view_name}", self.header)
+        return [f"+algorithm.avsd.view_template='{shown}'" if o.startswith("+algorithm.avsd.view_template=") else o for o in out]
+
+
 def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
-                rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0) -> ToyRun:
+                rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0, header: str | None = None) -> ToyRun:
     """The ToyRun of one study run. `rollouts_per_prompt` None: the method's own budget split
     (rollout_budget); else that many rollouts per prompt at the same rollouts per step."""
     if rollouts_per_prompt is None:
@@ -92,7 +120,8 @@ def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], ar
         raise ValueError(f"run {name}: --rollouts-per-step {args.rollouts_per_step} is not a multiple of {rollouts_per_prompt} rollouts per prompt")
     else:
         budget = {"prompts_per_step": args.rollouts_per_step // rollouts_per_prompt, "rollouts_per_prompt": rollouts_per_prompt}
-    return ToyRun(
+    return StudyRun(
+        header=header,
         model_dir=str(args.model),
         train_file=data["train"],
         val_file=data["val"],
@@ -111,7 +140,7 @@ def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], ar
 
 
 def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
-            rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0) -> dict:
+            rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0, header: str | None = None) -> dict:
     """Train one (method, seed, views, ...) run unless RUN_DIR/done.json says it finished; returns its record."""
     run_dir = Path(args.out) / "runs" / name
     done = run_dir / "done.json"
@@ -119,12 +148,12 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
         previous = json.loads(done.read_text())
         record = summarize_run(name, estimator, seed, views, run_dir, read_metrics_file(run_dir / "verl_metrics.jsonl"))
         record.update(seconds=previous.get("seconds", 0.0), rollouts_per_prompt=previous["rollouts_per_prompt"],
-                      epistemic_tau=previous.get("epistemic_tau", 0.0))
+                      epistemic_tau=previous.get("epistemic_tau", 0.0), header=previous.get("header"))
         return record
     if run_dir.exists() and not is_previous_output(run_dir, RUN_COMMAND, RUN_OUTPUTS):
         raise OutputDirError(f"{run_dir} holds files the toy study did not write; move them away or choose another --out")
     claim_output_dir(run_dir, RUN_COMMAND, RUN_OUTPUTS, overwrite=True)  # an interrupted run: start it over
-    run = toy_run_for(name, estimator, seed, views, args, data, rollouts_per_prompt, epistemic_tau)
+    run = toy_run_for(name, estimator, seed, views, args, data, rollouts_per_prompt, epistemic_tau, header)
     print(
         f"[study] {name}: {estimator}, seed {seed}, views {list(views)}, {run.prompts_per_step} prompts x "
         f"{run.rollouts_per_prompt} rollouts, epistemic_tau {epistemic_tau:g}, {args.steps} steps",
@@ -134,7 +163,8 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
     if result.returncode != 0:
         raise RuntimeError(f"run {name} failed (exit {result.returncode}); log {result.log_file}:\n{result.log_tail(3000)}")
     record = summarize_run(name, estimator, seed, views, run_dir, result.metrics)
-    record.update(seconds=round(result.seconds, 1), rollouts_per_prompt=run.rollouts_per_prompt, epistemic_tau=epistemic_tau)
+    record.update(seconds=round(result.seconds, 1), rollouts_per_prompt=run.rollouts_per_prompt, epistemic_tau=epistemic_tau,
+                  header=header)
     done.write_text(json.dumps(record, indent=1))
     print(
         f"[study] {name}: acc {record['val_acc_before']:.3f} -> {record['val_acc_after']:.3f}, "
@@ -391,6 +421,8 @@ def sibling_lines(table: dict, groups: dict[str, list[dict]], fmt) -> list[str]:
     for name in names:
         row = table[name]
         views = ", ".join(_first(groups[name], "views", [])) if groups[name][0]["estimator"] != "grpo" else "-"
+        if _first(groups[name], "header", None):
+            views += f" (header: Reference ({_first(groups[name], 'header', None)}))"
         viewed = aggregate([r["paired"] for r in groups[name] if "paired" in r], "avsd_wrong_positive_top20_viewed")
         lines.append(
             f"| {name} | {views} | {fmt(row['val_acc_before'], True)} | {fmt(row['val_acc_after'], True)} | "
@@ -487,9 +519,11 @@ def study_plan(args) -> list[tuple[str, str, tuple]]:
         plan += [(f"avsd tau={tau:g}", f"avsd_tau{tau:g}_s{seed}", ("avsd", seed, VIEW_SWEEP["M3"], {"epistemic_tau": tau}))
                  for seed in args.seeds]
     if not args.no_sibling:
-        for label, views in SIBLING_SWEEP.items():
-            plan += [(f"avsd n={GROUP_SIZE} {label}", f"avsd_n{GROUP_SIZE}_{label.replace('+', '_')}_s{seed}",
-                      ("avsd", seed, views, {"rollouts_per_prompt": GROUP_SIZE})) for seed in args.seeds]
+        for label, (views, header) in SIBLING_SWEEP.items():
+            extra = {"rollouts_per_prompt": GROUP_SIZE, **({"header": header} if header else {})}
+            name = label.replace("+", "_").replace(" ", "_")
+            plan += [(f"avsd n={GROUP_SIZE} {label}", f"avsd_n{GROUP_SIZE}_{name}_s{seed}", ("avsd", seed, views, extra))
+                     for seed in args.seeds]
     sweep_seeds = args.sweep_seeds if args.sweep_seeds is not None else args.seeds[:1]
     for label, views in VIEW_SWEEP.items():
         for seed in sweep_seeds:

@@ -40,7 +40,7 @@ def test_plan_has_the_tau_row_and_the_sibling_block_at_rollout_n_4(study, tmp_pa
         groups.setdefault(group, []).append((name, spec))
     assert [n for n, _ in groups["avsd tau=0.2"]] == ["avsd_tau0.2_s0", "avsd_tau0.2_s1", "avsd_tau0.2_s2"]
     sibling_groups = {"avsd n=4 fixed": "[full,partial,answer]", "avsd n=4 sibling": "[sibling]",
-                      "avsd n=4 fixed+sibling": "[full,partial,answer,sibling]"}
+                      "avsd n=4 sibling as full": "[sibling]", "avsd n=4 fixed+sibling": "[full,partial,answer,sibling]"}
     for group, views in sibling_groups.items():
         assert len(groups[group]) == 3  # three seeds each
         for name, spec in groups[group]:
@@ -48,6 +48,9 @@ def test_plan_has_the_tau_row_and_the_sibling_block_at_rollout_n_4(study, tmp_pa
             # the same 16 rollouts a step as every other run, as 4 prompts x 4 rollouts
             assert o["actor_rollout_ref.rollout.n"] == "4" and o["data.train_batch_size"] == "4"
             assert o["+algorithm.avsd.views"] == views and "+algorithm.avsd.epistemic_tau" not in o
+            # the toy template names each view in its header; "as full" shows the sibling as the worked solution
+            header = "Reference (full):" if group.endswith("as full") else "Reference ({view_name}):"
+            assert o["+algorithm.avsd.view_template"] == f"'{header}\\n{{view}}\\n\\n{{prompt}}'", o["+algorithm.avsd.view_template"]
     tau = _overrides(study, args, *groups["avsd tau=0.2"][1])
     plain = _overrides(study, args, *groups["avsd"][1])
     assert tau.pop("+algorithm.avsd.epistemic_tau") == "0.2"
