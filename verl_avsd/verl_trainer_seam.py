@@ -14,7 +14,12 @@ by item, and the test that fails first, by name (all in tests/test_verl_seam.py 
    correction (`rollout_correction_config`, `apply_rollout_correction`: verl's own
    `rollout_corr_helper.compute_rollout_correction_and_add_to_batch`), multi-output agent loops
    (`check_one_output_per_session`; verl groups them in `v1.utils.compute_advantage_for_multi_trajectories`).
-   A new step in verl's method: test_compute_advantage_calls_only_what_the_teacher_path_mirrors.
+   A new step in verl's method: test_compute_advantage_calls_only_what_the_teacher_path_mirrors;
+   verl's helper or key format changed: test_rollout_correction_is_verls_function,
+   test_multi_output_key_format_is_verls; the behaviour: tests/test_trainer_verl_steps.py.
+   The methods AvsdTrainer overrides (`_init_resource_pool_mgr`, `_compute_advantage`,
+   `_build_replay_buffer`, `fit`) renamed in verl, leaving an override dead:
+   test_the_methods_avsd_trainer_overrides_are_still_called_by_verl.
 3. The actor's data-parallel size: `WorkerGroup._dispatch_info` / `Worker._query_dispatch_info`,
    read as `PPOTrainer._balance_batch` reads them (`actor_dp_size`): test_dispatch_info_is_verls.
 4. TransferQueue. The field names verl writes per sample (constants below), `tq.kv_batch_get`
