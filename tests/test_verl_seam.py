@@ -237,3 +237,20 @@ def test_the_methods_avsd_trainer_overrides_are_still_called_by_verl():
     assert overrides - {"__init__", "fit"} <= called
     # the trainer's attributes verl sets: the step's timings, the actor worker group, the tokenizer, the step
     assert {"timing_raw", "actor_rollout_wg", "tokenizer", "global_steps"} <= called
+
+
+def test_agent_loop_worker_hooks_are_verls():
+    """The rollout-side teacher (workers/rollout_teacher.py) subclasses verl's agent-loop worker
+    under its Ray wrapper and fills in two of its private hooks; seam item 7."""
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
+
+    worker = AgentLoopWorkerTQ.__ray_actor_class__
+    postprocess = inspect.signature(worker._agent_loop_postprocess).parameters
+    assert list(postprocess)[:3] == ["self", "output", "validate"] and "kwargs" in postprocess
+    teacher = inspect.signature(worker._compute_teacher_logprobs).parameters
+    assert list(teacher)[:6] == ["self", "output", "prompt_ids", "response_ids", "validate", "sample_kwargs"]
+    source = inspect.getsource(worker._agent_loop_postprocess)
+    assert "self._compute_teacher_logprobs(" in source  # verl calls the hook as each sample ends
+    assert "field.update(kwargs)" in source  # and stores every kwarg in the sample's TransferQueue row
+    assert "self.agent_loop_workers_class = " in inspect.getsource(AgentLoopManagerTQ)
+    assert any("self.llm_client" in inspect.getsource(c) for c in worker.__mro__ if c.__module__.startswith("verl"))

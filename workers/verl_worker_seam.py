@@ -34,6 +34,12 @@ first, by name (all in tests/test_verl_seam.py unless said):
    - `VERL_ENGINE_DEVICE`, verl's knob (`verl.workers.engine.base.EngineRegistry`) to pick an engine
      registered for another device, as the FSDP engine is only for "cuda" and "npu"
      (`ENGINE_DEVICE_ENV`): test_engine_device_knob_is_verls.
+7. The rollout-side teacher (workers/rollout_teacher.py, `teacher_placement=rollout`) subclasses
+   `verl.trainer.ppo.v1.agent_loop_tq.AgentLoopWorkerTQ.__ray_actor_class__` and overrides its hooks
+   `_agent_loop_postprocess(output, validate, **kwargs)` (which stores every kwarg in the sample's
+   TransferQueue row) and `_compute_teacher_logprobs(output, prompt_ids, response_ids, validate,
+   sample_kwargs)`, calls `self.llm_client.generate`, and sets `AgentLoopManagerTQ.agent_loop_workers_class`:
+   test_agent_loop_worker_hooks_are_verls, tests/test_rollout_teacher.py.
 """
 
 from __future__ import annotations
