@@ -22,6 +22,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 import verl.workers.rollout.replica as verl_replica
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl_avsd.cpu.hf_rollout import HFRolloutServer
+from verl_avsd.cpu.prefix_cache import Tail, group_tails
 from verl_avsd.cpu.prompt_logprobs import SHARE_MIN_TOKENS, PromptLogProbScorer, ScoringRequest
 from verl_avsd.toy import task as toy_task
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer
@@ -265,12 +266,12 @@ def test_final_logit_soft_capping_and_sliding_window_match_the_model():
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config).eval()
     scorer = PromptLogProbScorer()
-    first, second = list(range(3, 23)), list(range(3, 17)) + [40, 41, 42, 43]  # share 14 tokens > window 6
+    first, second = list(range(3, 23)), list(range(3, 17)) + list(range(40, 50))  # share 14 tokens > window 6
 
     def request(sequence):
         return ScoringRequest(prompt_ids=sequence, temperature=0.9, num_logprobs=0, want_logprobs=False, result=None)
 
-    third = list(range(3, 9)) + list(range(50, 61))  # shares 6 with both
+    third = list(range(3, 9)) + list(range(50, 60))  # shares 6 with both; 9 uncached positions, like second
     scorer.score_batch(model, [request(first)])
     forwards = scorer.stats["forwards"]
     outs = scorer.score_batch(model, [request(second), request(third)])  # one padded forward, prefixes of 14 and 6
@@ -278,3 +279,12 @@ def test_final_logit_soft_capping_and_sliding_window_match_the_model():
     for sequence, out in zip((second, third), outs):
         got = torch.tensor([entry[0] for entry in out["prompt_logprobs"][:-1]], dtype=torch.float64)
         torch.testing.assert_close(got, reference_log_probs(model, sequence, 0.9), atol=1e-5, rtol=0)
+
+
+def test_forwards_group_rows_of_similar_length_within_the_token_budget():
+    def tail(length, reused):
+        return Tail(ids=torch.zeros(length, dtype=torch.long), prefix=None, reused=reused)
+
+    tails = [tail(12, 2), tail(30, 21), tail(4, 2), tail(40, 30)]  # uncached 10, 9, 2, 10
+    assert group_tails(tails, max_batch_tokens=1000) == [[3, 0, 1], [2]]  # 3 x 10 <= 1.25 x 29; 4 x 10 > 1.25 x 31
+    assert group_tails(tails, max_batch_tokens=80) == [[3, 0], [1], [2]]  # 2 x (30 + 10) = 80 fits, 3 x 40 does not

@@ -110,20 +110,26 @@ class Tail:
     reused: int
 
 
+PADDING_SLACK = 1.25  # a forward's padded query tokens B x T stay within this factor of its real ones
+
+
 def group_tails(tails: list[Tail], max_batch_tokens: int) -> list[list[int]]:
     """Indices of `tails` in forwards of at most `max_batch_tokens` padded tokens B x (P + T)
-    (one sequence alone may exceed it), longest first so that rows of similar length share one."""
-    order = sorted(range(len(tails)), key=lambda i: (len(tails[i].ids), tails[i].reused), reverse=True)
+    (one sequence alone may exceed it) and at most PADDING_SLACK x their real uncached tokens
+    (on a CPU padding is paid in full), longest uncached part first so that similar rows share one."""
+    uncached = [len(t.ids) - t.reused for t in tails]
+    order = sorted(range(len(tails)), key=lambda i: (uncached[i], tails[i].reused), reverse=True)
     groups: list[list[int]] = []
-    width_past = width_tail = 0
+    width_past = width_tail = real = 0
     for i in order:
-        past, tail = max(width_past, tails[i].reused), max(width_tail, len(tails[i].ids) - tails[i].reused)
-        if groups and (len(groups[-1]) + 1) * (past + tail) <= max_batch_tokens:
+        past, tail = max(width_past, tails[i].reused), max(width_tail, uncached[i])
+        rows = len(groups[-1]) + 1 if groups else 1
+        if groups and rows * (past + tail) <= max_batch_tokens and rows * tail <= PADDING_SLACK * (real + uncached[i]):
             groups[-1].append(i)
-            width_past, width_tail = past, tail
+            width_past, width_tail, real = past, tail, real + uncached[i]
         else:
             groups.append([i])
-            width_past, width_tail = tails[i].reused, len(tails[i].ids) - tails[i].reused
+            width_past, width_tail, real = tails[i].reused, uncached[i], uncached[i]
     return groups
 
 
