@@ -48,7 +48,6 @@ from verl_avsd.workers.teacher_context import (
 )
 
 
-
 class PromptLogprobError(RuntimeError):
     """The server's prompt log-probs do not fit the request (wrong length, other tokens, None)."""
 
