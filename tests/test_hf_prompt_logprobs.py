@@ -11,7 +11,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import copy
+import importlib
 import inspect
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
@@ -288,3 +291,18 @@ def test_forwards_group_rows_of_similar_length_within_the_token_budget():
     tails = [tail(12, 2), tail(30, 21), tail(4, 2), tail(40, 30)]  # uncached 10, 9, 2, 10
     assert group_tails(tails, max_batch_tokens=1000) == [[3, 0, 1], [2]]  # 3 x 10 <= 1.25 x 29; 4 x 10 > 1.25 x 31
     assert group_tails(tails, max_batch_tokens=80) == [[3, 0], [1], [2]]  # 2 x (30 + 10) = 80 fits, 3 x 40 does not
+
+
+def test_bench_script_reports_cached_and_uncached_scoring(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    bench = importlib.import_module("hf_prompt_logprobs")
+    bench.main(["--views", "2", "--rollouts", "2", "--response-tokens", "8", "--repeats", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "hf_prompt_logprobs_toy.json").read_text())
+    for order in ("per_rollout", "all_at_once"):
+        cached, uncached = report["results"][order]["cache"], report["results"][order]["no_cache"]
+        assert cached["scored_tokens"] == uncached["scored_tokens"] == uncached["fed_tokens"] > cached["fed_tokens"] > 0
+        assert cached["cached_tokens"] + cached["fed_tokens"] == cached["scored_tokens"]
+        # every position counts here, the view contexts' unlikely tokens too (log-probs near -10):
+        # float32 rounding of the shipped toy model reaches ~1e-4 there, batched or not
+        assert report["results"][order]["max_abs_diff"] < 1e-4 and cached["tokens_per_s"] > 0
+    assert "2 views x 2 rollouts" in (tmp_path / "hf_prompt_logprobs_toy.md").read_text()
