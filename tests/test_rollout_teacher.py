@@ -281,3 +281,20 @@ def test_trainer_refuses_before_any_ray_work_and_otherwise_points_verl_at_the_sc
     from verl.utils.import_utils import load_class_from_fqn  # what verl's TaskRunnerV1 does with the key
 
     assert load_class_from_fqn(MANAGER_FQN, "AgentLoopManager").__name__ == "RolloutTeacherAgentLoopManager"
+
+
+def test_demo_flag_selects_the_placement_and_the_current_teacher(capsys):
+    from verl_avsd.demo import parse_args
+    from verl_avsd.toy_run import ToyRun
+
+    assert parse_args([]).teacher_placement == "actor"
+    args = parse_args(["--teacher-placement", "rollout"])
+    run = ToyRun(model_dir="m", train_file="t", val_file="v", run_dir="r", teacher_placement=args.teacher_placement)
+    overrides = run.overrides()
+    assert "+algorithm.avsd.teacher_placement=rollout" in overrides and "+algorithm.avsd.teacher=current" in overrides
+    assert not any("teacher_placement" in o for o in ToyRun(model_dir="m", train_file="t", val_file="v", run_dir="r").overrides())
+    grpo = ToyRun(model_dir="m", train_file="t", val_file="v", run_dir="r", estimator="grpo", teacher_placement="rollout")
+    assert not any("algorithm.avsd.teacher" in o for o in grpo.overrides())  # no teacher, nothing to place
+    with pytest.raises(SystemExit):
+        parse_args(["--teacher-placement", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
