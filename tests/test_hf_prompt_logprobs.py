@@ -306,3 +306,40 @@ def test_bench_script_reports_cached_and_uncached_scoring(monkeypatch, tmp_path)
         # float32 rounding of the shipped toy model reaches ~1e-4 there, batched or not
         assert report["results"][order]["max_abs_diff"] < 1e-4 and cached["tokens_per_s"] > 0
     assert "2 views x 2 rollouts" in (tmp_path / "hf_prompt_logprobs_toy.md").read_text()
+
+
+@pytest.mark.slow
+def test_scoring_through_the_ray_actor_with_a_weight_update(model_dir):
+    """The server as verl runs it: a Ray actor (HFReplica's options), scoring and generation sent
+    concurrently, then a weight update through the actor: no stale cached prefix survives it."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="hfp_ray_", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
+             _metrics_export_port=27301)  # its own cluster
+    try:
+        settings = dict(name="hf", prompt_length=48, response_length=12, dtype="float32", tensor_model_parallel_size=1)
+        model_config = HFModelConfig(path=str(model_dir), override_config={"attn_implementation": "sdpa"})
+        server = ray.remote(HFRolloutServer).options(max_concurrency=16).remote(RolloutConfig(**settings), model_config, 0)
+        local = make_server(model_dir)  # the same weights, for the references
+        sequences = [encode(local, CONTEXT + " " + response) for response in RESPONSES]
+        params = {**TEACHER_REQUEST, "temperature": 0.8}
+        calls = [server.generate.remote(s, dict(params), f"s{i}") for i, s in enumerate(sequences)]
+        calls.insert(1, server.generate.remote(sequences[0][:20], {"temperature": 1.0, "max_tokens": 4}, "gen"))
+        outputs = ray.get(calls, timeout=300)
+        assert 1 <= len(outputs[1].token_ids) <= 4 and "prompt_logprobs" not in outputs[1].extra_fields
+        for sequence, output in zip(sequences, outputs[:1] + outputs[2:]):
+            torch.testing.assert_close(log_probs_of(output), reference_log_probs(local.model, sequence, 0.8), atol=1e-5, rtol=0)
+        assert sum(output.extra_fields["num_cached_tokens"] for output in outputs[2:]) > 0
+
+        other = build_model(local.model_config.tokenizer, hidden=64, layers=2, heads=4, kv_heads=2, max_positions=128, seed=11)
+        ray.get(server.update_weights.remote(list(other.state_dict().items()), 2), timeout=120)
+        after = ray.get(server.generate.remote(sequences[0], dict(params), "after"), timeout=120)
+        assert after.extra_fields["num_cached_tokens"] == 0 and after.extra_fields["global_steps"] == 2
+        torch.testing.assert_close(log_probs_of(after), reference_log_probs(other, sequences[0], 0.8), atol=1e-5, rtol=0)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
