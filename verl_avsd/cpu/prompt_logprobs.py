@@ -44,6 +44,7 @@ forwards of up to MAX_BATCH_TOKENS, every row on top of its own cached prefix (`
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -104,7 +105,7 @@ def scoring_request(
         temperature = float(params.get("temperature", 1.0))
     except (TypeError, ValueError):
         raise ValueError(f"request {request_id}: sampling_params.temperature must be a number, got {params.get('temperature')!r}") from None
-    if temperature != temperature or temperature == float("inf"):
+    if not math.isfinite(temperature):
         raise ValueError(f"request {request_id}: sampling_params.temperature must be finite, got {temperature}")
     if not prompt_ids:
         raise ValueError(f"request {request_id}: prompt_ids is empty; a prompt_logprobs request needs at least one token")
@@ -126,7 +127,7 @@ def scoring_request(
 
 
 # --------------------------------------------------------------------------------------------
-# The scorer: one request at a time, reusing the cache.
+# The scorer: a round of requests in waves of padded forwards, reusing the cache.
 # --------------------------------------------------------------------------------------------
 
 
@@ -136,7 +137,7 @@ class PromptLogProbScorer:
     `stats` counts, since construction: requests, cache_hits (requests that reused > 0 tokens),
     cached_tokens (positions taken from the cache), fed_tokens (positions the model ran on),
     forwards (padded model calls) and head_tokens (positions the log-prob head ran on).
-    The caller serialises calls with weight updates and calls `clear()` after each update.
+    The caller serialises calls with weight updates and calls `clear()` whenever the weights change.
     """
 
     def __init__(self, enable_prefix_caching: bool = True, max_cache_mb: float = PREFIX_CACHE_MB) -> None:
