@@ -225,6 +225,7 @@ def test_one_token_sequence_gets_only_the_dummy_entry_like_vllm(server):
         ([5, 6], {"max_tokens": 8}, "max_tokens must be 1"),
         ([5, 6], {"temperature": "hot"}, "temperature must be a number"),
         ([5, 6], {"temperature": float("nan")}, "temperature must be finite"),
+        ([5, 6], {"temperature": float("-inf")}, "temperature must be finite"),
         ([5] * 128, {}, "leaves no room within max_model_len=128"),
     ],
 )
