@@ -20,7 +20,7 @@ TORCH_INSTALL_ARGS ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean slurm-up slurm-down test-clusters
+.PHONY: install demo test test-fast lint format clean slurm-up slurm-down test-clusters
 
 install: $(STAMP)
 
@@ -55,6 +55,15 @@ test: install
 # Everything but the slow end-to-end runs (they still run in `make test` and CI).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff's formatter and linter (rules in pyproject.toml); .ci/run fails on either.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
