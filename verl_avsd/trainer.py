@@ -219,7 +219,8 @@ class AvsdTrainer(PPOTrainerSync):
         batch.extra_info.update(
             {
                 "avsd_config": self.avsd.to_dict(),  # plain data through TransferQueue; AvsdConfig.from_dict there
-                # the same chat template arguments (e.g. enable_thinking) as the student's prompt
+                # the student's chat template arguments (e.g. enable_thinking); the teacher uses them unless
+                # algorithm.avsd.teacher_chat_template_kwargs is set (resolved in build_teacher_contexts)
                 "avsd_chat_template_kwargs": dict(OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs),
                 # the student's old_log_prob is at the rollout temperature; score the teacher alike
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
