@@ -10,7 +10,10 @@ mirror vLLM's (verl/workers/rollout/vllm_rollout/):
 
 - `HFRolloutServer`: the Ray actor holding a `transformers` causal LM. Requests that arrive
   while a batch is generating are queued and run together as the next batch (left-padded,
-  one `generate` call), so the n samples of a group cost one pass, not n.
+  one `generate` call), so the n samples of a group cost one pass, not n. Each request is
+  answered as soon as its own row ends (EOS or max_tokens), while `generate` runs on for the
+  others (early_rows.py). Prompt-scoring requests have their own queue and batches, which run
+  beside a generation batch (both only read the weights); loading weights waits for both.
 - `HFReplica`: the `RolloutReplica` that launches one server per replica.
 - `HFServerAdapter`: the `BaseRollout` verl builds inside the trainer worker
   (`ActorRolloutRefWorker.init_model` -> `get_rollout_class(name, "async")`). Its
@@ -47,7 +50,7 @@ from typing import Any, Generator, Optional
 import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessorList
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout import base as rollout_base
@@ -55,6 +58,7 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from verl_avsd.workers.verl_worker_seam import attach_server
 
+from .early_rows import FinishedRows, ModelLocks, eos_token_ids, resolve, response_length
 from .prompt_logprobs import PromptLogProbScorer, ScoringRequest, scoring_request
 from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
 
@@ -129,13 +133,14 @@ class HFRolloutServer:
 
         tokenizer = self.model_config.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids = _eos_token_ids(self.model_config, tokenizer)
+        self.eos_token_ids = eos_token_ids(self.model_config, tokenizer)
         positions = getattr(self.model_config.hf_config, "max_position_embeddings", None)
         self.max_model_len = self.config.max_model_len or positions or (self.config.prompt_length + self.config.response_length)
 
-        self._pending: list[_Request] = []
-        self._batcher: Optional[asyncio.Task] = None
-        self._model_lock = asyncio.Lock()  # generation and weight loading never overlap
+        # two queues, each drained by its own batcher: scoring never waits behind a generate call
+        self._pending: dict[str, list] = {"generate": [], "score": []}
+        self._batchers: dict[str, Optional[asyncio.Task]] = {"generate": None, "score": None}
+        self._locks = ModelLocks()  # generation and scoring overlap; weight loading excludes both
         self.scorer = PromptLogProbScorer.from_rollout_config(self.config)  # prompt_logprobs requests
 
     # --- generation ---------------------------------------------------------------------
@@ -158,9 +163,10 @@ class HFRolloutServer:
         vocab_size = self.model.get_input_embeddings().num_embeddings
         request = scoring_request(prompt_ids, sampling_params, request_id, self.max_model_len, vocab_size)
         request = request or self._make_request(prompt_ids, dict(sampling_params), request_id)
-        self._pending.append(request)
-        if self._batcher is None or self._batcher.done():
-            self._batcher = asyncio.create_task(self._run_pending_batches())
+        kind = "score" if isinstance(request, ScoringRequest) else "generate"
+        self._pending[kind].append(request)
+        if self._batchers[kind] is None or self._batchers[kind].done():
+            self._batchers[kind] = asyncio.create_task(self._run_pending_batches(kind))
         if isinstance(request, ScoringRequest):  # scored, nothing generated: verl reads extra_fields
             scored = await request.result
             return TokenOutput(token_ids=[], log_probs=[] if request.want_logprobs else None, stop_reason="completed",
@@ -205,19 +211,25 @@ class HFRolloutServer:
             result=asyncio.get_running_loop().create_future(),
         )
 
-    async def _run_pending_batches(self) -> None:
-        """Drain the queue: each round takes every pending request that can share a batch."""
-        while self._pending:
-            key = self._pending[0].batch_key()
-            batch = [request for request in self._pending if request.batch_key() == key]
+    async def _run_pending_batches(self, kind: str) -> None:
+        """Drain one queue: each round takes every pending request that can share a batch."""
+        pending = self._pending[kind]
+        loop = asyncio.get_running_loop()
+        while pending:
+            key = pending[0].batch_key()
+            batch = [request for request in pending if request.batch_key() == key]
             batch = batch[: max(1, self.config.max_num_seqs)]
-            self._pending = [request for request in self._pending if request not in batch]
+            pending[:] = [request for request in pending if request not in batch]
             try:
-                async with self._model_lock:
-                    if isinstance(batch[0], ScoringRequest):
+                if kind == "score":
+                    async with self._locks.scoring:
                         outputs = await asyncio.to_thread(self.scorer.score_batch, self.model, batch)
-                    else:
-                        outputs = await asyncio.to_thread(self._generate_batch, batch)
+                else:
+                    def on_finished(row: int, result, batch=batch) -> None:  # runs in generate's thread
+                        loop.call_soon_threadsafe(resolve, batch[row].result, result)
+
+                    async with self._locks.generation:
+                        outputs = await asyncio.to_thread(self._generate_batch, batch, on_finished)
             except Exception as error:  # hand the error to every waiting caller
                 for request in batch:
                     if not request.result.done():
@@ -228,11 +240,13 @@ class HFRolloutServer:
                     request.result.set_result(output)
 
     @torch.no_grad()
-    def _generate_batch(self, batch: list[_Request]) -> list[tuple[list[int], list[float]]]:
+    def _generate_batch(self, batch: list[_Request], on_finished=None) -> list[tuple[list[int], list[float]]]:
         """One `generate` call for requests with identical sampling settings.
 
         Returns per request the generated token ids (up to and including the first EOS)
-        and their log-probabilities under the processed sampling distribution.
+        and their log-probabilities under the processed sampling distribution. With
+        `on_finished(row, result)`, each row's same result is also passed there as soon as
+        the row ends, while generate runs on for the others.
         """
         first = batch[0]
         device = self.model.device
@@ -262,6 +276,9 @@ class HFRolloutServer:
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
         )
+        watchers = [] if on_finished is None else [
+            FinishedRows(recorder, width, first.max_tokens, self.eos_token_ids, on_finished)
+        ]
         if first.seed is not None:
             torch.manual_seed(first.seed)
         out = self.model.generate(
@@ -269,6 +286,7 @@ class HFRolloutServer:
             attention_mask=attention_mask.to(device),
             generation_config=generation_config,
             logits_processor=LogitsProcessorList([*warpers, recorder]),
+            stopping_criteria=StoppingCriteriaList(watchers),
         )
         new_tokens = out.sequences[:, width:].cpu()  # [B, T]
         token_log_probs = recorder.finish(out.sequences)  # [B, T]
@@ -276,11 +294,7 @@ class HFRolloutServer:
         results = []
         for row in range(len(batch)):
             tokens = new_tokens[row].tolist()
-            length = len(tokens)
-            for position, token in enumerate(tokens):
-                if token in self.eos_token_ids:
-                    length = position + 1  # keep the EOS, like vLLM
-                    break
+            length = response_length(tokens, self.eos_token_ids)  # keeps the EOS, like vLLM
             results.append((tokens[:length], token_log_probs[row, :length].tolist()))
         return results
 
@@ -288,7 +302,7 @@ class HFRolloutServer:
 
     async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: Optional[int] = None):
         """Load the actor's full parameters (HF names) into the model."""
-        async with self._model_lock:
+        async with self._locks.exclusive():  # no generate or scoring batch reads half-loaded weights
             self.scorer.clear()  # cached prefixes hold the old weights' KV (cleared first: a load may fail halfway)
             await asyncio.to_thread(self._load_weights, named_tensors)
             if global_steps is not None:
@@ -319,7 +333,7 @@ class HFRolloutServer:
         await self.clear_kv_cache()  # like vLLM's sleep, which drops its KV cache
 
     async def clear_kv_cache(self):
-        async with self._model_lock:  # after any scoring round in flight
+        async with self._locks.exclusive():  # after any scoring round in flight
             self.scorer.clear()  # generate() keeps no cache between calls; scoring's prefix cache
 
     async def release_kv_cache(self):
@@ -339,24 +353,6 @@ class HFRolloutServer:
 
     async def stop_profile(self):
         return None
-
-
-
-
-def _eos_token_ids(model_config: HFModelConfig, tokenizer) -> list[int]:
-    """Every token that ends a response: the generation config's EOS ids plus the tokenizer's."""
-    ids: list[int] = []
-    generation_config = model_config.generation_config
-    configured = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    for candidate in (configured, tokenizer.eos_token_id):
-        if candidate is None:
-            continue
-        for token in candidate if isinstance(candidate, (list, tuple)) else [candidate]:
-            if int(token) not in ids:
-                ids.append(int(token))
-    if not ids:
-        raise ValueError(f"hf rollout: model {model_config.path} defines no EOS token; generation would never stop")
-    return ids
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,18 @@ class SampledTokenLogProbs(LogitsProcessor):
         self._steps += 1
         self._scores = self._log_normaliser = None
 
+    def record(self, sampled: torch.Tensor) -> None:
+        """Record the token just sampled ([B] ids) now, not when the next step calls the recorder.
+
+        For a stopping criterion (early_rows.py), which generate calls right after each step;
+        the recorder's own later call then finds nothing left to record for that step.
+        """
+        self._take(sampled)
+
+    def recorded(self) -> torch.Tensor:
+        """[B, steps] float32 log-probs recorded so far (a view of the buffer)."""
+        return self._log_probs[:, : self._steps]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._take(input_ids[:, -1])
         self._scores = scores
