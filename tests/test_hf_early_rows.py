@@ -14,12 +14,20 @@ import threading
 
 import pytest
 import torch
+from test_hf_prompt_logprobs import (
+    CONTEXT,
+    RESPONSES,
+    TEACHER_REQUEST,
+    encode,
+    log_probs_of,
+    make_server,
+    model_dir,  # noqa: F401  (the module-scoped tiny model fixture)
+    reference_log_probs,
+)
 
 from verl_avsd.cpu.early_rows import response_length
 from verl_avsd.cpu.hf_rollout import _Request
 from verl_avsd.toy.tiny_model import build_model
-from test_hf_prompt_logprobs import CONTEXT, RESPONSES, TEACHER_REQUEST, encode, log_probs_of, make_server, reference_log_probs
-from test_hf_prompt_logprobs import model_dir  # noqa: F401  (the module-scoped tiny model fixture)
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99.", "Compute 3 + 4 - 5."]
 MAX_TOKENS = 30
