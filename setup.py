@@ -18,7 +18,7 @@ def installed_packages() -> list[str]:
     packages = []
     for folder, name in INSTALLED_AS.items():
         for found in find_packages(include=[folder, f"{folder}.*"]):
-            packages.append(name + found[len(folder):])
+            packages.append(name + found[len(folder) :])
     return packages
 
 

@@ -263,9 +263,7 @@ def step_seconds_from_metrics(path: str | os.PathLike, warmup_steps: int = 1) ->
 def step_shares(calls: dict[str, dict], step_seconds: float) -> dict[str, float]:
     """Per estimator: (estimator + metrics) milliseconds as a fraction of one training step."""
     metrics_ms = calls["metrics"]["ms"]
-    return {
-        name: (entry["ms"] + metrics_ms) / (1000 * step_seconds) for name, entry in calls.items() if name != "metrics"
-    }
+    return {name: (entry["ms"] + metrics_ms) / (1000 * step_seconds) for name, entry in calls.items() if name != "metrics"}
 
 
 def cpu_name() -> str:

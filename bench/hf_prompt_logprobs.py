@@ -38,9 +38,17 @@ TOY_MODEL_DIR = ROOT / "verl_avsd" / "assets" / "toy_model"
 
 
 def make_server(model_dir: str, enable_prefix_caching: bool, response_tokens: int) -> HFRolloutServer:
-    rollout = RolloutConfig(name="hf", prompt_length=384, response_length=response_tokens, dtype="float32",
-                            tensor_model_parallel_size=1, enable_prefix_caching=enable_prefix_caching)
-    return HFRolloutServer(rollout, HFModelConfig(path=model_dir, override_config={"attn_implementation": "sdpa"}), replica_rank=0)
+    rollout = RolloutConfig(
+        name="hf",
+        prompt_length=384,
+        response_length=response_tokens,
+        dtype="float32",
+        tensor_model_parallel_size=1,
+        enable_prefix_caching=enable_prefix_caching,
+    )
+    return HFRolloutServer(
+        rollout, HFModelConfig(path=model_dir, override_config={"attn_implementation": "sdpa"}), replica_rank=0
+    )
 
 
 def workload(server: HFRolloutServer, views: int, rollouts: int, temperature: float, seed: int) -> list[list[list[int]]]:
@@ -79,7 +87,9 @@ def score(server: HFRolloutServer, rounds: list[list[list[int]]], temperature: f
     async def run():
         outputs = []
         for r, sequences in enumerate(rounds):
-            outputs += await asyncio.gather(*[server.generate(s, dict(params), request_id=f"s{r}.{i}") for i, s in enumerate(sequences)])
+            outputs += await asyncio.gather(
+                *[server.generate(s, dict(params), request_id=f"s{r}.{i}") for i, s in enumerate(sequences)]
+            )
         return outputs
 
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -131,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     arrivals = {"per_rollout": per_rollout, "all_at_once": [[s for views in per_rollout for s in views]]}
     results: dict = {}
     for order, rounds in arrivals.items():
-        results[order] = {name: measure(servers[cached], rounds, args.temperature, args.repeats)
-                          for name, cached in (("cache", True), ("no_cache", False))}
+        results[order] = {
+            name: measure(servers[cached], rounds, args.temperature, args.repeats)
+            for name, cached in (("cache", True), ("no_cache", False))
+        }
         cached, uncached = results[order]["cache"].pop("log_probs"), results[order]["no_cache"].pop("log_probs")
         results[order]["max_abs_diff"] = max(abs(a - b) for x, y in zip(cached, uncached) for a, b in zip(x, y))
         results[order]["speedup"] = results[order]["cache"]["tokens_per_s"] / results[order]["no_cache"]["tokens_per_s"]
@@ -146,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"hf_prompt_logprobs_{kind}.json").write_text(json.dumps(report, indent=2) + "\n")
-    line = f"hf prompt log-probs ({kind}, {args.views} views x {args.rollouts} rollouts, mean {report['config']['mean_length']:.0f} tokens): " + "; ".join(
-        f"{order} {r['cache']['tokens_per_s']:.0f} tok/CPU-s cached vs {r['no_cache']['tokens_per_s']:.0f} uncached "
-        f"({r['speedup']:.2f}x, {r['cache']['fed_tokens']}/{r['cache']['scored_tokens']} fed, max diff {r['max_abs_diff']:.1e})"
-        for order, r in results.items()
+    line = (
+        f"hf prompt log-probs ({kind}, {args.views} views x {args.rollouts} rollouts, mean {report['config']['mean_length']:.0f} tokens): "
+        + "; ".join(
+            f"{order} {r['cache']['tokens_per_s']:.0f} tok/CPU-s cached vs {r['no_cache']['tokens_per_s']:.0f} uncached "
+            f"({r['speedup']:.2f}x, {r['cache']['fed_tokens']}/{r['cache']['scored_tokens']} fed, max diff {r['max_abs_diff']:.1e})"
+            for order, r in results.items()
+        )
     )
     (out / f"hf_prompt_logprobs_{kind}.md").write_text(line + "\n")
     print(line)

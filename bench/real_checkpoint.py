@@ -51,16 +51,21 @@ def problems(n: int, seed: int) -> list[dict]:
         answer = a + b if op == "+" else a - b
         tens, ones = (a // 10 * 10, b // 10 * 10), (a % 10, b % 10)
         partial = f"{tens[0]} {op} {tens[1]} = {tens[0] + tens[1] if op == '+' else tens[0] - tens[1]}"
-        out.append({
-            "prompt": [{"role": "user", "content": QUESTION.format(a=a, op=op, b=b)}],
-            "answer": answer,
-            "operands": (a, b),
-            "extra_info": {"index": index, "views": [
-                {"name": "full", "text": f"{a} {op} {b} = {answer}"},
-                {"name": "partial", "text": f"{partial}, then the ones: {ones[0]} {op} {ones[1]}"},
-                {"name": "answer", "text": str(answer)},
-            ]},
-        })
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": QUESTION.format(a=a, op=op, b=b)}],
+                "answer": answer,
+                "operands": (a, b),
+                "extra_info": {
+                    "index": index,
+                    "views": [
+                        {"name": "full", "text": f"{a} {op} {b} = {answer}"},
+                        {"name": "partial", "text": f"{partial}, then the ones: {ones[0]} {op} {ones[1]}"},
+                        {"name": "answer", "text": str(answer)},
+                    ],
+                },
+            }
+        )
     return out
 
 
@@ -111,11 +116,21 @@ def teacher_signal(model_dir: str, n_problems: int, seed: int, temperature: floa
     at_wrong, elsewhere, n_correct, n_unscored, n_tokens = [], {"delta_full": [], "advantage": []}, 0, 0, 0
     start = time.monotonic()
     for row in rows:
-        prompt = torch.tensor(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"])
+        prompt = torch.tensor(
+            tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"]
+        )
         with torch.no_grad():
-            out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], max_new_tokens=24, do_sample=True,
-                                 temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id)
-        response = out[0, len(prompt):]
+            out = model.generate(
+                prompt[None],
+                attention_mask=torch.ones_like(prompt)[None],
+                max_new_tokens=24,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        response = out[0, len(prompt) :]
         n_tokens += len(response)
         position = first_wrong_digit_token(tokenizer, response.tolist(), row["answer"], row["operands"])
         if position is None:
@@ -129,22 +144,36 @@ def teacher_signal(model_dir: str, n_problems: int, seed: int, temperature: floa
         views = torch.stack([token_logprobs(model, contexts.context_ids[0][m], response) for m in range(len(VIEWS))])  # [M, T]
         signals = avsd_signals(student[None], views[None], contexts.view_mask, torch.ones(1, len(response), dtype=torch.bool))
         advantage = signals.advantage[0]
-        at_wrong.append({"token": tokenizer.decode(response[position]), "position": position,
-                         "student": student[position].item(), "teacher_full": views[0, position].item(),
-                         "advantage": advantage[position].item(),
-                         "response": tokenizer.decode(response, skip_special_tokens=True), "answer": row["answer"]})
+        at_wrong.append(
+            {
+                "token": tokenizer.decode(response[position]),
+                "position": position,
+                "student": student[position].item(),
+                "teacher_full": views[0, position].item(),
+                "advantage": advantage[position].item(),
+                "response": tokenizer.decode(response, skip_special_tokens=True),
+                "answer": row["answer"],
+            }
+        )
         others = [t for t in range(len(response)) if t != position]
         elsewhere["delta_full"] += (views[0, others] - student[others]).tolist()
         elsewhere["advantage"] += advantage[others].tolist()
     n = len(at_wrong)
     return {
-        "problems": n_problems, "temperature": temperature, "seed": seed, "correct": n_correct,
-        "wrong_scored": n, "wrong_unscored": n_unscored, "seconds": round(time.monotonic() - start, 1),
+        "problems": n_problems,
+        "temperature": temperature,
+        "seed": seed,
+        "correct": n_correct,
+        "wrong_scored": n,
+        "wrong_unscored": n_unscored,
+        "seconds": round(time.monotonic() - start, 1),
         "generated_tokens": n_tokens,
         "at_first_wrong_digit": {
             "teacher_full_below_student": sum(r["teacher_full"] < r["student"] for r in at_wrong) / max(n, 1),
             "avsd_advantage_negative": sum(r["advantage"] < 0 for r in at_wrong) / max(n, 1),
-            "median_teacher_full_minus_student": statistics.median([r["teacher_full"] - r["student"] for r in at_wrong]) if n else None,
+            "median_teacher_full_minus_student": statistics.median([r["teacher_full"] - r["student"] for r in at_wrong])
+            if n
+            else None,
             "median_advantage": statistics.median([r["advantage"] for r in at_wrong]) if n else None,
         },
         "other_tokens_of_wrong_rollouts": {
@@ -194,12 +223,20 @@ _ROLLOUT_MEMORY = textwrap.dedent("""
 def rollout_memory(model_dir: str, batch: int, tokens: int) -> dict:
     out = {"batch": batch, "tokens": tokens}
     for variant in ("after", "before"):
-        proc = subprocess.run([sys.executable, "-c", _ROLLOUT_MEMORY, model_dir, variant, str(batch), str(tokens)],
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-c", _ROLLOUT_MEMORY, model_dir, variant, str(batch), str(tokens)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"rollout memory ({variant}) failed:\n{proc.stderr[-3000:]}")
         growth, seconds, shape = proc.stdout.split(maxsplit=2)
-        out[variant] = {"peak_rss_growth_gb": round(int(growth) / 2**30, 3), "seconds": round(float(seconds), 1), "log_probs_shape": shape.strip()}
+        out[variant] = {
+            "peak_rss_growth_gb": round(int(growth) / 2**30, 3),
+            "seconds": round(float(seconds), 1),
+            "log_probs_shape": shape.strip(),
+        }
     return out
 
 
@@ -213,19 +250,36 @@ def step_ratio(model_dir: str, prompts: int, response_tokens: int, steps: int, w
     data = toy_data(str(Path(work_dir) / "data"), n_train=64, n_val=4)
     for path in data.values():
         df = pd.read_parquet(path)
-        df["prompt"] = [[{**p[0], "content": p[0]["content"] + " End your reply with the line 'Answer: <number>'."}] for p in df["prompt"]]
+        df["prompt"] = [
+            [{**p[0], "content": p[0]["content"] + " End your reply with the line 'Answer: <number>'."}] for p in df["prompt"]
+        ]
         df.to_parquet(path, index=False)
     out = {"prompts": prompts, "response_tokens": response_tokens, "steps": steps}
     for estimator in ("opsd", "avsd"):
-        run = ToyRun(model_dir=model_dir, train_file=data["train"], val_file=data["val"], run_dir=str(Path(work_dir) / estimator),
-                     estimator=estimator, steps=steps, prompts_per_step=prompts, max_response_length=response_tokens)
+        run = ToyRun(
+            model_dir=model_dir,
+            train_file=data["train"],
+            val_file=data["val"],
+            run_dir=str(Path(work_dir) / estimator),
+            estimator=estimator,
+            steps=steps,
+            prompts_per_step=prompts,
+            max_response_length=response_tokens,
+        )
         result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=3600)
         if result.returncode != 0:
             raise RuntimeError(f"{estimator} run failed:\n{result.log_tail()}")
         later = [result.metrics[s] for s in sorted(result.metrics)[1:]]
-        out[estimator] = {key: round(statistics.median(m[key] for m in later), 2)
-                          for key in ("timing_s/step", "timing_s/gen", "timing_s/teacher_views", "timing_s/update_actor",
-                                      "response_length/mean")}
+        out[estimator] = {
+            key: round(statistics.median(m[key] for m in later), 2)
+            for key in (
+                "timing_s/step",
+                "timing_s/gen",
+                "timing_s/teacher_views",
+                "timing_s/update_actor",
+                "response_length/mean",
+            )
+        }
     out["avsd_over_opsd_step"] = round(out["avsd"]["timing_s/step"] / out["opsd"]["timing_s/step"], 3)
     return out
 
@@ -249,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json; prepare it with `verl-avsd prep-model smollm2 --out {args.model}`")
-    results = {"model": json.loads((Path(args.model) / "verl_avsd_model.json").read_text()).get("model", args.model)
-               if (Path(args.model) / "verl_avsd_model.json").is_file() else args.model}
+    results = {
+        "model": json.loads((Path(args.model) / "verl_avsd_model.json").read_text()).get("model", args.model)
+        if (Path(args.model) / "verl_avsd_model.json").is_file()
+        else args.model
+    }
     if Path(args.out).is_file():  # a partial rerun (--skip-...) keeps the other sections
         results = {**json.loads(Path(args.out).read_text()), **results}
     if not args.skip_signal:

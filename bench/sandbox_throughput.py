@@ -92,9 +92,7 @@ def measure_feedback(sandbox: Sandbox, batch: int) -> dict:
 def measure_bare_python(count: int) -> dict:
     started = time.monotonic()
     for i in range(count):
-        subprocess.run(
-            [sys.executable, "-I", "-S", "-c", HELLO], input=str(i), capture_output=True, text=True, check=True
-        )
+        subprocess.run([sys.executable, "-I", "-S", "-c", HELLO], input=str(i), capture_output=True, text=True, check=True)
     wall = time.monotonic() - started
     return {"programs": count, "wall_s": round(wall, 3), "programs_per_s": round(count / wall, 2)}
 

@@ -126,7 +126,9 @@ def summarize(metrics_by_method: dict[str, dict[int, dict]], warmup_steps: int) 
     grpo = methods.get("grpo")
     if grpo is not None:  # the teacher methods against GRPO (no teacher), per placement
         summary["grpo_ratios"] = {
-            f"{name}/grpo": ratio(timers["timing_s/step"], grpo["timing_s/step"]) for name, timers in methods.items() if name != "grpo"
+            f"{name}/grpo": ratio(timers["timing_s/step"], grpo["timing_s/step"])
+            for name, timers in methods.items()
+            if name != "grpo"
         }
     placements = {}  # rollout placement against actor, per teacher method
     for name, timers in methods.items():
@@ -198,7 +200,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=8, help="training steps per method (default 8)")
     parser.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the medians (default 1)")
     parser.add_argument("--prompts-per-step", type=int, default=16, help="rollouts per step (GRPO: /4 prompts x 4)")
-    parser.add_argument("--placements", default="actor", help="comma-separated teacher placements, from actor, rollout (default actor)")
+    parser.add_argument(
+        "--placements", default="actor", help="comma-separated teacher placements, from actor, rollout (default actor)"
+    )
     parser.add_argument("--model", default="shipped", help="shipped (default), random, or a model folder")
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: a temp dir, removed)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run before it is stopped")
@@ -227,7 +231,9 @@ def main(argv=None) -> dict:
         data = toy_data(str(runs_dir / "data"), n_train=max(256, args.prompts_per_step * args.steps), seed=args.seed)
         metrics_by_method, wall = {}, {}
         runs = [  # a method without a teacher runs once; placement is about the teacher
-            (method, placement) for method in methods for placement in (placements if needs_teacher(METHODS[method][0]) else ["actor"])
+            (method, placement)
+            for method in methods
+            for placement in (placements if needs_teacher(METHODS[method][0]) else ["actor"])
         ]
         for method, placement in runs:  # one at a time: parallel runs would time each other
             estimator, views = METHODS[method]
@@ -245,7 +251,10 @@ def main(argv=None) -> dict:
                 teacher_placement=placement,
                 teacher="current" if placements != ["actor"] else None,  # the rollout placement's teacher, for both
             )
-            print(f"[step_overhead] {name}: {estimator}, views {list(views)}, {placement} placement, {args.steps} steps ...", flush=True)
+            print(
+                f"[step_overhead] {name}: {estimator}, views {list(views)}, {placement} placement, {args.steps} steps ...",
+                flush=True,
+            )
             result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=args.timeout)
             if result.returncode != 0:
                 print(result.log_tail(4000), file=sys.stderr)

@@ -97,9 +97,7 @@ def qwen3_config(size: str) -> transformers.Qwen3Config:
 def build_model(size: str, device: torch.device, dtype: torch.dtype) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(
-            qwen3_config(size), dtype=dtype, attn_implementation="sdpa"
-        )
+        model = transformers.AutoModelForCausalLM.from_config(qwen3_config(size), dtype=dtype, attn_implementation="sdpa")
     return model.eval()
 
 
@@ -445,9 +443,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--logprob-chunk-tokens", type=int, default=4096)
     parser.add_argument("--attn", default="auto", help="backend of the packed method (d); default auto")
     parser.add_argument("--repeats", type=int, help="timed runs after one warm-up; default 3 on cuda, 2 on cpu")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads on --device cpu (default 1: stabler on a shared box)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads on --device cpu (default 1: stabler on a shared box)")
     parser.add_argument(
         "--sweep",
         action=argparse.BooleanOptionalAction,
@@ -600,7 +596,9 @@ def main(argv=None) -> dict:
         f"({q[ratio.format('naive')]:.2f}x naive), "
         f"with shared prefixes fed once ({p['processed_per_useful_token']:.0%} of the tokens) "
         f"{p[ratio.format('dense')]:.2f}x of dense ({p[ratio.format('naive')]:.2f}x naive); "
-        f"peak MiB " + "/".join(METHODS) + " "
+        f"peak MiB "
+        + "/".join(METHODS)
+        + " "
         + "/".join(f"{methods[m]['peak_memory_bytes'] / 2**20:.0f}" for m in METHODS)
         + f"; max |diff| packed vs padded {diffs['packed_vs_naive']:.1e}"
     )

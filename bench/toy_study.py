@@ -110,14 +110,25 @@ class StudyRun(ToyRun):
         return [f"+algorithm.avsd.view_template='{shown}'" if o.startswith("+algorithm.avsd.view_template=") else o for o in out]
 
 
-def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
-                rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0, header: str | None = None) -> ToyRun:
+def toy_run_for(
+    name: str,
+    estimator: str,
+    seed: int,
+    views: tuple[str, ...],
+    args,
+    data: dict,
+    rollouts_per_prompt: int | None = None,
+    epistemic_tau: float = 0.0,
+    header: str | None = None,
+) -> ToyRun:
     """The ToyRun of one study run. `rollouts_per_prompt` None: the method's own budget split
     (rollout_budget); else that many rollouts per prompt at the same rollouts per step."""
     if rollouts_per_prompt is None:
         budget = rollout_budget(estimator, args.rollouts_per_step)
     elif args.rollouts_per_step % rollouts_per_prompt:
-        raise ValueError(f"run {name}: --rollouts-per-step {args.rollouts_per_step} is not a multiple of {rollouts_per_prompt} rollouts per prompt")
+        raise ValueError(
+            f"run {name}: --rollouts-per-step {args.rollouts_per_step} is not a multiple of {rollouts_per_prompt} rollouts per prompt"
+        )
     else:
         budget = {"prompts_per_step": args.rollouts_per_step // rollouts_per_prompt, "rollouts_per_prompt": rollouts_per_prompt}
     return StudyRun(
@@ -139,16 +150,29 @@ def toy_run_for(name: str, estimator: str, seed: int, views: tuple[str, ...], ar
     )
 
 
-def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, data: dict,
-            rollouts_per_prompt: int | None = None, epistemic_tau: float = 0.0, header: str | None = None) -> dict:
+def run_one(
+    name: str,
+    estimator: str,
+    seed: int,
+    views: tuple[str, ...],
+    args,
+    data: dict,
+    rollouts_per_prompt: int | None = None,
+    epistemic_tau: float = 0.0,
+    header: str | None = None,
+) -> dict:
     """Train one (method, seed, views, ...) run unless RUN_DIR/done.json says it finished; returns its record."""
     run_dir = Path(args.out) / "runs" / name
     done = run_dir / "done.json"
     if done.exists():  # finished: its analysis (metrics file and dumps) is redone (cheap), so it follows this code
         previous = json.loads(done.read_text())
         record = summarize_run(name, estimator, seed, views, run_dir, read_metrics_file(run_dir / "verl_metrics.jsonl"))
-        record.update(seconds=previous.get("seconds", 0.0), rollouts_per_prompt=previous["rollouts_per_prompt"],
-                      epistemic_tau=previous.get("epistemic_tau", 0.0), header=previous.get("header"))
+        record.update(
+            seconds=previous.get("seconds", 0.0),
+            rollouts_per_prompt=previous["rollouts_per_prompt"],
+            epistemic_tau=previous.get("epistemic_tau", 0.0),
+            header=previous.get("header"),
+        )
         return record
     if run_dir.exists() and not is_previous_output(run_dir, RUN_COMMAND, RUN_OUTPUTS):
         raise OutputDirError(f"{run_dir} holds files the toy study did not write; move them away or choose another --out")
@@ -163,8 +187,9 @@ def run_one(name: str, estimator: str, seed: int, views: tuple[str, ...], args, 
     if result.returncode != 0:
         raise RuntimeError(f"run {name} failed (exit {result.returncode}); log {result.log_file}:\n{result.log_tail(3000)}")
     record = summarize_run(name, estimator, seed, views, run_dir, result.metrics)
-    record.update(seconds=round(result.seconds, 1), rollouts_per_prompt=run.rollouts_per_prompt, epistemic_tau=epistemic_tau,
-                  header=header)
+    record.update(
+        seconds=round(result.seconds, 1), rollouts_per_prompt=run.rollouts_per_prompt, epistemic_tau=epistemic_tau, header=header
+    )
     done.write_text(json.dumps(record, indent=1))
     print(
         f"[study] {name}: acc {record['val_acc_before']:.3f} -> {record['val_acc_after']:.3f}, "
@@ -338,8 +363,11 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
         f"{args.steps} steps x {args.rollouts_per_step} rollouts per step (GRPO: groups of {GROUP_SIZE}), lr {args.lr}, "
         f"seeds {args.seeds}, held-out accuracy = greedy on {args.n_val} `val` problems (verl validation). "
         f"Mean ± std over seeds. Runs took {seconds / 60:.0f} min in all."
-        + (f" Seeds of {', '.join(m for m in groups if m in METHODS and m != 'avsd')}: {args.baseline_seeds}."
-           if args.baseline_seeds is not None else ""),
+        + (
+            f" Seeds of {', '.join(m for m in groups if m in METHODS and m != 'avsd')}: {args.baseline_seeds}."
+            if args.baseline_seeds is not None
+            else ""
+        ),
         "",
         "| run | acc before | acc after | train reward (last 5) | wrong-rollout top-20 positive | "
         "GRPO groups w/o signal | gate open | sign conflict | arith. sign flips | s/step |",
@@ -366,7 +394,8 @@ def write_report(out: Path, groups: dict[str, list[dict]], args, seconds: float)
         cells = [fmt(row[f"{m}_wrong_positive_top20"], True) for m in TEACHER_METHODS]
         flips = f"{row['arithmetic_sign_flips']['mean']:.0f} / {row['tokens']['mean']:.0f}"
         lines.append(
-            f"| {name} | " + " | ".join(cells)
+            f"| {name} | "
+            + " | ".join(cells)
             + f" | {flips} | {fmt(row['gate_open_rate'], True)} | {fmt(row['sign_conflict_rate'], True)} |"
         )
     lines += epistemic_lines(table, groups, fmt) + sibling_lines(table, groups, fmt)
@@ -488,18 +517,29 @@ def parse_args(argv):
     p.add_argument("--model", default=TOY_MODEL_DIR, type=lambda x: Path(x).resolve())
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--baseline-seeds", nargs="+", type=int, default=None,
-                   help="seeds of the methods other than avsd (default: --seeds); the AVSD rows keep --seeds")
+    p.add_argument(
+        "--baseline-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of the methods other than avsd (default: --seeds); the AVSD rows keep --seeds",
+    )
     p.add_argument("--sweep-seeds", nargs="*", type=int, default=None, help="seeds of the view sweep (default: the first seed)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rollouts-per-step", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-5, help="one for all methods; at 2e-4 GRPO collapsed (held-out 58%% -> 5%%)")
     p.add_argument("--n-val", type=int, default=128)
-    p.add_argument("--no-sweep", action="store_true", help="the methods only: no view-count sweep, epistemic_tau row or sibling block")
-    p.add_argument("--epistemic-tau", type=float, default=0.1, help="the AVSD row with algorithm.avsd.epistemic_tau on (0: no such row)")
+    p.add_argument(
+        "--no-sweep", action="store_true", help="the methods only: no view-count sweep, epistemic_tau row or sibling block"
+    )
+    p.add_argument(
+        "--epistemic-tau", type=float, default=0.1, help="the AVSD row with algorithm.avsd.epistemic_tau on (0: no such row)"
+    )
     p.add_argument("--no-sibling", action="store_true", help="no sibling-view block")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out the study did not make (deletes nothing there)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out the study did not make (deletes nothing there)"
+    )
     p.add_argument("--parallel", type=int, default=2, help="runs at once (default 2, one per core)")
     return p.parse_args(argv)
 
@@ -516,14 +556,18 @@ def study_plan(args) -> list[tuple[str, str, tuple]]:
         return plan
     if args.epistemic_tau > 0:
         tau = args.epistemic_tau
-        plan += [(f"avsd tau={tau:g}", f"avsd_tau{tau:g}_s{seed}", ("avsd", seed, VIEW_SWEEP["M3"], {"epistemic_tau": tau}))
-                 for seed in args.seeds]
+        plan += [
+            (f"avsd tau={tau:g}", f"avsd_tau{tau:g}_s{seed}", ("avsd", seed, VIEW_SWEEP["M3"], {"epistemic_tau": tau}))
+            for seed in args.seeds
+        ]
     if not args.no_sibling:
         for label, (views, header) in SIBLING_SWEEP.items():
             extra = {"rollouts_per_prompt": GROUP_SIZE, **({"header": header} if header else {})}
             name = label.replace("+", "_").replace(" ", "_")
-            plan += [(f"avsd n={GROUP_SIZE} {label}", f"avsd_n{GROUP_SIZE}_{name}_s{seed}", ("avsd", seed, views, extra))
-                     for seed in args.seeds]
+            plan += [
+                (f"avsd n={GROUP_SIZE} {label}", f"avsd_n{GROUP_SIZE}_{name}_s{seed}", ("avsd", seed, views, extra))
+                for seed in args.seeds
+            ]
     sweep_seeds = args.sweep_seeds if args.sweep_seeds is not None else args.seeds[:1]
     for label, views in VIEW_SWEEP.items():
         for seed in sweep_seeds:

@@ -129,9 +129,7 @@ def _code_parser(subparsers) -> None:
     parser.add_argument("problems", nargs="+", help="local parquet/JSONL/JSON problem files")
     parser.add_argument("--format", choices=["codeforces", "generic"], default="codeforces")
     parser.add_argument("--solutions", action="append", default=[], help="reference solutions file (repeatable)")
-    parser.add_argument(
-        "--solutions-format", choices=["auto", "cots", "submissions", "code_contests", "generic"], default="auto"
-    )
+    parser.add_argument("--solutions-format", choices=["auto", "cots", "submissions", "code_contests", "generic"], default="auto")
     parser.add_argument("--solution-id-key", default="problem_id", help="generic solutions: problem id column")
     parser.add_argument("--solution-code-key", default="code", help="generic solutions: program column")
     parser.add_argument("--solution-language-key", help="generic solutions: language column")

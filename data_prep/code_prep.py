@@ -115,9 +115,7 @@ def _tests_fields(options: CodeOptions, problem: CodeProblem) -> dict:
     hidden = problem.hidden_tests[: options.max_hidden_tests] if options.max_hidden_tests else problem.hidden_tests
     return {
         "ground_truth": tests_json([t[0] for t in hidden], [t[1] for t in hidden], problem.fn_name),
-        "public_tests": tests_json(
-            [t[0] for t in problem.public_tests], [t[1] for t in problem.public_tests], problem.fn_name
-        ),
+        "public_tests": tests_json([t[0] for t in problem.public_tests], [t[1] for t in problem.public_tests], problem.fn_name),
         "time_limit_s": options.default_time_limit_s if problem.time_limit_s is None else problem.time_limit_s,
         "memory_mb": options.default_memory_mb if problem.memory_mb is None else problem.memory_mb,
         "language": options.language,
@@ -309,6 +307,4 @@ def prepare_code(options: CodeOptions, argv: list[str] | None = None) -> dict:
                 )
             )
             tally.kept += 1
-    return run.finish(
-        rows, eval_rows, view_names=CODE_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv
-    )
+    return run.finish(rows, eval_rows, view_names=CODE_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv)

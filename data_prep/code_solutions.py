@@ -140,9 +140,7 @@ def read_generic_solution(
     accepted = None
     if accepted_key:
         value = record.value(accepted_key)
-        accepted = value in (True, 1) or (
-            isinstance(value, str) and value.strip().lower() in ("ok", "accepted", "true", "1")
-        )
+        accepted = value in (True, 1) or (isinstance(value, str) and value.strip().lower() in ("ok", "accepted", "true", "1"))
         if not accepted:
             return [], "not_accepted"
     code = record.text(code_key)

@@ -226,6 +226,4 @@ def prepare_math(options: MathOptions, argv: list[str] | None = None) -> dict:
                 )
             )
             tally.kept += 1
-    return run.finish(
-        rows, eval_rows, view_names=MATH_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv
-    )
+    return run.finish(rows, eval_rows, view_names=MATH_VIEW_NAMES, val_size=options.val_size, seed=options.seed, argv=argv)

@@ -45,9 +45,7 @@ def check_prompt_template(template: str, fields: tuple[str, ...], option: str = 
         raise ValueError(f"{option}: {exc} (write {{{{ and }}}} for literal braces)") from None
     for name in names:
         if name not in fields:
-            raise ValueError(
-                f"{option}: unknown placeholder {{{name}}} (known: {known}; write {{{{ and }}}} for literal braces)"
-            )
+            raise ValueError(f"{option}: unknown placeholder {{{name}}} (known: {known}; write {{{{ and }}}} for literal braces)")
     if "problem" not in names:
         raise ValueError(f"{option} must contain {{problem}}")
     try:
@@ -106,13 +104,9 @@ def check_code_options(options) -> None:
     if options.format == "generic":
         shown = [("--problem-key", options.problem_key), ("--public-tests-key", options.public_tests_key)]
         for student in shown:
-            check_separate_columns(
-                student, [("--tests-key", options.tests_key), ("--reference-key", options.reference_key)]
-            )
+            check_separate_columns(student, [("--tests-key", options.tests_key), ("--reference-key", options.reference_key)])
     if options.language not in CODE_LANGUAGES:
-        raise ValueError(
-            f"--language {options.language!r}: the sandbox runs only {', '.join(CODE_LANGUAGES)}"
-        )
+        raise ValueError(f"--language {options.language!r}: the sandbox runs only {', '.join(CODE_LANGUAGES)}")
     at_least("--max-hidden-tests", options.max_hidden_tests, 1)
     for option, kind, value in (
         ("--default-time-limit", "time", options.default_time_limit_s),

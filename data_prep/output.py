@@ -77,8 +77,7 @@ def check_output_folder(out_dir: str, names: list[str], input_paths: list[str]) 
         for path in input_paths:
             if _same_file(target, path):
                 raise OutputFolderError(
-                    f"--out {shown}: writing {name} would overwrite the input file {printable(path)}; "
-                    "choose another --out"
+                    f"--out {shown}: writing {name} would overwrite the input file {printable(path)}; choose another --out"
                 )
 
 

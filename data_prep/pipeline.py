@@ -256,9 +256,7 @@ class PrepRun:
         lines = [f"verl-avsd prep {self.task} -> {self.out_dir}"]
         lines += [tally.format() for tally in self.tallies.values()]
         if prepared:
-            lines.append(
-                "views (rows having each): " + ", ".join(f"{name} {count}/{prepared}" for name, count in views.items())
-            )
+            lines.append("views (rows having each): " + ", ".join(f"{name} {count}/{prepared}" for name, count in views.items()))
         lines += [f"wrote {entry['path']}: {entry['rows']} rows" for entry in outputs]
         lines.append(f"wrote {os.path.join(self.out_dir, 'manifest.json')}")
         return "\n".join(lines)

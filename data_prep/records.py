@@ -281,9 +281,7 @@ class InputFile:
                     return
                 as_lists = {name: _column_to_pylist(batch.column(name)) for name in batch.schema.names}
             except Exception as exc:  # noqa: BLE001  a corrupt page raises OSError, ArrowInvalid, ...
-                raise BadInputError(
-                    self.path, f"cannot read rows from row {first_row} on (corrupt file?): {exc}"
-                ) from None
+                raise BadInputError(self.path, f"cannot read rows from row {first_row} on (corrupt file?): {exc}") from None
             for offset in range(batch.num_rows):
                 yield Record(self.path, first_row + offset, {name: values[offset] for name, values in as_lists.items()})
             first_row += batch.num_rows

@@ -26,7 +26,6 @@ from verl_avsd.data_prep.output import (
 from verl_avsd.data_prep.summary import view_counts
 from verl_avsd.toy import task as toy_task
 
-
 MAX_TOY_COUNT = 10_000_000
 
 

@@ -108,7 +108,12 @@ def recipe_overrides(recipe: str, *extra: str, env: dict | None = None) -> list[
         env["AVSD_PYTHON"] = sys.executable
     result = subprocess.run(
         ["bash", str(RECIPES / recipe), "--dry-run", *extra],
-        cwd=LAUNCH.parent, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=LAUNCH.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"launch/recipes/{recipe} --dry-run failed ({result.returncode}):\n{result.stderr}")
@@ -194,7 +199,12 @@ def recipe_cell(table: dict, row: dict) -> str:
 
 def render_markdown(table: dict) -> str:
     lines = [
-        HEADING, "", INTRO, "", BEGIN, "",
+        HEADING,
+        "",
+        INTRO,
+        "",
+        BEGIN,
+        "",
         "| setting | paper | authors' script | recipe | source |",
         "| --- | --- | --- | --- | --- |",
     ]

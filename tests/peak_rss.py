@@ -4,11 +4,11 @@
 above the current one while `work()` runs. /proc/self/clear_refs "5" resets the high-water mark;
 ru_maxrss would not do, it keeps the forking parent's peak across exec."""
 
-PEAK_GROWTH = '''
+PEAK_GROWTH = """
 def peak_growth(work):
     open("/proc/self/clear_refs", "w").write("5")
     status = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
     before = status("VmRSS")
     result = work()
     return status("VmHWM") - before, result
-'''
+"""

@@ -121,7 +121,9 @@ def test_object_and_raw_config_give_the_same_advantages():
     raw = {"avsd": {"views": ["a", "b", "c"], "opsd_view": "b", "rlsd_lam": 0.3}}
     cfg = avsd_config(raw)
     for name in ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "rlsd"):
-        torch.testing.assert_close(est.token_advantages(name, raw, **_inputs())[0], est.token_advantages(name, cfg, **_inputs())[0])
+        torch.testing.assert_close(
+            est.token_advantages(name, raw, **_inputs())[0], est.token_advantages(name, cfg, **_inputs())[0]
+        )
 
 
 def test_trainer_parses_once_and_opsd_scores_its_one_view(monkeypatch):

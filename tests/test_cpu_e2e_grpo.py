@@ -113,8 +113,13 @@ def test_main_ppo_runs_two_grpo_steps_on_cpu(tmp_path):
     steps = {record["step"]: record["data"] for record in records}
     assert sorted(steps) == [1, 2], f"expected metrics for steps 1 and 2, got {sorted(steps)}"
     for step, metrics in steps.items():
-        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "response_length/mean",
-                    "training/rollout_probs_diff_max"):
+        for key in (
+            "actor/pg_loss",
+            "actor/grad_norm",
+            "critic/score/mean",
+            "response_length/mean",
+            "training/rollout_probs_diff_max",
+        ):
             assert key in metrics, f"step {step}: metric {key} missing; have {sorted(metrics)}"
         non_finite = {key: value for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)}
         assert not non_finite, f"step {step}: non-finite metrics {non_finite}"

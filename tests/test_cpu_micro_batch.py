@@ -14,6 +14,7 @@ import textwrap
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peak_rss import PEAK_GROWTH
 
 from verl_avsd.cpu.micro_batch import (
     MICRO_BATCH_BUDGET_BYTES,
@@ -25,7 +26,6 @@ from verl_avsd.cpu.micro_batch import (
 )
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.toy_run import ToyRun
-from peak_rss import PEAK_GROWTH
 
 # SmolLM2-135M-Instruct's shape (what `verl-avsd prep-model smollm2` writes)
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9}
@@ -52,14 +52,24 @@ def test_a_135m_chat_model_is_split(tmp_path):
 
 def test_toy_run_uses_the_model_sized_micro_batch(tmp_path):
     model = write_config(tmp_path / "smol", **SMOLLM2)
-    run = ToyRun(model_dir=str(model), train_file="t.parquet", val_file="v.parquet", run_dir=str(tmp_path / "run"),
-                 prompts_per_step=8, max_response_length=416)
+    run = ToyRun(
+        model_dir=str(model),
+        train_file="t.parquet",
+        val_file="v.parquet",
+        run_dir=str(tmp_path / "run"),
+        prompts_per_step=8,
+        max_response_length=416,
+    )
     assert set(micro_batch_overrides(2)) <= set(run.overrides())
 
 
 @settings(max_examples=60, deadline=None)
-@given(batch=st.integers(1, 64), seq_len=st.integers(1, 4096), vocab=st.integers(100, 300_000),
-       budget=st.integers(1, 2 * MICRO_BATCH_BUDGET_BYTES))
+@given(
+    batch=st.integers(1, 64),
+    seq_len=st.integers(1, 4096),
+    vocab=st.integers(100, 300_000),
+    budget=st.integers(1, 2 * MICRO_BATCH_BUDGET_BYTES),
+)
 def test_micro_batch_divides_the_batch_and_fits_the_budget(tmp_path_factory, batch, seq_len, vocab, budget):
     model = write_config(tmp_path_factory.mktemp("m"), **{**SMOLLM2, "vocab_size": vocab})
     size = cpu_micro_batch_size(model, seq_len, batch, budget_bytes=budget)
@@ -103,8 +113,12 @@ def test_estimate_bounds_a_measured_forward_backward():
     vocab, hidden, layers, heads, seq_len = 8192, 64, 2, 4, 256
     growth = {}
     for batch in (2, 4):
-        proc = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, (vocab, hidden, layers, heads, seq_len, batch))],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", _MEASURE, *map(str, (vocab, hidden, layers, heads, seq_len, batch))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         growth[batch] = int(proc.stdout.split()[-1])
     at_two, at_four = growth[2], growth[4]

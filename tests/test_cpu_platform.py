@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import verl
+
 from verl_avsd.cpu import platform as cpu_platform
 from verl_avsd.cpu.platform import PlatformCPU, cpu_overrides
 
@@ -60,9 +60,7 @@ def test_verl_runs_on_the_cpu_platform_in_a_fresh_process():
     )
     env.pop("VERL_PLATFORM", None)
     env.pop("VERL_ENGINE_DEVICE", None)
-    result = subprocess.run(
-        ["timeout", "300", sys.executable, "-c", PROBE], env=env, capture_output=True, text=True
-    )
+    result = subprocess.run(["timeout", "300", sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe == {

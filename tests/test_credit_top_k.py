@@ -51,7 +51,11 @@ def _run_dir(root, name, k_logged, config_k=None, with_config=True):
 
 
 def _table(out):
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in (out / "summary.md").read_text().splitlines()
+        if line.startswith("| ")
+    ]
     return {row[0]: row[1:] for row in rows}
 
 

@@ -74,9 +74,7 @@ def test_reference_is_the_accepted_one_in_the_students_language(code_run):
     def reference(problem_id):
         return rows[problem_id]["extra_info"]["views"][0]["text"]
 
-    assert (
-        reference("1900/A") == "```python\ninput()\nprint(sum(map(int, input().split())))\n```"
-    )  # accepted beats cots
+    assert reference("1900/A") == "```python\ninput()\nprint(sum(map(int, input().split())))\n```"  # accepted beats cots
     assert reference("1900/B").startswith("```python\nn = int(input())\na = sorted(")  # both unverified: python wins
     assert reference("1900/F") == "```python\ns = input()\nprint(s[::-1])\n```"  # accepted python over accepted C++
     assert "heapq.heappush" in reference("1900/H")  # joined by contestId + problem_index
@@ -114,10 +112,7 @@ def test_livecodebench_eval_rows(code_run):
         "fn_name": "countPairs",
     }
     assert json.loads(functional["extra_info"]["public_tests"])["inputs"] == ["[1, 2, 3]\n4"]
-    assert (
-        "class Solution:\n    def countPairs(self, nums: List[int], k: int) -> int:"
-        in functional["prompt"][0]["content"]
-    )
+    assert "class Solution:\n    def countPairs(self, nums: List[int], k: int) -> int:" in functional["prompt"][0]["content"]
     stdin = json.loads(rows["abc400_a"]["reward_model"]["ground_truth"])  # compressed private tests
     assert stdin == {"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]}
     for row in rows.values():

@@ -223,9 +223,7 @@ def test_read_tests_accepts_the_three_shapes_and_names_bad_fields():
     assert read_tests(record, "t", as_list) == pairs
     assert read_tests(record, "t", as_dict) == pairs
     assert read_tests(record, "t", json.dumps(as_dict)) == pairs
-    with pytest.raises(
-        BadInputError, match=r"f.jsonl: row 3: field 't\[1\]': expected a test with 'input' and 'output'"
-    ):
+    with pytest.raises(BadInputError, match=r"f.jsonl: row 3: field 't\[1\]': expected a test with 'input' and 'output'"):
         read_tests(record, "t", [{"input": "1", "output": "2"}, {"input": "3"}])
     with pytest.raises(BadInputError, match=r"field 't.outputs\[0\]': expected text, got int"):
         read_tests(record, "t", {"inputs": ["1"], "outputs": [2]})

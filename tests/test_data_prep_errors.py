@@ -131,9 +131,7 @@ def test_eval_file_without_an_answer_column(tmp_path, capsys):
         ],
         capsys,
     )
-    assert (
-        f"{path}: row 0 (line 1): no answer column (looked for answer, Answer, final_answer, expected_answer;" in error
-    )
+    assert f"{path}: row 0 (line 1): no answer column (looked for answer, Answer, final_answer, expected_answer;" in error
 
 
 # (line of codeforces_bad_rows.jsonl, message after "row N (line N+1): ")

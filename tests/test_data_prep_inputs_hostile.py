@@ -93,9 +93,7 @@ def test_deeply_nested_json_array_file_and_tests_text(tmp_path, capsys):
     assert f"{path}: JSON nested too deeply to read" in fails(tmp_path, capsys, "math", path)
     nested_tests = dict(CODEFORCES, official_tests="[" * 100_000 + "]" * 100_000)
     args = code_run(tmp_path, [nested_tests])
-    assert "row 0 (line 1): field 'official_tests': tests are JSON nested too deeply" in fails(
-        tmp_path, capsys, "code", *args
-    )
+    assert "row 0 (line 1): field 'official_tests': tests are JSON nested too deeply" in fails(tmp_path, capsys, "code", *args)
 
 
 def test_repeated_key_is_an_error_not_a_silent_choice(tmp_path, capsys):

@@ -288,9 +288,7 @@ def test_token_length_filters(tmp_path, openthoughts_run, tiny_tokenizer):
 
     prompt_tokens = sorted(count(row["prompt"][0]["content"]) for row in rows)
     limit = prompt_tokens[-2]  # only the longest prompt (the farmer story) is over it
-    out = prep_math(
-        str(tmp_path / "o"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-problem-tokens", str(limit)
-    )
+    out = prep_math(str(tmp_path / "o"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-problem-tokens", str(limit))
     assert manifest_of(out)["summary"]["train"]["filtered"]["problem_too_long"] == 1
     assert max(count(row["prompt"][0]["content"]) for row in prepared_rows(out)) <= limit
 
@@ -298,9 +296,7 @@ def test_token_length_filters(tmp_path, openthoughts_run, tiny_tokenizer):
     view_limit = longest_view[len(rows) // 2]
     expected = sum(1 for n in longest_view if n > view_limit)
     assert 0 < expected < len(rows)
-    out2 = prep_math(
-        str(tmp_path / "o2"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-view-tokens", str(view_limit)
-    )
+    out2 = prep_math(str(tmp_path / "o2"), OPENTHOUGHTS, *EVALS, "--tokenizer", folder, "--max-view-tokens", str(view_limit))
     filtered = manifest_of(out2)["summary"]["train"]["filtered"]
     assert sum(n for reason, n in filtered.items() if reason.startswith("view_too_long:")) == expected
     for row in prepared_rows(out2):

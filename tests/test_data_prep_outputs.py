@@ -76,9 +76,7 @@ def test_verl_rlhf_dataset_reads_math_code_and_eval_files_together(prepared, cha
         os.path.join(code_out, "eval_lcb.parquet"),
     ]
     expected = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-    config = OmegaConf.create(
-        {"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path)}
-    )
+    config = OmegaConf.create({"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path)})
     dataset = RLHFDataset(files, chat_tokenizer, config)
     assert len(dataset) == expected  # one schema: math and code files concatenate
     items = [dataset[i] for i in range(len(dataset))]
@@ -156,9 +154,7 @@ def test_toy_rows_come_from_the_toy_task_and_are_deterministic(prepared, tmp_pat
         assert [view["name"] for view in row["extra_info"]["views"]] == ["full", "partial", "answer"]
         assert row["data_source"] == toy_task.DATA_SOURCE
         assert toy_task.compute_score(row["data_source"], problem.solution, row["reward_model"]["ground_truth"]) == 1.0
-    assert {row["extra_info"]["problem"] for row in train}.isdisjoint(
-        row["extra_info"]["problem"] for row in validation
-    )
+    assert {row["extra_info"]["problem"] for row in train}.isdisjoint(row["extra_info"]["problem"] for row in validation)
     again = str(tmp_path / "again")
     assert main(["toy", "--out", again, "--n-train", "40", "--n-val", "8", "--seed", "3"]) == 0
     for name in ("train.parquet", "validation.parquet"):

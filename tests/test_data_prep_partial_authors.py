@@ -39,9 +39,17 @@ def test_notice_is_theirs_verbatim():
         ("A.\n\nB.\n\nC.\n\nD.\n\nE. \\boxed{7}", ["A.", "B.", "C.", "D.", "E."], "A.\n\nB.\n\nC."),
         ("First.\n\nThen \\boxed{3}", ["First.", "Then"], "First."),
         # no blank line: lines that open a numbered or bulleted step (text before them is one)
-        ("We set up.\n1. add 2\n   carry\n2) times 3\n- so 12 \\boxed{12}", ["We set up.", "1. add 2\n   carry", "2) times 3", "- so 12"], "We set up.\n1. add 2\n   carry"),
+        (
+            "We set up.\n1. add 2\n   carry\n2) times 3\n- so 12 \\boxed{12}",
+            ["We set up.", "1. add 2\n   carry", "2) times 3", "- so 12"],
+            "We set up.\n1. add 2\n   carry",
+        ),
         # one line: sentences
-        ("Add the tens. Add the ones! Carry? Total \\boxed{57}.", ["Add the tens.", "Add the ones!", "Carry?", "Total ."], "Add the tens. Add the ones!"),
+        (
+            "Add the tens. Add the ones! Carry? Total \\boxed{57}.",
+            ["Add the tens.", "Add the ones!", "Carry?", "Total ."],
+            "Add the tens. Add the ones!",
+        ),
     ],
 )
 def test_keeps_ceil_half_of_the_segments_and_appends_the_notice(solution, segments, kept):

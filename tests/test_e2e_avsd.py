@@ -26,8 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_avsd.config import avsd_config
 from verl_avsd.metrics import credit_metric_name
-from verl_avsd.summary import summarize_runs
 from verl_avsd.signals import avsd_signals
+from verl_avsd.summary import summarize_runs
 from verl_avsd.toy_run import TOY_VIEW_TEMPLATE, ToyRun, random_toy_model, run_main_ppo, toy_data
 from verl_avsd.workers.teacher_context import build_teacher_contexts
 
@@ -45,8 +45,15 @@ def toy(tmp_path_factory):
 
 def _run(toy, name, **kw) -> tuple[ToyRun, object]:
     root, model_dir, data = toy
-    run = ToyRun(model_dir=model_dir, train_file=data["train"], val_file=data["val"], run_dir=str(root / name),
-                 prompts_per_step=4, max_response_length=24, **kw)
+    run = ToyRun(
+        model_dir=model_dir,
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(root / name),
+        prompts_per_step=4,
+        max_response_length=24,
+        **kw,
+    )
     result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=TIMEOUT_S)
     assert result.returncode == 0, f"main_ppo exited {result.returncode} after {result.seconds:.0f}s:\n{result.log_tail()}"
     return run, result
@@ -60,8 +67,15 @@ def _dumps(run_dir, step) -> list[dict]:
 @pytest.fixture(scope="module")
 def avsd_run(toy):
     # credit_top_k off its default: the metric's name must follow it (credit_metric_name)
-    return _run(toy, "avsd", estimator="avsd", steps=3, save_freq=1, dump_rollouts=True,
-                extra_overrides=[f"+algorithm.avsd.credit_top_k={CREDIT_TOP_K}"])
+    return _run(
+        toy,
+        "avsd",
+        estimator="avsd",
+        steps=3,
+        save_freq=1,
+        dump_rollouts=True,
+        extra_overrides=[f"+algorithm.avsd.credit_top_k={CREDIT_TOP_K}"],
+    )
 
 
 @pytest.mark.slow
@@ -72,12 +86,25 @@ def test_avsd_metrics_present_and_in_range(avsd_run):
     assert summary["credit_top_k"] == CREDIT_TOP_K and summary["last_n_mean"][credit_metric_name(CREDIT_TOP_K)] is not None
     assert sorted(result.metrics) == [1, 2, 3]
     for step, m in result.metrics.items():
-        for key in ("avsd/gate_mean", "avsd/gate_open_rate", "avsd/residual_mean", "avsd/alignment_mean",
-                    "avsd/sign_conflict_rate", credit_metric_name(CREDIT_TOP_K), "timing_s/teacher_views",
-                    "avsd/teacher_tokens_per_s", "actor/pg_loss"):
+        for key in (
+            "avsd/gate_mean",
+            "avsd/gate_open_rate",
+            "avsd/residual_mean",
+            "avsd/alignment_mean",
+            "avsd/sign_conflict_rate",
+            credit_metric_name(CREDIT_TOP_K),
+            "timing_s/teacher_views",
+            "avsd/teacher_tokens_per_s",
+            "actor/pg_loss",
+        ):
             assert key in m and math.isfinite(m[key]), (step, key)
-        for key in ("avsd/gate_mean", "avsd/gate_open_rate", "avsd/alignment_mean", "avsd/sign_conflict_rate",
-                    credit_metric_name(CREDIT_TOP_K)):
+        for key in (
+            "avsd/gate_mean",
+            "avsd/gate_open_rate",
+            "avsd/alignment_mean",
+            "avsd/sign_conflict_rate",
+            credit_metric_name(CREDIT_TOP_K),
+        ):
             assert 0.0 <= m[key] <= 1.0, (step, key, m[key])
         assert m["avsd/residual_mean"] >= 0
         assert credit_metric_name(20) not in m  # the default's name is not logged
@@ -102,8 +129,12 @@ def test_estimator_saw_exactly_the_teacher_values_of_each_rollout(toy, avsd_run)
     assert len(dumps) >= 12
     for d in dumps:
         view_logq = [[x if x is not None else float("nan") for x in v] for v in d["view_logq"]]
-        s = avsd_signals(torch.tensor([d["student_logp"]]), torch.tensor([view_logq]), torch.tensor([d["view_mask"]]),
-                         torch.tensor([d["response_mask"]]))
+        s = avsd_signals(
+            torch.tensor([d["student_logp"]]),
+            torch.tensor([view_logq]),
+            torch.tensor([d["view_mask"]]),
+            torch.tensor([d["response_mask"]]),
+        )
         assert torch.allclose(s.advantage[0], torch.tensor(d["advantage"]), atol=1e-6)
 
 
@@ -143,8 +174,15 @@ def test_lora_teacher_is_the_base_model_with_the_adapter_off(toy):
     """With LoRA there is no separate ref model: the `ref` teacher is the actor's base model with
     its adapter disabled. After one update the student has moved, the teacher has not."""
     root, model_dir, data = toy
-    run, _ = _run(toy, "lora", estimator="avsd", steps=2, dump_rollouts=True, lr=1e-3,
-                  extra_overrides=["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=True"])
+    run, _ = _run(
+        toy,
+        "lora",
+        estimator="avsd",
+        steps=2,
+        dump_rollouts=True,
+        lr=1e-3,
+        extra_overrides=["actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=True"],
+    )
     teacher_diff, student_diff = _teacher_and_student_vs_model(model_dir, data["train"], _dumps(run.run_dir, 2))
     assert teacher_diff < 1e-4, teacher_diff
     assert student_diff > 1e-3, student_diff  # the LoRA update changed the student
@@ -170,7 +208,20 @@ def test_resume_after_kill_continues_at_next_step_with_same_data(toy, avsd_run):
 def test_demo_command_runs_opsd_and_writes_metrics_config_and_plots(tmp_path):
     """`verl-avsd demo` as a user runs it (here with OPSD and 2 short steps)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "verl_avsd.cli", "demo", "--output", str(out), "--estimator", "opsd", "--steps", "2", "--prompts-per-step", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "verl_avsd.cli",
+        "demo",
+        "--output",
+        str(out),
+        "--estimator",
+        "opsd",
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step   2/2" in proc.stdout  # progress lines

@@ -72,7 +72,9 @@ def test_rollout_placement_trains_like_the_actor_placement(rollout_run):
         actor_logq = torch.zeros(3, T)
         actor_logq[:, :R] = torch.stack(packed)  # [M, T] as the actor placement computes it
         got = torch.tensor(d["view_logq"], dtype=torch.float32)
-        assert torch.allclose(got[:, :R], actor_logq[:, :R], atol=1e-4), (got - actor_logq)[:, :R].abs().max()  # float32, two kernels
+        assert torch.allclose(got[:, :R], actor_logq[:, :R], atol=1e-4), (
+            (got - actor_logq)[:, :R].abs().max()
+        )  # float32, two kernels
         mask = torch.tensor([d["view_mask"]])
         actor = avsd_signals(torch.tensor([d["student_logp"]]), actor_logq[None], mask, torch.tensor([d["response_mask"]]))
         assert torch.allclose(torch.tensor(d["advantage"]), actor.advantage[0], atol=1e-4)

@@ -27,9 +27,19 @@ COIN_REWARD = Path(__file__).with_name("coin_reward.py")
 @pytest.mark.slow
 def test_sibling_view_reaches_the_teacher_for_the_right_rollouts(toy):  # noqa: F811
     root, model_dir, data = toy
-    run = ToyRun(model_dir=model_dir, train_file=data["train"], val_file=data["val"], run_dir=str(root / "sibling"),
-                 estimator="avsd", views=("full", "sibling"), rollouts_per_prompt=2, prompts_per_step=4,
-                 steps=2, max_response_length=24, dump_rollouts=True)
+    run = ToyRun(
+        model_dir=model_dir,
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(root / "sibling"),
+        estimator="avsd",
+        views=("full", "sibling"),
+        rollouts_per_prompt=2,
+        prompts_per_step=4,
+        steps=2,
+        max_response_length=24,
+        dump_rollouts=True,
+    )
     overrides = [o for o in run.overrides() if not o.startswith("reward.custom_reward_function.path=")]
     overrides.append(f"reward.custom_reward_function.path={COIN_REWARD}")
     result = run_main_ppo(overrides, run.run_dir, timeout_s=TIMEOUT_S)
@@ -58,8 +68,11 @@ def test_sibling_view_reaches_the_teacher_for_the_right_rollouts(toy):  # noqa: 
         texts = [tokenizer.decode(d["response_ids"], skip_special_tokens=True) for d in dumps]
         order = sampling_order([d["key"] for d in dumps], [d["key"].rsplit("_", 2)[0] for d in dumps])
         for b, d in enumerate(dumps):
-            others = [c for c in range(len(dumps)) if c != b and dumps[c]["index"] == d["index"]
-                      and dumps[c]["reward"] >= 1.0 and texts[c].strip()]
+            others = [
+                c
+                for c in range(len(dumps))
+                if c != b and dumps[c]["index"] == d["index"] and dumps[c]["reward"] >= 1.0 and texts[c].strip()
+            ]
             sibling = texts[min(others, key=lambda c: order[c])] if others else ""
             assert d["view_mask"] == [True, bool(sibling)], (step, b)
             if not sibling:
@@ -72,6 +85,8 @@ def test_sibling_view_reaches_the_teacher_for_the_right_rollouts(toy):  # noqa: 
             response = torch.tensor(d["response_ids"])
             got = torch.tensor(d["view_logq"][1][: len(response)], dtype=torch.float64)
             assert (got - logp(ctx.context_ids[0][1], response)).abs().max().item() < 1e-4, (step, b)
-    print(f"[sibling e2e] rollouts with a sibling view: {with_sibling}, without: {without}; views_valid_mean:",
-          [result.metrics[s]["avsd/views_valid_mean"] for s in (1, 2)])
+    print(
+        f"[sibling e2e] rollouts with a sibling view: {with_sibling}, without: {without}; views_valid_mean:",
+        [result.metrics[s]["avsd/views_valid_mean"] for s in (1, 2)],
+    )
     assert with_sibling and without, (with_sibling, without)

@@ -7,10 +7,10 @@ import re
 
 import pytest
 import torch
+from fake_tq import FakeTQ, WordTokenizer, rollout_row
 from omegaconf import OmegaConf
 
 import verl_avsd.trainer as trainer_module
-from fake_tq import FakeTQ, WordTokenizer, rollout_row
 from verl_avsd.config import avsd_config, default_config
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.report import main as report_main
@@ -41,8 +41,7 @@ def slow_count(text: str, markers: list[str]) -> int:
     return count
 
 
-MARKERS = ["wait", "hmm", "let me check", "let me", "check", "double-check", "let me double-check", "not sure",
-           "it's", "perhaps"]
+MARKERS = ["wait", "hmm", "let me check", "let me", "check", "double-check", "let me double-check", "not sure", "it's", "perhaps"]
 
 CASES = [
     ("Wait, WAIT. wait!", 3),  # case
@@ -71,8 +70,32 @@ def test_hand_made_texts(text, want):
 
 def test_matches_the_slow_reference_on_random_texts():
     rng = random.Random(0)
-    pieces = ["wait", "Wait", "hmm", "let", "me", "check", "double-check", "double", "-", "not", "sure", "it's",
-              "perhaps", "x", "await", "checking", ",", ".", "\n", " ", "  ", "_", "'", "é"]
+    pieces = [
+        "wait",
+        "Wait",
+        "hmm",
+        "let",
+        "me",
+        "check",
+        "double-check",
+        "double",
+        "-",
+        "not",
+        "sure",
+        "it's",
+        "perhaps",
+        "x",
+        "await",
+        "checking",
+        ",",
+        ".",
+        "\n",
+        " ",
+        "  ",
+        "_",
+        "'",
+        "é",
+    ]
     counter = EpistemicMarkers(MARKERS)
     for _ in range(400):
         text = "".join(rng.choice(pieces) + rng.choice(["", " ", " ", "\n"]) for _ in range(rng.randint(0, 30)))
@@ -137,7 +160,9 @@ def test_grpo_step_logs_epistemic_metrics_of_the_real_rollouts(monkeypatch):
     rows = [rollout_row("p", t, r, advantages=torch.zeros(len(t.split()) + 1)) for t, r in zip(texts, rewards)]
     tq = FakeTQ(rows, tags=[{}, {}, {}, {"is_padding": True}]).install(monkeypatch)
     verl_steps = []
-    monkeypatch.setattr(trainer_module.PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: verl_steps.append(1) or batch)
+    monkeypatch.setattr(
+        trainer_module.PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: verl_steps.append(1) or batch
+    )
     t = object.__new__(AvsdTrainer)  # no Ray, no workers
     t.avsd = avsd_config({"avsd": {"epistemic_markers": ["wait", "hmm", "let me check"]}})
     t.estimator, t.needs_teacher, t.tokenizer = "grpo", False, WordTokenizer()
@@ -172,7 +197,11 @@ def test_report_plots_the_rate_and_shows_it_next_to_epistemic_tau(tmp_path):
     out = tmp_path / "report"
     assert report_main([str(tmp_path / "tau"), str(tmp_path / "grpo"), "--output", str(out), "--last", "2"]) == 0
     assert (out / "epistemic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in (out / "summary.md").read_text().splitlines()
+        if line.startswith("| ")
+    ]
     names = [r[0] for r in rows]
     table = {r[0]: r[1:] for r in rows}
     assert table["epistemic markers per 1k tokens, last 2"] == ["11", "34.5"]

@@ -52,7 +52,9 @@ def test_avsd_family_values():
 
 def test_epistemic_term_lowers_advantage_where_views_disagree():
     b = _batch()
-    kw = dict(student_logp=b["old_log_probs"], view_logq=b["view_logq"], view_mask=b["view_mask"], response_mask=b["response_mask"])
+    kw = dict(
+        student_logp=b["old_log_probs"], view_logq=b["view_logq"], view_mask=b["view_mask"], response_mask=b["response_mask"]
+    )
     plain, s = est.token_advantages("avsd", _algo(), **kw)
     tau = 0.3
     with_tau, _ = est.token_advantages("avsd", _algo(epistemic_tau=tau), **kw)
@@ -66,8 +68,14 @@ def test_rlsd_uses_grpo_sign_per_group():
     rewards[2, -1] = 1.0  # group "b": rollout 2 right, rollout 3 wrong
     index = ["a", "a", "b", "b"]
     adv, _ = est.token_advantages(
-        "rlsd", _algo(rlsd_lam=0.5), student_logp=b["old_log_probs"], view_logq=b["view_logq"],
-        view_mask=b["view_mask"], response_mask=b["response_mask"], token_level_rewards=rewards, index=index,
+        "rlsd",
+        _algo(rlsd_lam=0.5),
+        student_logp=b["old_log_probs"],
+        view_logq=b["view_logq"],
+        view_mask=b["view_mask"],
+        response_mask=b["response_mask"],
+        token_level_rewards=rewards,
+        index=index,
     )
     assert (adv[[0, 2]] > 0).all() and (adv[[1, 3]] < 0).all()
 
@@ -75,8 +83,14 @@ def test_rlsd_uses_grpo_sign_per_group():
 def test_config_typo_is_an_error_with_a_hint():
     b = _batch()
     with pytest.raises(ValueError, match=r"algorithm\.avsd\.epistemc_tau .*did you mean algorithm\.avsd\.epistemic_tau"):
-        est.token_advantages("avsd", _algo(epistemc_tau=0.1), student_logp=b["old_log_probs"], view_logq=b["view_logq"],
-                             view_mask=b["view_mask"], response_mask=b["response_mask"])
+        est.token_advantages(
+            "avsd",
+            _algo(epistemc_tau=0.1),
+            student_logp=b["old_log_probs"],
+            view_logq=b["view_logq"],
+            view_mask=b["view_mask"],
+            response_mask=b["response_mask"],
+        )
 
 
 @pytest.mark.parametrize("name", teacher_estimators())
@@ -89,8 +103,14 @@ def test_sentinel_teacher_logprob_gives_finite_advantages_in_every_estimator(nam
     rewards = torch.zeros(4, 6)
     rewards[0, -1] = 1.0
     adv, s = est.token_advantages(
-        name, _algo(opsd_view="partial", epistemic_tau=0.1), student_logp=b["old_log_probs"], view_logq=b["view_logq"],
-        view_mask=b["view_mask"], response_mask=b["response_mask"], token_level_rewards=rewards, index=["a", "a", "b", "b"],
+        name,
+        _algo(opsd_view="partial", epistemic_tau=0.1),
+        student_logp=b["old_log_probs"],
+        view_logq=b["view_logq"],
+        view_mask=b["view_mask"],
+        response_mask=b["response_mask"],
+        token_level_rewards=rewards,
+        index=["a", "a", "b", "b"],
     )
     assert torch.isfinite(adv).all() and adv.abs().max() < 10
     assert s.views_dropped == (2 if name == "opsd" else 3)  # opsd reads `partial` only
@@ -99,7 +119,9 @@ def test_sentinel_teacher_logprob_gives_finite_advantages_in_every_estimator(nam
 def test_epistemic_tau_outside_avsd_is_a_warning_not_silently_ignored(caplog, monkeypatch):
     monkeypatch.setattr(est, "_ignored_tau_warned", set())
     b = _batch()
-    kw = dict(student_logp=b["old_log_probs"], view_logq=b["view_logq"], view_mask=b["view_mask"], response_mask=b["response_mask"])
+    kw = dict(
+        student_logp=b["old_log_probs"], view_logq=b["view_logq"], view_mask=b["view_mask"], response_mask=b["response_mask"]
+    )
     with caplog.at_level("WARNING"):
         est.token_advantages("avsd", _algo(epistemic_tau=0.3), **kw)
         assert not caplog.records  # avsd applies it

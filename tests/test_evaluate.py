@@ -127,7 +127,7 @@ def test_code_pass_at_1_and_test_pass_rate_through_the_sandbox(tmp_path):
     rows = read_benchmark(path)
     for program, share in ADD_PROGRAMS.items():
         response = f"Here it is.\n```python\n{program}\n```\n"
-        result = evaluate(rows, ["prompt"], generator(lambda p, j: response), k=2, progress=False)
+        result = evaluate(rows, ["prompt"], generator(lambda p, j, response=response: response), k=2, progress=False)
         assert result.metrics["pass_at_1"] == (1.0 if share == 1.0 else 0.0), program
         assert result.metrics["test_pass_rate"] == pytest.approx(share), program
         assert result.problems[0]["test_pass_rate"] == pytest.approx(share)

@@ -69,9 +69,18 @@ def _trainer_buffer(monkeypatch, tq, extra: dict | None = None, dead=("rollout s
     monkeypatch.setattr(verl_replay_buffer.ReplayBufferAsync, "_wait_for_next_poll", clock.poll)
     config = OmegaConf.create(
         {
-            "trainer": {"v1": {"trainer_mode": "avsd_sync", "sampler": {"max_off_policy_threshold": 8, "max_off_policy_strategy": "drop",
-                                                                         "sync_refill_failed_groups": False, "sampler_kwargs": {}},
-                               **(extra or {})}},
+            "trainer": {
+                "v1": {
+                    "trainer_mode": "avsd_sync",
+                    "sampler": {
+                        "max_off_policy_threshold": 8,
+                        "max_off_policy_strategy": "drop",
+                        "sync_refill_failed_groups": False,
+                        "sampler_kwargs": {},
+                    },
+                    **(extra or {}),
+                }
+            },
             "algorithm": {},
             "data": {"train_batch_size": 4},
         }

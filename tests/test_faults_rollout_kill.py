@@ -40,9 +40,17 @@ def _processes_of_run(pid: int, metrics) -> list[psutil.Process]:
 def test_killed_rollout_server_stops_the_run_with_a_clear_message(tmp_path):
     data = toy_data(str(tmp_path / "data"), n_train=64, n_val=8)
     run_dir = tmp_path / "run"
-    run = ToyRun(model_dir=str(TOY_MODEL_DIR), train_file=data["train"], val_file=data["val"], run_dir=str(run_dir),
-                 estimator="avsd", steps=6, prompts_per_step=4, max_response_length=24,
-                 extra_overrides=[f"+trainer.v1.avsd_sync.max_consecutive_rollout_failures={LIMIT}"])
+    run = ToyRun(
+        model_dir=str(TOY_MODEL_DIR),
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(run_dir),
+        estimator="avsd",
+        steps=6,
+        prompts_per_step=4,
+        max_response_length=24,
+        extra_overrides=[f"+trainer.v1.avsd_sync.max_consecutive_rollout_failures={LIMIT}"],
+    )
     metrics, log_file = run_dir / "verl_metrics.jsonl", tmp_path / "train.log"
     with open(log_file, "w") as log:
         process = start_main_ppo(run.overrides(), run_dir, log, TIMEOUT_S)
@@ -75,7 +83,10 @@ def test_killed_rollout_server_stops_the_run_with_a_clear_message(tmp_path):
         # test_faults_rollout_failures.py on verl's real buffer.
         print(f"stopped {stopped_after:.0f}s after the kill by verl's own ActorDiedError (HFRolloutServer)")
         return
-    assert f"prompt groups in a row failed their rollout with none finishing (trainer.v1.avsd_sync.max_consecutive_rollout_failures={LIMIT})" in log_text
+    assert (
+        f"prompt groups in a row failed their rollout with none finishing (trainer.v1.avsd_sync.max_consecutive_rollout_failures={LIMIT})"
+        in log_text
+    )
     assert "Dead: rollout server 0.0" in log_text
     # the limit, plus what was in flight when it tripped (the next batch, a round of replacements)
     assert LIMIT <= failed_groups <= LIMIT + 8, failed_groups

@@ -37,9 +37,7 @@ def test_wrong_answer_shows_the_first_failing_input_expected_and_actual():
 def test_crash_shows_the_end_of_the_error_output():
     feedback = one(fenced(READ_TWO + "print(a // 0)"))
     assert feedback.status == "runtime_error"
-    assert feedback.text.startswith(
-        "Public test 1 of 2: the program crashes (exit code 1).\nInput:\n1 2\nError output:\n"
-    )
+    assert feedback.text.startswith("Public test 1 of 2: the program crashes (exit code 1).\nInput:\n1 2\nError output:\n")
     assert feedback.text.endswith("ZeroDivisionError: integer division or modulo by zero")
 
 

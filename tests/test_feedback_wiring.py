@@ -9,8 +9,14 @@ PUBLIC = make_tests(["2 3\n"], ["5\n"])
 
 
 def _info(i, public=PUBLIC):
-    return {"index": i, "views": [{"name": "reference", "text": "print(sum(map(int, input().split())))"}],
-            "public_tests": public, "time_limit_s": 2.0, "memory_mb": 256, "language": "python"}
+    return {
+        "index": i,
+        "views": [{"name": "reference", "text": "print(sum(map(int, input().split())))"}],
+        "public_tests": public,
+        "time_limit_s": 2.0,
+        "memory_mb": 256,
+        "language": "python",
+    }
 
 
 def test_feedback_per_rollout_and_no_view_without_program():

@@ -40,13 +40,27 @@ def server(model_dir):  # noqa: F811
 
 
 def chat(server, text):
-    encoded = server.model_config.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    encoded = server.model_config.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    )
     return list(encoded["input_ids"])
 
 
 def requests_for(prompts, futures=None):
-    return [_Request(prompt_ids=p, max_tokens=MAX_TOKENS, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                     want_logprobs=True, seed=None, result=None if futures is None else futures[i]) for i, p in enumerate(prompts)]
+    return [
+        _Request(
+            prompt_ids=p,
+            max_tokens=MAX_TOKENS,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            repetition_penalty=1.0,
+            want_logprobs=True,
+            seed=None,
+            result=None if futures is None else futures[i],
+        )
+        for i, p in enumerate(prompts)
+    ]
 
 
 def make_row0_end_at_step_2(server, prompts):
@@ -105,8 +119,12 @@ def test_a_finished_request_is_answered_before_generate_returns(server):
     server.model.generate = generate
 
     async def run():
-        tasks = [asyncio.ensure_future(server.generate(p, {"temperature": 1.0, "logprobs": True, "max_tokens": MAX_TOKENS},
-                                                       request_id=f"r{i}")) for i, p in enumerate(prompts)]
+        tasks = [
+            asyncio.ensure_future(
+                server.generate(p, {"temperature": 1.0, "logprobs": True, "max_tokens": MAX_TOKENS}, request_id=f"r{i}")
+            )
+            for i, p in enumerate(prompts)
+        ]
         tasks[0].add_done_callback(lambda _: row0_answered.set())
         return await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
 

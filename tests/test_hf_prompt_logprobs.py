@@ -20,15 +20,15 @@ from typing import Optional
 
 import pytest
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM
-
 import verl.workers.rollout.replica as verl_replica
+from hf_server_setup import build_tiny_model, hf_configs
+from transformers import Gemma2Config, Gemma2ForCausalLM
 from verl.workers.config import HFModelConfig, RolloutConfig
+
 from verl_avsd.cpu.hf_rollout import HFRolloutServer
 from verl_avsd.cpu.prefix_cache import Tail, group_tails
 from verl_avsd.cpu.prompt_logprobs import SHARE_MIN_TOKENS, PromptLogProbScorer, ScoringRequest
-from verl_avsd.toy import task as toy_task
-from verl_avsd.toy.tiny_model import build_model, build_tokenizer
+from verl_avsd.toy.tiny_model import build_model
 
 TEACHER_REQUEST = {"max_tokens": 1, "prompt_logprobs": 0, "detokenize": False}  # verl's, plus a temperature
 
@@ -36,17 +36,12 @@ TEACHER_REQUEST = {"max_tokens": 1, "prompt_logprobs": 0, "detokenize": False}  
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_model")
-    problems = toy_task.generate_problems(100, seed=3, split="train")
-    tokenizer = build_tokenizer([p.prompt + "\n" + p.solution for p in problems], out_dir=str(out))
-    build_model(tokenizer, out_dir=str(out), hidden=64, layers=2, heads=4, kv_heads=2, max_positions=128)
+    build_tiny_model(out)
     return out
 
 
 def make_server(model_dir, **rollout_kwargs):
-    settings = dict(name="hf", prompt_length=48, response_length=12, dtype="float32", tensor_model_parallel_size=1)
-    rollout = RolloutConfig(**{**settings, **rollout_kwargs})
-    model = HFModelConfig(path=str(model_dir), override_config={"attn_implementation": "sdpa"})
-    return HFRolloutServer(rollout, model, replica_rank=0)
+    return HFRolloutServer(*hf_configs(model_dir, **rollout_kwargs), replica_rank=0)
 
 
 @pytest.fixture
@@ -115,15 +110,20 @@ def test_layout_equals_verl_extract_prompt_logprobs_on_a_vllm_output(server):
     reference = reference_log_probs(server.model, sequence, 1.0)
     # vLLM: one dict per prompt token, None for the first, {token: Logprob} for the others
     vllm_output = SimpleNamespace(
-        prompt_logprobs=[None] + [{token: SimpleNamespace(logprob=float(lp), rank=1)} for token, lp in zip(sequence[1:], reference)]
+        prompt_logprobs=[None]
+        + [{token: SimpleNamespace(logprob=float(lp), rank=1)} for token, lp in zip(sequence[1:], reference)]
     )
     expected: dict = {}
     vllm_extract_prompt_logprobs()(vllm_output, 0, expected)
     assert output.extra_fields["prompt_ids"] == expected["prompt_ids"]
     assert len(output.extra_fields["prompt_logprobs"]) == len(sequence) == len(expected["prompt_logprobs"])
     assert output.extra_fields["prompt_logprobs"][-1] == [0.0] and output.extra_fields["prompt_ids"][-1] == [0]
-    torch.testing.assert_close(torch.tensor(output.extra_fields["prompt_logprobs"], dtype=torch.float64),
-                               torch.tensor(expected["prompt_logprobs"], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(output.extra_fields["prompt_logprobs"], dtype=torch.float64),
+        torch.tensor(expected["prompt_logprobs"], dtype=torch.float64),
+        atol=1e-5,
+        rtol=0,
+    )
     # what verl's teacher manager does with it (compute_teacher_logprobs_single)
     assert torch.tensor(output.extra_fields["prompt_ids"], dtype=torch.int32).shape == (len(sequence), 1)
     assert output.token_ids == [] and output.log_probs is None and output.stop_reason == "completed"
@@ -138,7 +138,9 @@ def test_top_k_prompt_logprobs_are_the_k_best_tokens_best_first(server):
         expected = (model64(input_ids=torch.tensor([sequence])).logits[0, :-1] / 0.8).log_softmax(-1).topk(3, dim=-1)
     assert output.extra_fields["prompt_ids"][:-1] == expected.indices.tolist()
     assert output.extra_fields["prompt_ids"][-1] == [0, 0, 0] and output.extra_fields["prompt_logprobs"][-1] == [0.0, 0.0, 0.0]
-    torch.testing.assert_close(torch.tensor(output.extra_fields["prompt_logprobs"][:-1], dtype=torch.float64), expected.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(output.extra_fields["prompt_logprobs"][:-1], dtype=torch.float64), expected.values, atol=1e-5, rtol=0
+    )
 
 
 def test_cached_results_equal_uncached_and_feed_fewer_tokens(server, model_dir):
@@ -242,13 +244,18 @@ def test_bad_cache_size_names_the_key(model_dir):
 
 
 def test_generation_and_scoring_requests_interleaved_both_correct(server):
-    prompt = list(server.model_config.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Compute 12 + 34."}], add_generation_prompt=True, tokenize=True)["input_ids"])
+    prompt = list(
+        server.model_config.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Compute 12 + 34."}], add_generation_prompt=True, tokenize=True
+        )["input_ids"]
+    )
     sequences = [encode(server, CONTEXT + " " + response) for response in RESPONSES]
 
     async def run():
         generating = [server.generate(prompt, {"temperature": 1.0, "logprobs": True}, request_id=f"gen{i}") for i in range(3)]
-        scoring = [server.generate(s, {**TEACHER_REQUEST, "temperature": 1.0}, request_id=f"score{i}") for i, s in enumerate(sequences)]
+        scoring = [
+            server.generate(s, {**TEACHER_REQUEST, "temperature": 1.0}, request_id=f"score{i}") for i, s in enumerate(sequences)
+        ]
         mixed = [generating[0], scoring[0], generating[1], scoring[1], scoring[2], generating[2]]
         return await asyncio.wait_for(asyncio.gather(*mixed), timeout=120)
 
@@ -264,9 +271,19 @@ def test_generation_and_scoring_requests_interleaved_both_correct(server):
 def test_final_logit_soft_capping_and_sliding_window_match_the_model():
     """Gemma 2 soft-caps its logits and alternates sliding-window layers: the scorer applies the cap
     (the packed path's transform) exactly once, and cached prefixes longer than the window stay exact."""
-    config = Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=1, head_dim=16, sliding_window=6, final_logit_softcapping=2.0,
-                          max_position_embeddings=64, attn_implementation="eager")
+    config = Gemma2Config(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=6,
+        final_logit_softcapping=2.0,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(config).eval()
     scorer = PromptLogProbScorer()
@@ -319,8 +336,9 @@ def test_scoring_through_the_ray_actor_with_a_weight_update(model_dir):
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="hfp_ray_", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
-             _metrics_export_port=27301)  # its own cluster
+    ray.init(
+        address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir, _metrics_export_port=27301
+    )  # its own cluster
     try:
         settings = dict(name="hf", prompt_length=48, response_length=12, dtype="float32", tensor_model_parallel_size=1)
         model_config = HFModelConfig(path=str(model_dir), override_config={"attn_implementation": "sdpa"})

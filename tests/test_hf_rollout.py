@@ -15,12 +15,11 @@ import textwrap
 
 import pytest
 import torch
-
-from verl.workers.config import HFModelConfig, RolloutConfig
-from verl_avsd.toy import task as toy_task
-from verl_avsd.toy.tiny_model import build_model, build_tokenizer
-from verl_avsd.cpu.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
+from hf_server_setup import build_tiny_model, hf_configs
 from peak_rss import PEAK_GROWTH
+
+from verl_avsd.cpu.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
+from verl_avsd.toy.tiny_model import build_model
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # different lengths
 
@@ -28,17 +27,11 @@ PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # di
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_model")
-    problems = toy_task.generate_problems(100, seed=3, split="train")
-    tokenizer = build_tokenizer([p.prompt + "\n" + p.solution for p in problems], out_dir=str(out))
-    build_model(tokenizer, out_dir=str(out), hidden=64, layers=2, heads=4, kv_heads=2, max_positions=128)
+    build_tiny_model(out)
     return out
 
 
-def make_configs(model_dir, **rollout_kwargs):
-    settings = dict(name="hf", prompt_length=48, response_length=12, dtype="float32", tensor_model_parallel_size=1)
-    rollout = RolloutConfig(**{**settings, **rollout_kwargs})
-    model = HFModelConfig(path=str(model_dir), override_config={"attn_implementation": "sdpa"})
-    return rollout, model
+make_configs = hf_configs
 
 
 @pytest.fixture
@@ -93,8 +86,8 @@ def padded_batch(prompts, pad_id):
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
     return ids, mask
 
 
@@ -102,12 +95,22 @@ def full_scores_log_probs(server, prompts, max_tokens, temperature, top_k, top_p
     """The previous implementation, in float64: plain `generate` with its own warpers and
     `output_scores`, then log-softmax of the stacked [B, T, V] scores at the sampled tokens."""
     ids, mask = padded_batch(prompts, server.pad_token_id)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = server.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, eos_token_id=server.eos_token_ids,
-                                    pad_token_id=server.pad_token_id, output_scores=True, return_dict_in_generate=True, **sampling)
-    tokens = out.sequences[:, ids.shape[1]:]  # [B, T]
+        out = server.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            eos_token_id=server.eos_token_ids,
+            pad_token_id=server.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **sampling,
+        )
+    tokens = out.sequences[:, ids.shape[1] :]  # [B, T]
     log_probs = torch.stack(out.scores, dim=1).double().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, log_probs
 
@@ -117,14 +120,28 @@ def test_step_by_step_log_probs_equal_full_log_softmax(server, temperature, top_
     """One batch of prompts of different lengths, sampled with the same seed both ways: the same
     tokens (so the warpers run in generate's order) and the same log-probs to 1e-6."""
     prompts = [prompt_ids(server, text) for text in PROMPTS]
-    requests = [_Request(prompt_ids=p, max_tokens=12, temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=1.0,
-                         want_logprobs=True, seed=None, result=None) for p in prompts]
+    requests = [
+        _Request(
+            prompt_ids=p,
+            max_tokens=12,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=1.0,
+            want_logprobs=True,
+            seed=None,
+            result=None,
+        )
+        for p in prompts
+    ]
     torch.manual_seed(7)
     got = server._generate_batch(requests)
     tokens, expected = full_scores_log_probs(server, prompts, 12, temperature, top_k, top_p, seed=7)
     for row, (token_ids, log_probs) in enumerate(got):
         assert token_ids == tokens[row, : len(token_ids)].tolist()
-        torch.testing.assert_close(torch.tensor(log_probs, dtype=torch.float64), expected[row, : len(token_ids)], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(log_probs, dtype=torch.float64), expected[row, : len(token_ids)], atol=1e-6, rtol=0
+        )
 
 
 # Runs in a fresh process so that its peak RSS measures only this generation.
@@ -156,8 +173,12 @@ def test_log_prob_memory_does_not_grow_with_response_length_times_vocab(model_di
     """8 x 128 tokens over a 65,536-token vocabulary: one float32 [B, T, V] tensor is 268 MB and
     the full log-softmax path held three; step by step the peak grows by a small fraction of one."""
     batch, tokens, vocab = 8, 128, 65536
-    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(model_dir), str(batch), str(tokens), str(vocab)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_SCRIPT, str(model_dir), str(batch), str(tokens), str(vocab)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shortest, growth = map(int, proc.stdout.split()[-2:])
     assert shortest == tokens  # no EOS cut a response short, so all T steps were scored

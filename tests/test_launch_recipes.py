@@ -385,9 +385,7 @@ def ray_start(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_ray_start_head_and_worker_commands():
     head = ray_start("head", "--dry-run")
-    assert shlex.split(head.stdout) == shlex.split(
-        "ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265"
-    )
+    assert shlex.split(head.stdout) == shlex.split("ray start --head --port=6379 --dashboard-host=0.0.0.0 --dashboard-port=8265")
     options = shlex.split("--node-ip 10.1.2.3 --port 6380 --num-gpus 8 --num-cpus 32 --object-store-gb 100 --block")
     head = ray_start("head", *options, "--dry-run")
     words = shlex.split(head.stdout)
@@ -423,9 +421,7 @@ def test_submit_job_command_and_its_entrypoint(tmp_path):
     recipe = RECIPES / "math_avsd_qwen3_8b.sh"  # absolute, and called from another directory
     template = "+algorithm.avsd.view_template='{view} then {prompt}'"
     overrides = ["trainer.total_training_steps=3", template]
-    result = run_bash(
-        str(LAUNCH / "submit_job.sh"), "--dry-run", "--no-wait", str(recipe), *overrides, env=env, cwd=tmp_path
-    )
+    result = run_bash(str(LAUNCH / "submit_job.sh"), "--dry-run", "--no-wait", str(recipe), *overrides, env=env, cwd=tmp_path)
     words = shlex.split(result.stdout)
     split = words.index("--")
     assert words[:split] == shlex.split("ray job submit --address http://head:8265 --working-dir . --no-wait")
@@ -580,8 +576,16 @@ def test_slurm_script_outside_an_allocation_says_so():
 def test_ray_start_passes_ray_flags_and_takes_a_worker_temp_dir():
     head = ray_start("head", "--port", "6390", "--temp-dir", "/tmp/r", "--dry-run", "--", "--dashboard-agent-listen-port=52370")
     assert shlex.split(head.stdout)[-2:] == ["--temp-dir=/tmp/r", "--dashboard-agent-listen-port=52370"]
-    worker = ray_start("worker", "--address", "10.1.2.3:6390", "--temp-dir", "/tmp/w", "--dry-run", "--", "--min-worker-port=20000")
-    assert shlex.split(worker.stdout) == ["ray", "start", "--address=10.1.2.3:6390", "--temp-dir=/tmp/w", "--min-worker-port=20000"]
+    worker = ray_start(
+        "worker", "--address", "10.1.2.3:6390", "--temp-dir", "/tmp/w", "--dry-run", "--", "--min-worker-port=20000"
+    )
+    assert shlex.split(worker.stdout) == [
+        "ray",
+        "start",
+        "--address=10.1.2.3:6390",
+        "--temp-dir=/tmp/w",
+        "--min-worker-port=20000",
+    ]
 
 
 def test_ray_start_prints_the_address_ray_itself_picks():

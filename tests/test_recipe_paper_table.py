@@ -159,7 +159,9 @@ def test_cosine_schedule_stands_in_for_the_authors_linear_decay():
 
     ours = trace(
         lambda opt: get_cosine_schedule_with_warmup(
-            opt, 0, steps,
+            opt,
+            0,
+            steps,
             min_lr_ratio=want["actor_rollout_ref.actor.optim.min_lr_ratio"][1],
             num_cycles=want["actor_rollout_ref.actor.optim.num_cycles"][1],
         )
@@ -183,18 +185,32 @@ GOOD_ROW = "  - {setting: S, paper: P, authors: A, source: X, recipe: {data.seed
         ("settings: [\n", "not valid YAML"),
         ("settings:\n" + GOOD_ROW, "needs a `recipes` mapping"),
         ("recipes: {a.sh: A}\nsettings: []\n", "needs a `settings` list"),
-        ("recipes: {a.sh: A}\nsettings:\n  - {setting: S, authors: A, source: X, recipe: {k: 1}}\n",
-         "settings row 1 (S): field `paper` must be non-empty text"),
-        ("recipes: {a.sh: A}\nsettings:\n" + GOOD_ROW + "  - {setting: T, paper: P, authors: A, source: X, recipe: {k: 1}, note: n}\n",
-         "settings row 2 (T): unknown field(s) ['note']"),
-        ("recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X}\n",
-         "settings row 1 (S): give either `recipe`"),
-        ("recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, recipe_text: t}\n",
-         "settings row 1 (S): give either `recipe`"),
-        ("recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, except: {b.sh: {k: 2}}}\n",
-         "settings row 1 (S): `except` names 'b.sh'"),
-        ("recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, except: {a.sh: {j: 2}}}\n",
-         "settings row 1 (S): `except.a.sh` may only change keys"),
+        (
+            "recipes: {a.sh: A}\nsettings:\n  - {setting: S, authors: A, source: X, recipe: {k: 1}}\n",
+            "settings row 1 (S): field `paper` must be non-empty text",
+        ),
+        (
+            "recipes: {a.sh: A}\nsettings:\n"
+            + GOOD_ROW
+            + "  - {setting: T, paper: P, authors: A, source: X, recipe: {k: 1}, note: n}\n",
+            "settings row 2 (T): unknown field(s) ['note']",
+        ),
+        (
+            "recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X}\n",
+            "settings row 1 (S): give either `recipe`",
+        ),
+        (
+            "recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, recipe_text: t}\n",
+            "settings row 1 (S): give either `recipe`",
+        ),
+        (
+            "recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, except: {b.sh: {k: 2}}}\n",
+            "settings row 1 (S): `except` names 'b.sh'",
+        ),
+        (
+            "recipes: {a.sh: A}\nsettings:\n  - {setting: S, paper: P, authors: A, source: X, recipe: {k: 1}, except: {a.sh: {j: 2}}}\n",
+            "settings row 1 (S): `except.a.sh` may only change keys",
+        ),
         ("recipes: {a.sh: A}\nsettings:\n  - just text\n", "settings row 1: a row is a mapping"),
     ],
 )
@@ -207,8 +223,10 @@ def test_a_malformed_table_is_refused_with_its_row_and_field(tmp_path, body, mes
 
 
 def test_a_key_the_config_lacks_is_reported():
-    table = {"recipes": {"math_avsd_qwen3_8b.sh": "AVSD"},
-             "settings": [{"setting": "S", "recipe": {"actor_rollout_ref.actor.optim.no_such_key": 1}}]}
+    table = {
+        "recipes": {"math_avsd_qwen3_8b.sh": "AVSD"},
+        "settings": [{"setting": "S", "recipe": {"actor_rollout_ref.actor.optim.no_such_key": 1}}],
+    }
     problems = paper_settings.mismatches(table, "math_avsd_qwen3_8b.sh", composed("math_avsd_qwen3_8b.sh"))
     assert problems == ["math_avsd_qwen3_8b.sh: S: 'actor_rollout_ref.actor.optim.no_such_key is not in the composed config'"]
 

@@ -32,9 +32,7 @@ def _write_jsonl(path: Path, records: list[dict]):
 
 
 def _config(path: Path, estimator: str, model: str = "/nowhere/model", avsd: str = "") -> None:
-    path.write_text(
-        f"algorithm:\n  adv_estimator: {estimator}\n{avsd}actor_rollout_ref:\n  model:\n    path: {model}\n"
-    )
+    path.write_text(f"algorithm:\n  adv_estimator: {estimator}\n{avsd}actor_rollout_ref:\n  model:\n    path: {model}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,10 +255,7 @@ def _reference(row: dict) -> dict[str, list[float]]:
     logq = [[math.nan if x is None else x for x in v] for v in row["view_logq"]]
     ref = avsd_batch_reference([row["student_logp"]], [logq], [row["view_mask"]], [row["response_mask"]])
     partial = VIEWS.index("partial")  # the run's opsd_view (config.yaml below)
-    opsd = [
-        q - p if m and math.isfinite(q) else 0.0
-        for q, p, m in zip(logq[partial], row["student_logp"], row["response_mask"])
-    ]
+    opsd = [q - p if m and math.isfinite(q) else 0.0 for q, p, m in zip(logq[partial], row["student_logp"], row["response_mask"])]
     return {
         "avsd": ref["advantage"][0],
         "opsd": opsd,
@@ -344,9 +339,7 @@ def test_credit_view_advantages_colours_and_tokens(dumped_run, tmp_path):
 def test_credit_view_of_a_chosen_rollout_and_the_tokenizer_fallback(dumped_run, tmp_path, capsys):
     run, ids, _, rows = dumped_run
     out = tmp_path / "out"
-    assert (
-        main([str(run), "--output", str(out), "--rollout", "1:0", "--tokenizer", str(tmp_path / "no_tokenizer")]) == 0
-    )
+    assert main([str(run), "--output", str(out), "--rollout", "1:0", "--tokenizer", str(tmp_path / "no_tokenizer")]) == 0
     spans = _spans(out / "credit_1_0.html")
     want = _reference(rows[1][0])
     for method in ("avsd", "opsd", "avsd_consensus", "avsd_arithmetic", "gate"):

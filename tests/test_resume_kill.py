@@ -57,9 +57,19 @@ def _lines_per_step(path: Path) -> Counter:
 def test_kill_after_checkpoint_then_resume_keeps_each_step_once(tmp_path):
     data = toy_data(str(tmp_path / "data"), n_train=32, n_val=8)
     run_dir = tmp_path / "run"
-    run = ToyRun(model_dir=str(TOY_MODEL_DIR), train_file=data["train"], val_file=data["val"], run_dir=str(run_dir),
-                 estimator="avsd", steps=3, prompts_per_step=PROMPTS, max_response_length=24, save_freq=2,
-                 dump_rollouts=True, resume=True)
+    run = ToyRun(
+        model_dir=str(TOY_MODEL_DIR),
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(run_dir),
+        estimator="avsd",
+        steps=3,
+        prompts_per_step=PROMPTS,
+        max_response_length=24,
+        save_freq=2,
+        dump_rollouts=True,
+        resume=True,
+    )
     metrics, dumps, ckpt = run_dir / "verl_metrics.jsonl", run_dir / "rollouts", run_dir / "checkpoints"
 
     # 1. the run, killed as soon as step 3's rollouts are dumped (before its checkpoint)

@@ -104,9 +104,7 @@ def test_output_comparison_tolerates_trailing_spaces_and_line_ends():
 
 def test_the_last_program_block_is_the_program():
     response = (
-        fenced("print('draft')")
-        + fenced("a, b = map(int, input().split())\nprint(a + b)")
-        + "Example run:\n```text\n3\n```\n"
+        fenced("print('draft')") + fenced("a, b = map(int, input().split())\nprint(a + b)") + "Example run:\n```text\n3\n```\n"
     )
     assert code_score(response, ADD_TESTS, ROW)["acc"] == 1.0
     assert extract_program("```python\nprint(1)\n", "python") is None  # cut off before the fence closed
@@ -224,9 +222,7 @@ def test_verl_reward_manager_calls_it_with_reward_kwargs():
     )
     manager = load_reward_manager(config, _CharTokenizer())
     partial = fenced("a, b = map(int, input().split())\nprint(a + b if b > 0 else 0)")
-    batch = _reward_batch(
-        [partial, r"so \boxed{12}"], ["code/toy", "math/arith"], [ADD_TESTS, "12"], [dict(ROW), {"index": 0}]
-    )
+    batch = _reward_batch([partial, r"so \boxed{12}"], ["code/toy", "math/arith"], [ADD_TESTS, "12"], [dict(ROW), {"index": 0}])
     outputs = [manager.loop.run_until_complete(manager.run_single(batch[i : i + 1])) for i in range(len(batch))]
     code_out, math_out = outputs
     assert code_out["reward_score"] == 0.0  # all-or-nothing reached the function through verl

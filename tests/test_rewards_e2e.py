@@ -24,9 +24,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_cpu_e2e_grpo import grpo_overrides, run_main_ppo
+
 from verl_avsd.data_prep.contract import ROW_SCHEMA, chat_prompt, make_row
 from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: pytest would collect test*
-
 from verl_avsd.toy.tiny_model import build_model, build_tokenizer, save_checkpoint
 
 DATA_SOURCE = "code/toy-multiply"
@@ -154,11 +154,7 @@ def test_code_reward_runs_inside_the_cpu_trainer(tmp_path):
         assert 2.0 < m["avsd/views_valid_mean"] <= 3.0, m["avsd/views_valid_mean"]
 
     def read(folder: str) -> list[dict]:
-        return [
-            json.loads(line)
-            for path in sorted((dumps / folder).glob("*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return [json.loads(line) for path in sorted((dumps / folder).glob("*.jsonl")) for line in path.read_text().splitlines()]
 
     validation = read("val")
     assert len(validation) == 8

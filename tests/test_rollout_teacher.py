@@ -19,9 +19,9 @@ from verl.workers.rollout.replica import TokenOutput
 
 from verl_avsd.config import avsd_config
 from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: pytest collects test*
+from verl_avsd.teacher_placement import check_rollout_placement, placement_timing
 from verl_avsd.toy import TOY_MODEL_DIR
 from verl_avsd.trainer import feedback_for_rollouts
-from verl_avsd.teacher_placement import check_rollout_placement, placement_timing
 from verl_avsd.workers.rollout_teacher import PromptLogprobError, RolloutTeacherAgentLoopWorker, response_logprobs
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 
@@ -88,7 +88,17 @@ def _rows(tokenizer):
 
 
 def _cfg():
-    return avsd_config({"avsd": {"views": ["full", "partial", "answer", "feedback"], "max_view_tokens": 40, "share_prefix_min_tokens": 4, "token_budget": 512, "teacher": "current"}})
+    return avsd_config(
+        {
+            "avsd": {
+                "views": ["full", "partial", "answer", "feedback"],
+                "max_view_tokens": 40,
+                "share_prefix_min_tokens": 4,
+                "token_budget": 512,
+                "teacher": "current",
+            }
+        }
+    )
 
 
 def _packed(model, tokenizer, prompts, infos, responses, feedbacks, cfg, temperature):
@@ -159,19 +169,27 @@ def test_rollout_placement_equals_packed_path(model_and_tokenizer, temperature):
         assert torch.equal(fields["avsd_view_tokens"], packed["avsd_view_tokens"][b])
         expected = packed["avsd_view_logq"][b]  # [T_b, M]
         assert fields["avsd_view_logq"].shape == expected.shape and fields["avsd_view_logq"].dtype == torch.float32
-        assert torch.allclose(fields["avsd_view_logq"], expected, atol=1e-5, rtol=0), (b, (fields["avsd_view_logq"] - expected).abs().max())
+        assert torch.allclose(fields["avsd_view_logq"], expected, atol=1e-5, rtol=0), (
+            b,
+            (fields["avsd_view_logq"] - expected).abs().max(),
+        )
         assert torch.isfinite(fields["avsd_view_logq"]).all()
         assert (fields["avsd_view_logq"][:, ~mask[b]] == 0).all()  # masked views stay 0, as packed
     # one request per unmasked view of each non-empty response, one sticky id per sample, all in flight together
     assert len(server.requests) == int(mask[:4].sum())
     assert server.max_in_flight == 4
     assert {r[0] for r in server.requests} == {f"avsd_teacher_uid{b}" for b in range(4)}
-    assert all(r[2] == {"max_tokens": 1, "temperature": temperature, "prompt_logprobs": 0, "detokenize": False} for r in server.requests)
+    assert all(
+        r[2] == {"max_tokens": 1, "temperature": temperature, "prompt_logprobs": 0, "detokenize": False} for r in server.requests
+    )
 
 
 def test_non_finite_teacher_logprobs_pass_through_as_in_the_packed_path():
     seq = [5, 6, 7, 8]
-    out = TokenOutput(token_ids=[0], extra_fields={"prompt_logprobs": [[-1.0], [float("-inf")], [float("nan")], [0.0]], "prompt_ids": [[6], [7], [8], [0]]})
+    out = TokenOutput(
+        token_ids=[0],
+        extra_fields={"prompt_logprobs": [[-1.0], [float("-inf")], [float("nan")], [0.0]], "prompt_ids": [[6], [7], [8], [0]]},
+    )
     lp = response_logprobs(out, seq, 2, "r")
     assert lp[0] == float("-inf") and torch.isnan(lp[1])
 
@@ -199,7 +217,11 @@ def _run_config(**rollout):
     [
         ({"teacher": "ref"}, {}, "algorithm.avsd.teacher=current, got algorithm.avsd.teacher='ref'"),
         ({"teacher": "current", "views": ["full", "sibling"]}, {}, "has 'sibling'"),
-        ({"teacher": "current"}, {"name": "vllm", "temperature": 0.7}, "rollout.name=vllm needs actor_rollout_ref.rollout.temperature=1"),
+        (
+            {"teacher": "current"},
+            {"name": "vllm", "temperature": 0.7},
+            "rollout.name=vllm needs actor_rollout_ref.rollout.temperature=1",
+        ),
         ({"teacher": "current"}, {"agent": {"agent_loop_manager_class": "my.Manager"}}, "agent_loop_manager_class=my.Manager"),
     ],
 )
@@ -256,13 +278,16 @@ def test_step_overhead_summary_compares_placements(monkeypatch):
     assert summary["ratios"]["avsd@rollout/opsd@rollout"]["step"] == pytest.approx(2.6 / 2.4)
     assert summary["ratios"]["grpo/opsd"]["step"] == pytest.approx(0.8)
     assert summary["grpo_ratios"]["avsd@rollout/grpo"] == pytest.approx(1.3)
-    assert summary["placements"]["avsd@rollout/avsd"] == pytest.approx({"step": 2.6 / 3.0, "teacher_blocking": 0.125, "blocking_within_target": True})
+    assert summary["placements"]["avsd@rollout/avsd"] == pytest.approx(
+        {"step": 2.6 / 3.0, "teacher_blocking": 0.125, "blocking_within_target": True}
+    )
     assert summary["placements"]["opsd@rollout/opsd"]["blocking_within_target"] is False  # 0.1 / 0.3 > 1/4
     assert summary["methods"]["avsd@rollout"]["avsd/teacher_hidden_fraction"] == 0.9
-    line = step_overhead.markdown({"summary": summary, "config": {"model_kind": "x", "prompts_per_step": 4, "warmup_steps": 1, "steps": 2}})
+    line = step_overhead.markdown(
+        {"summary": summary, "config": {"model_kind": "x", "prompts_per_step": 4, "warmup_steps": 1, "steps": 2}}
+    )
     assert "avsd@rollout/avsd step 0.87x, blocking teacher 0.12x (90% of teacher time hidden)" in line
     assert "avsd@rollout/grpo step 1.30x" in line
-
 
 
 def test_trainer_refuses_before_any_ray_work_and_otherwise_points_verl_at_the_scoring_manager():

@@ -17,7 +17,11 @@ from verl_avsd.workers.teacher_context import ViewDataError, views_of_row
         ((), {"row": 3, "line": 4}, "row 3 (line 4)"),
         # a row of a batch, from its extra_info
         (({"index": 7, "split": "train"}, 3), {}, "train row 7 [batch position 3]"),
-        (({"index": 7, "split": "train", "problem_id": "p-7"},), {"data_source": "code/toy"}, "code/toy train row 7 (problem p-7)"),
+        (
+            ({"index": 7, "split": "train", "problem_id": "p-7"},),
+            {"data_source": "code/toy"},
+            "code/toy train row 7 (problem p-7)",
+        ),
         (({"index": 7},), {"data_source": "code/x"}, "code/x row 7"),  # no split: no "row row 7"
         (({"split": "eval"},), {"data_source": "math/x"}, "math/x eval row ?"),  # no index
         (({}, 3), {}, "batch position 3"),

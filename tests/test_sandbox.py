@@ -16,9 +16,8 @@ import time
 
 import pytest
 
-from verl_avsd.sandbox import ISOLATION_ENV, Limits, Sandbox, SandboxUnavailable, Status, run, runner
+from verl_avsd.sandbox import ISOLATION_ENV, Limits, Sandbox, SandboxUnavailable, Status, local, run, runner
 from verl_avsd.sandbox import isolation as iso
-from verl_avsd.sandbox import local
 from verl_avsd.sandbox.fusion import result_from_response
 from verl_avsd.sandbox.runner import working_isolations
 
@@ -76,9 +75,7 @@ def test_stderr_is_kept_up_to_its_cap_and_marked_truncated(sandbox):
 
 
 def test_files_in_the_private_tmp_work_and_vanish(sandbox):
-    code = (
-        "open('/tmp/scratch.txt', 'w').write('kept')\nprint(open('/tmp/scratch.txt').read(), __import__('os').getcwd())"
-    )
+    code = "open('/tmp/scratch.txt', 'w').write('kept')\nprint(open('/tmp/scratch.txt').read(), __import__('os').getcwd())"
     result = sandbox.run(code, time_limit_s=5)
     assert result.status is Status.OK and result.stdout == "kept /tmp\n"
     assert not os.path.exists("/tmp/scratch.txt")
@@ -386,12 +383,7 @@ def test_sandbox_fusion_results_map_onto_statuses(fake_fusion_url):
     ok = box.run("print(input().upper())", "abc", time_limit_s=3, memory_mb=512)
     assert ok.status is Status.OK and ok.stdout == "ABC" and ok.isolation == "sandbox_fusion"
     sent = _FakeSandboxFusion.requests[-1]
-    assert (
-        sent["run_timeout"] == 3
-        and sent["memory_limit_MB"] == 512
-        and sent["language"] == "python"
-        and sent["stdin"] == "abc"
-    )
+    assert sent["run_timeout"] == 3 and sent["memory_limit_MB"] == 512 and sent["language"] == "python" and sent["stdin"] == "abc"
     assert box.run("COMPILE_FAIL", language="cpp").status is Status.COMPILE_ERROR
     assert box.run("SLOW").status is Status.TIMEOUT
     assert box.run("CRASH").status is Status.MEMORY_LIMIT

@@ -23,9 +23,7 @@ from verl_avsd.sandbox.judge import Program, TestSet, judge
 from verl_avsd.sandbox.runner import working_isolations
 
 WORKING = [name for name, why in working_isolations().items() if why == "ok"]
-ATTACK_LIMITS = Limits(
-    time_limit_s=1.0, wall_time_limit_s=2.5, memory_mb=256, max_processes=16, max_output_bytes=1 << 20
-)
+ATTACK_LIMITS = Limits(time_limit_s=1.0, wall_time_limit_s=2.5, memory_mb=256, max_processes=16, max_output_bytes=1 << 20)
 WALL_SLACK_S = 2.0  # start-up and teardown on a busy 2-core machine
 
 
@@ -304,8 +302,7 @@ def test_deep_recursion_is_contained(sandbox):
     assert result.status in (Status.RUNTIME_ERROR, Status.MEMORY_LIMIT, Status.TIMEOUT), result
     if "cpp" in sandbox.languages:  # native recursion overflows the stack: a segfault
         cpp = (
-            "int f(int n){volatile char pad[1024]; pad[0]=n; return n ? f(n - 1) + pad[0] : 0;}\n"
-            "int main(){return f(100000000);}"
+            "int f(int n){volatile char pad[1024]; pad[0]=n; return n ? f(n - 1) + pad[0] : 0;}\nint main(){return f(100000000);}"
         )
         native = sandbox.run_tests(cpp, [""], language="cpp", limits=ATTACK_LIMITS)[0]
         assert native.status is Status.RUNTIME_ERROR and native.signal == 11, native

@@ -92,9 +92,7 @@ def test_turned_off_cgroups_say_why(monkeypatch):
     assert cgroup.find_cgroups()[0] is None
 
 
-@pytest.mark.parametrize(
-    "cpu_format, text, seconds", [("ns", "1500000000\n", 1.5), ("usage_usec", V2_FILES["cpu.stat"], 2.5)]
-)
+@pytest.mark.parametrize("cpu_format, text, seconds", [("ns", "1500000000\n", 1.5), ("usage_usec", V2_FILES["cpu.stat"], 2.5)])
 def test_the_init_reads_the_same_cpu_counters(tmp_path, cpu_format, text, seconds):
     path = tmp_path / "counter"
     path.write_text(text)

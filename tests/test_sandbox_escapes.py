@@ -18,9 +18,8 @@ import uuid
 import pytest
 
 from verl_avsd.rewards import code_score
-from verl_avsd.sandbox import Limits, Sandbox, Status
+from verl_avsd.sandbox import Limits, Sandbox, Status, seccomp
 from verl_avsd.sandbox import isolation as iso
-from verl_avsd.sandbox import seccomp
 from verl_avsd.sandbox.runner import working_isolations
 
 WORKING = [name for name, why in working_isolations().items() if why == "ok"]

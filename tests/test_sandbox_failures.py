@@ -9,9 +9,8 @@ import shutil
 import pytest
 
 from verl_avsd.rewards import code_score
-from verl_avsd.sandbox import RunResult, Sandbox, SandboxUnavailable, Status
+from verl_avsd.sandbox import RunResult, Sandbox, SandboxUnavailable, Status, local
 from verl_avsd.sandbox import isolation as iso
-from verl_avsd.sandbox import local
 from verl_avsd.sandbox.runner import working_isolations
 
 WORKING = [name for name, why in working_isolations().items() if why == "ok"]

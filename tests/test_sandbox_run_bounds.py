@@ -309,7 +309,7 @@ def test_bwrap_without_root_is_bounded_too():
         script = os.path.join(folder, "unprivileged.py")
         with open(script, "w") as f:
             f.write(UNPRIVILEGED_SCRIPT)
-        for root, dirs, files in os.walk(folder):
+        for root, _dirs, files in os.walk(folder):
             os.chmod(root, 0o755)
             for name in files:
                 os.chmod(os.path.join(root, name), 0o644)

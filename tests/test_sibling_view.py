@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
+from fake_tq import FakeTQ, WordTokenizer, rollout_row
 from omegaconf import OmegaConf
 
 import verl_avsd.trainer as trainer_module
-from fake_tq import FakeTQ, WordTokenizer, rollout_row
 from verl_avsd.config import avsd_config
 from verl_avsd.estimators import token_advantages
 from verl_avsd.sibling_view import choose_siblings, sampling_order, sibling_views
@@ -97,17 +97,25 @@ ROW = {"index": 3, "views": [{"name": "full", "text": "12 + 30 = 42"}]}
 
 
 def _cfg(views):
-    return avsd_config({"avsd": {"views": views, "opsd_view": views[0], "view_template": "{prompt}\\n\\nReference ({view_name}):\\n{view}"}})
+    return avsd_config(
+        {"avsd": {"views": views, "opsd_view": views[0], "view_template": "{prompt}\\n\\nReference ({view_name}):\\n{view}"}}
+    )
 
 
 def test_teacher_context_is_the_prompt_with_the_siblings_response(tokenizer):
     sibling = "12 + 30 = 42\nAnswer: 42"
     stale = {**ROW, "views": ROW["views"] + [{"name": "sibling", "text": "a stale column"}]}
-    rows = [with_rollout_view(ROW, "sibling", sibling), with_rollout_view(ROW, "sibling", ""), with_rollout_view(stale, "sibling", "")]
+    rows = [
+        with_rollout_view(ROW, "sibling", sibling),
+        with_rollout_view(ROW, "sibling", ""),
+        with_rollout_view(stale, "sibling", ""),
+    ]
     ctx = build_teacher_contexts(tokenizer, [PROMPT] * 3, rows, _cfg(["full", "sibling"]))
     assert ctx.view_mask.tolist() == [[True, True], [True, False], [True, False]]  # none: masked, never the stale text
     want = tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"Compute 12 + 30.\n\nReference (sibling):\n{sibling}"}], add_generation_prompt=True, tokenize=True
+        [{"role": "user", "content": f"Compute 12 + 30.\n\nReference (sibling):\n{sibling}"}],
+        add_generation_prompt=True,
+        tokenize=True,
     )
     assert ctx.context_ids[0][1].tolist() == list(want["input_ids"] if hasattr(want, "keys") else want)
     assert ctx.context_ids[1][1] is None and ctx.context_ids[0][0].tolist() == ctx.context_ids[1][0].tolist()
@@ -146,7 +154,12 @@ def test_masked_sibling_rows_train_on_the_other_views_only():
     assert torch.equal(adv, adv2)
     # sibling alone: a row without it has no signal (advantage 0), not NaN
     only, signals = token_advantages(
-        "avsd", {"avsd": _cfg(["sibling"])}, student_logp=logp, view_logq=garbage[:, 1:], view_mask=mask[:, 1:], response_mask=response
+        "avsd",
+        {"avsd": _cfg(["sibling"])},
+        student_logp=logp,
+        view_logq=garbage[:, 1:],
+        view_mask=mask[:, 1:],
+        response_mask=response,
     )
     assert torch.isfinite(only).all() and (only[1:] == 0).all() and signals.tokens_without_view == 2 * T
 
@@ -171,8 +184,17 @@ def test_trainer_writes_each_rollouts_sibling_before_the_teacher_step(monkeypatc
     rows = []
     for text, reward, uid in zip(texts, rewards, uids):
         T = len(text.split()) + 1
-        rows.append(rollout_row(uid, text, reward, info, old_log_probs=-torch.ones(T),
-                                avsd_view_logq=-0.5 * torch.ones(T, 2), avsd_view_mask=torch.tensor([True, False])))
+        rows.append(
+            rollout_row(
+                uid,
+                text,
+                reward,
+                info,
+                old_log_probs=-torch.ones(T),
+                avsd_view_logq=-0.5 * torch.ones(T, 2),
+                avsd_view_mask=torch.tensor([True, False]),
+            )
+        )
     # verl's keys: batch position 1 is session 2 of p, position 2 is session 0
     keys = ["p_1_0", "p_2_0", "p_0_0", "q_0_0", "q_1_0", "pad_0_0"]
     tq = FakeTQ(rows, keys=keys, tags=[{}] * 5 + [{"is_padding": True}]).install(monkeypatch)
@@ -202,8 +224,12 @@ def test_sibling_view_needs_several_rollouts_per_prompt(monkeypatch):
     monkeypatch.setattr(trainer_module, "failure_limit", lambda config: 3)
 
     def config(n, estimator="avsd", views=("full", "sibling")):
-        return OmegaConf.create({"algorithm": {"adv_estimator": estimator, "avsd": {"views": list(views)}},
-                                 "actor_rollout_ref": {"rollout": {"n": n}}})
+        return OmegaConf.create(
+            {
+                "algorithm": {"adv_estimator": estimator, "avsd": {"views": list(views)}},
+                "actor_rollout_ref": {"rollout": {"n": n}},
+            }
+        )
 
     with pytest.raises(ValueError, match=r"views has 'sibling'.*rollout\.n=1"):
         AvsdTrainer(config(1))

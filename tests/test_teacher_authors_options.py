@@ -31,7 +31,10 @@ SOLUTION = "12 + 30 = 42.\n\nSo \\boxed{42}."
 PARTIAL = "12 + 30 = 42.\n\n[The reference above is incomplete and may omit later steps or the final answer.]"
 STUDENT = [
     {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": f"Problem: {PROBLEM}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."},
+    {
+        "role": "user",
+        "content": f"Problem: {PROBLEM}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    },
 ]
 ROW = {
     "index": 3,
@@ -111,7 +114,9 @@ def test_teacher_kwargs_reach_the_teacher_template_only(thinking_tokenizer):
     tok = thinking_tokenizer
     student_kwargs = {"enable_thinking": False}
     default = avsd_config({"avsd": {"views": ["full"], "opsd_view": "full"}})
-    theirs = avsd_config({"avsd": {"views": ["full"], "opsd_view": "full", "teacher_chat_template_kwargs": {"enable_thinking": True}}})
+    theirs = avsd_config(
+        {"avsd": {"views": ["full"], "opsd_view": "full", "teacher_chat_template_kwargs": {"enable_thinking": True}}}
+    )
     same = build_teacher_contexts(tok, [STUDENT], [ROW], default, student_kwargs).context_ids[0][0].tolist()
     thinks = build_teacher_contexts(tok, [STUDENT], [ROW], theirs, student_kwargs).context_ids[0][0].tolist()
     assert student_kwargs == {"enable_thinking": False}  # the student's arguments are not changed
@@ -148,7 +153,9 @@ def test_options_survive_the_worker_transport(thinking_tokenizer):
     builds the same contexts (in the e2e run by hand: teacher log-probs equal to 7e-7)."""
     from verl_avsd.config import AvsdConfig
 
-    cfg = avsd_config({"avsd": {"view_template": "privileged_reference", "teacher_chat_template_kwargs": {"enable_thinking": True}}})
+    cfg = avsd_config(
+        {"avsd": {"view_template": "privileged_reference", "teacher_chat_template_kwargs": {"enable_thinking": True}}}
+    )
     moved = AvsdConfig.from_dict(cfg.to_dict())
     assert moved.to_dict()["teacher_chat_template_kwargs"] == {"enable_thinking": True}
     here = build_teacher_contexts(thinking_tokenizer, [STUDENT], [ROW], cfg, {"enable_thinking": False})

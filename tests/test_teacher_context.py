@@ -2,8 +2,6 @@
 data is an error naming the row and field."""
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
 from verl_avsd.config import avsd_config
 from verl_avsd.toy.tiny_model import build_tokenizer
@@ -53,7 +51,10 @@ def test_long_view_is_truncated_and_flagged(tokenizer):
 
 
 def test_empty_view_text_is_masked_not_passed_off_as_a_view():
-    assert views_of_row(_row(0, [{"name": "full", "text": "  "}, {"name": "answer", "text": "7"}]), ["full", "answer"], 0) == [None, "7"]
+    assert views_of_row(_row(0, [{"name": "full", "text": "  "}, {"name": "answer", "text": "7"}]), ["full", "answer"], 0) == [
+        None,
+        "7",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -150,4 +151,6 @@ def test_feedback_only_batch_without_programs_is_a_step_without_views_not_an_err
     assert not ctx.view_mask.any()
     # without public tests the feedback view can never exist: still an error
     with pytest.raises(ViewDataError, match="no row of this batch has any of the views"):
-        build_teacher_contexts(tokenizer, [PROMPT], [_row(0, [{"name": "reference", "text": "x"}])], _cfg(views=["feedback"], opsd_view="feedback"))
+        build_teacher_contexts(
+            tokenizer, [PROMPT], [_row(0, [{"name": "reference", "text": "x"}])], _cfg(views=["feedback"], opsd_view="feedback")
+        )

@@ -16,6 +16,7 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
+
 from verl_avsd.workers import prefill_attention, prefill_plan
 from verl_avsd.workers.prefill_plan import plan_microbatches
 from verl_avsd.workers.teacher_prefill import packed_response_logprobs
@@ -273,9 +274,7 @@ def test_varlen_adapter_feeds_cu_seqlens_to_the_kernel(qwen2, monkeypatch):
     sequences = make_views_workload(rng, num_samples=5, max_views=3, missing_rate=0.2)
     reference = reference_logprobs(qwen2, sequences)
     for name in ("varlen", "flash_attn"):
-        monkeypatch.setitem(
-            prefill_attention._VARLEN_KERNELS, name, lambda *a: reference_varlen_kernel(*a, calls=calls)
-        )
+        monkeypatch.setitem(prefill_attention._VARLEN_KERNELS, name, lambda *a: reference_varlen_kernel(*a, calls=calls))
         calls.clear()
         packed = packed_response_logprobs(qwen2, sequences, token_budget=30, attn=name, share_prefix_min_tokens=0)
         assert_close_to_reference(packed, reference)

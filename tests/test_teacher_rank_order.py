@@ -16,8 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
-from verl_avsd.config import default_config
+
 import verl_avsd.verl_trainer_seam as seam
+from verl_avsd.config import default_config
 from verl_avsd.trainer import AvsdTrainer, teacher_rank_order
 
 
@@ -111,7 +112,9 @@ def test_trainer_scores_in_group_order_and_restores_verls_order(monkeypatch):
         assert (seen != keys) == grouped and whole  # (with one rank every group is trivially whole)
         assert metrics.get("avsd/teacher_grouped_by_prompt") == (1.0 if grouped else None)
 
-    trainer.avsd = dataclasses.replace(trainer.avsd, teacher_group_by_prompt=False)  # the switch: verl's order for the teacher too
+    trainer.avsd = dataclasses.replace(
+        trainer.avsd, teacher_group_by_prompt=False
+    )  # the switch: verl's order for the teacher too
     trainer.actor_rollout_wg = RecordingWorkerGroup(4)
     trainer._compute_view_log_probs(FakeBatch(keys, lengths), {})
     assert trainer.actor_rollout_wg.keys_seen == keys

@@ -39,8 +39,12 @@ def test_plan_has_the_tau_row_and_the_sibling_block_at_rollout_n_4(study, tmp_pa
     for group, name, spec in plan:
         groups.setdefault(group, []).append((name, spec))
     assert [n for n, _ in groups["avsd tau=0.2"]] == ["avsd_tau0.2_s0", "avsd_tau0.2_s1", "avsd_tau0.2_s2"]
-    sibling_groups = {"avsd n=4 fixed": "[full,partial,answer]", "avsd n=4 sibling": "[sibling]",
-                      "avsd n=4 sibling as full": "[sibling]", "avsd n=4 fixed+sibling": "[full,partial,answer,sibling]"}
+    sibling_groups = {
+        "avsd n=4 fixed": "[full,partial,answer]",
+        "avsd n=4 sibling": "[sibling]",
+        "avsd n=4 sibling as full": "[sibling]",
+        "avsd n=4 fixed+sibling": "[full,partial,answer,sibling]",
+    }
     for group, views in sibling_groups.items():
         assert len(groups[group]) == 3  # three seeds each
         for name, spec in groups[group]:
@@ -50,7 +54,9 @@ def test_plan_has_the_tau_row_and_the_sibling_block_at_rollout_n_4(study, tmp_pa
             assert o["+algorithm.avsd.views"] == views and "+algorithm.avsd.epistemic_tau" not in o
             # the toy template names each view in its header; "as full" shows the sibling as the worked solution
             header = "Reference (full):" if group.endswith("as full") else "Reference ({view_name}):"
-            assert o["+algorithm.avsd.view_template"] == f"'{header}\\n{{view}}\\n\\n{{prompt}}'", o["+algorithm.avsd.view_template"]
+            assert o["+algorithm.avsd.view_template"] == f"'{header}\\n{{view}}\\n\\n{{prompt}}'", o[
+                "+algorithm.avsd.view_template"
+            ]
     tau = _overrides(study, args, *groups["avsd tau=0.2"][1])
     plain = _overrides(study, args, *groups["avsd"][1])
     assert tau.pop("+algorithm.avsd.epistemic_tau") == "0.2"
@@ -123,7 +129,7 @@ def test_report_shows_tau_next_to_the_rates_and_the_sibling_rows(study, tmp_path
     args = study.parse_args(["--out", str(tmp_path), "--seeds", "0", "--steps", "6"])
     study.write_report(tmp_path, groups, args, 60.0)
     md = (tmp_path / "toy_study.md").read_text().splitlines()
-    epistemic = md[md.index(next(line for line in md if line.startswith("| run | epistemic_tau |"))):]
+    epistemic = md[md.index(next(line for line in md if line.startswith("| run | epistemic_tau |"))) :]
     assert epistemic[2].startswith("| grpo | 0 | 1.00 ± 0.00 |")
     assert epistemic[4].startswith("| avsd tau=0.1 | 0.1 | 3.00 ± 0.00 | ")
     sibling = [line for line in md if line.startswith("| avsd n=4 sibling | sibling | ")]
@@ -138,9 +144,16 @@ def test_report_shows_tau_next_to_the_rates_and_the_sibling_rows(study, tmp_path
 def test_paired_credit_also_reports_the_wrong_rollouts_that_had_a_view(study, tmp_path):
     """A wrong rollout with its only view masked (sibling alone, no correct sibling) gets advantage 0:
     counted, its tokens are "not positive" and halve the share here; over the viewed ones it is 1."""
+
     def row(view_ok: bool, reward: float) -> dict:
-        return {"is_padding": False, "reward": reward, "response_mask": [1, 1, 1], "student_logp": [-2.0, -2.0, -2.0],
-                "view_logq": [[-0.5, -0.5, -0.5] if view_ok else [None, None, None]], "view_mask": [view_ok]}
+        return {
+            "is_padding": False,
+            "reward": reward,
+            "response_mask": [1, 1, 1],
+            "student_logp": [-2.0, -2.0, -2.0],
+            "view_logq": [[-0.5, -0.5, -0.5] if view_ok else [None, None, None]],
+            "view_mask": [view_ok],
+        }
 
     dumps = tmp_path / "rollouts"
     dumps.mkdir()

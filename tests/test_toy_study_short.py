@@ -26,8 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_short_study_avsd_blames_wrong_rollouts(tmp_path):
     out = tmp_path / "study"
-    cmd = [sys.executable, str(ROOT / "bench" / "toy_study.py"), "--out", str(out), "--methods", "avsd", "--seeds", "0",
-           "--steps", "2", "--n-val", "16", "--no-sweep"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "toy_study.py"),
+        "--out",
+        str(out),
+        "--methods",
+        "avsd",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--n-val",
+        "16",
+        "--no-sweep",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "toy_study.json").read_text())
@@ -45,7 +58,9 @@ def test_short_study_avsd_blames_wrong_rollouts(tmp_path):
 
     # the first wrong token: where the response stops following the reference solution
     tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR)
-    solutions = {e["index"]: e["views"][0]["text"] for e in pd.read_parquet(out / "data" / "train.parquet")["extra_info"]}  # "full"
+    solutions = {
+        e["index"]: e["views"][0]["text"] for e in pd.read_parquet(out / "data" / "train.parquet")["extra_info"]
+    }  # "full"
     total_negative, first_negative, after_negative = [], [], []  # per wrong rollout / per token
     for dump in sorted((out / "runs" / "avsd_s0" / "rollouts").glob("*.jsonl")):
         for row in map(json.loads, dump.read_text().splitlines()):

@@ -27,7 +27,12 @@ UIDS = ["p", "p", "q", "q"]
 OLD = [[-0.5, -1.0, -0.2, -2.0, -0.1, -0.3], [-1.5, -0.4, -0.9], [-0.3, -1.8, -0.6, -1.2, -0.8], [-0.7, -0.1, -0.2, -0.9, -0.4]]
 # the rollout engine's log-probs: row 0 token 3 is far off (ratio pi_old / pi_rollout = e^1.6: weight
 # truncated at 2, and rejected); row 2 token 1 has ratio e^-1.5 (rejected); the rest near 1
-ROLLOUT = [[-0.5, -1.1, -0.2, -3.6, -0.1, -0.2], [-1.5, -0.5, -0.8], [-0.3, -0.3, -0.6, -1.0, -0.8], [-0.7, -0.1, -0.3, -0.9, -0.4]]
+ROLLOUT = [
+    [-0.5, -1.1, -0.2, -3.6, -0.1, -0.2],
+    [-1.5, -0.5, -0.8],
+    [-0.3, -0.3, -0.6, -1.0, -0.8],
+    [-0.7, -0.1, -0.3, -0.9, -0.4],
+]
 CORRECTION = {"rollout_is": "token", "rollout_is_threshold": 2.0, "rollout_rs": "token_k1", "rollout_rs_threshold": "0.5_4.0",
               "bypass_mode": False, "rollout_is_batch_normalize": False}  # fmt: skip
 
@@ -110,7 +115,9 @@ def test_estimators_without_a_teacher_keep_verls_step(monkeypatch):
     rows = [{**row, "advantages": torch.zeros(len(row["responses"]))} for row in _rows(True)]
     tq = FakeTQ(rows, keys=["p_0_0", "p_0_1", "q_0_0", "q_1_0"]).install(monkeypatch)
     verl_steps = []
-    monkeypatch.setattr(trainer_module.PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: verl_steps.append(1) or batch)
+    monkeypatch.setattr(
+        trainer_module.PPOTrainerSync, "_compute_advantage", lambda self, batch, metrics: verl_steps.append(1) or batch
+    )
     _trainer("grpo", correction=CORRECTION)._compute_advantage(tq.batch(), {})
     assert verl_steps == [1]
 

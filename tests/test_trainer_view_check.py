@@ -5,8 +5,8 @@ import types
 
 import pytest
 
-from verl_avsd.config import avsd_config
 import verl_avsd.verl_trainer_seam as seam
+from verl_avsd.config import avsd_config
 from verl_avsd.trainer import AvsdTrainer
 from verl_avsd.workers.teacher_context import ViewDataError
 

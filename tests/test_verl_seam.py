@@ -56,7 +56,9 @@ def test_role_mapping_is_verls():
     # the seam's edit, on a trainer as verl's method leaves it (no KL term: no ref model)
     trainer = types.SimpleNamespace(role_worker_mapping={Role.ActorRollout: object}, mapping={Role.ActorRollout: "global_pool"})
     seam.build_ref_model_with_actor(trainer)
-    assert trainer.mapping == {Role.ActorRolloutRef: "global_pool"} and list(trainer.role_worker_mapping) == [Role.ActorRolloutRef]
+    assert trainer.mapping == {Role.ActorRolloutRef: "global_pool"} and list(trainer.role_worker_mapping) == [
+        Role.ActorRolloutRef
+    ]
     seam.use_actor_worker_class(trainer, type("Worker", (), {}))
     assert trainer.role_worker_mapping[Role.ActorRolloutRef] is not None and not seam.has_separate_actor(trainer)
 
@@ -73,7 +75,9 @@ def test_compute_advantage_calls_only_what_the_teacher_path_mirrors():
         "compute_advantage_for_multi_trajectories",  # seam.check_one_output_per_session refuses several outputs
         "response_to_nested", "DataProto", "TensorDict",  # data layout (seam.nested_like)
     }  # fmt: skip
-    assert calls == mirrored, f"verl's PPOTrainer._compute_advantage now calls {sorted(calls - mirrored)} (no longer {sorted(mirrored - calls)})"
+    assert calls == mirrored, (
+        f"verl's PPOTrainer._compute_advantage now calls {sorted(calls - mirrored)} (no longer {sorted(mirrored - calls)})"
+    )
     # the settings the teacher path reads or refuses are verl's keys
     algorithm = _verl_default_config()["algorithm"]
     assert "use_kl_in_reward" in algorithm
@@ -95,7 +99,9 @@ def test_multi_output_key_format_is_verls():
     import verl.trainer.ppo.v1.agent_loop_tq as agent_loop_tq
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
-    assert 'keys.append(f"{uid}_{session_id}_{i}")' in inspect.getsource(agent_loop_tq)  # AgentLoopWorkerTQ._agent_loop_postprocess
+    assert 'keys.append(f"{uid}_{session_id}_{i}")' in inspect.getsource(
+        agent_loop_tq
+    )  # AgentLoopWorkerTQ._agent_loop_postprocess
     assert "rsplit" in _names(compute_advantage_for_multi_trajectories)
     assert [seam.trajectory_index(k) for k in ("3f2a-9c_0_0", "3f2a-9c_1_2", "key0")] == [0, 2, 0]
 
@@ -133,7 +139,9 @@ def test_field_names_are_the_ones_verl_writes():
     # AgentLoopWorkerTQ is a Ray actor class: its source, not its (wrapped) methods
     assert f'field["{seam.RESPONSES}"]' in inspect.getsource(agent_loop_tq)  # stored per sample by the agent loop
     assert seam.EXTRA_INFO in _strings(RLHFDataset.__getitem__)  # the dataset row's field, stored with it
-    assert "is_padding=True" in inspect.getsource(padding_utils)  # the tag on the copies upsample_batch_to_divisible_size pads with
+    assert "is_padding=True" in inspect.getsource(
+        padding_utils
+    )  # the tag on the copies upsample_batch_to_divisible_size pads with
     assert "is_padding" in _strings(PPOTrainer._compute_metrics)  # which verl's own metrics leave out alike
     assert "seq_len" in _strings(PPOTrainer._balance_batch)
     import transfer_queue as tq
@@ -212,7 +220,10 @@ def test_process_group_init_is_verls():
     import verl.utils.distributed as verl_distributed
     import verl.workers.engine_workers as engine_workers
 
-    assert list(inspect.signature(verl_distributed.initialize_global_process_group_ray).parameters) == ["timeout_second", "backend"]
+    assert list(inspect.signature(verl_distributed.initialize_global_process_group_ray).parameters) == [
+        "timeout_second",
+        "backend",
+    ]
     assert hasattr(engine_workers, "initialize_global_process_group_ray")  # bound by name: the seam replaces both
     assert callable(verl_distributed.get_device_name) and callable(verl_distributed.get_nccl_backend)
 

@@ -25,7 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 # folder in the checkout -> package name once installed (workers/ and data_prep/ move under verl_avsd)
 INSTALLED_AS = {"verl_avsd": "verl_avsd", "workers": "verl_avsd.workers", "data_prep": "verl_avsd.data_prep"}
 # what the build needs is the source; the rest of a working checkout stays behind
-NOT_SOURCE = (".venv", ".git", "build", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "outputs", "runs", "tmp")
+NOT_SOURCE = (
+    ".venv",
+    ".git",
+    "build",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".hypothesis",
+    "outputs",
+    "runs",
+    "tmp",
+)
 DEMO_TIMEOUT_S = 900
 
 # Runs in the fresh venv, cwd outside the checkout: import every module, report where each
@@ -78,8 +90,23 @@ def build_wheel(dist_dir: Path, tmp: Path) -> Path:
     source = tmp / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(dist_dir), str(source)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist_dir),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = dist_dir.glob("verl_avsd-*.whl")
     return wheel
@@ -91,10 +118,15 @@ def fresh_venv(root: Path) -> tuple[Path, Path]:
     editable finder never runs. Returns (bin dir, site-packages)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     python = root / "bin" / "python"
-    site = Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+    )
     deps = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     assert not any(Path(d).resolve().is_relative_to(root.resolve()) for d in deps)
     (site / "installed_dependencies.pth").write_text("\n".join(deps) + "\n")
@@ -135,12 +167,20 @@ def test_wheel_installs_every_module_data_file_and_runs_the_demo(tmp_path):
     env = venv_env(bin_dir)
     install = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index", "-q", str(wheel)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     probe = subprocess.run(
         [str(bin_dir / "python"), "-c", PROBE, json.dumps(sorted(expected))],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     report = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -156,7 +196,11 @@ def test_wheel_installs_every_module_data_file_and_runs_the_demo(tmp_path):
     out = tmp_path / "demo"
     demo = subprocess.run(
         [str(bin_dir / "verl-avsd"), "demo", "--steps", "1", "--prompts-per-step", "4", "--output", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
     )
     log = demo.stdout[-3000:] + demo.stderr[-3000:]
     assert demo.returncode == 0, log

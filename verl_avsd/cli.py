@@ -1,11 +1,11 @@
 """`verl-avsd`: the project's command line.
 
-    verl-avsd demo      a real AVSD training run of a tiny local model on a toy task (CPU)
-    verl-avsd signals   the per-token signal table (no model)
-    verl-avsd prep ...  datasets -> verl parquet with privileged views
-    verl-avsd eval ...  Avg@k / pass@k (math) and pass@1 (code) of a model or checkpoint
-    verl-avsd report RUN_DIR [RUN_DIR ...]   plots and a markdown summary of runs
-    verl-avsd prep-model smollm2 --out DIR   a real pretrained chat model as an HF folder (offline)
+verl-avsd demo      a real AVSD training run of a tiny local model on a toy task (CPU)
+verl-avsd signals   the per-token signal table (no model)
+verl-avsd prep ...  datasets -> verl parquet with privileged views
+verl-avsd eval ...  Avg@k / pass@k (math) and pass@1 (code) of a model or checkpoint
+verl-avsd report RUN_DIR [RUN_DIR ...]   plots and a markdown summary of runs
+verl-avsd prep-model smollm2 --out DIR   a real pretrained chat model as an HF folder (offline)
 """
 
 from __future__ import annotations

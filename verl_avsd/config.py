@@ -178,9 +178,7 @@ def _parsed_node(user) -> DictConfig:
             )
     # Shapes a merge would choke on (or silently accept: a string onto a list) are checked first.
     if "views" in user and not isinstance(user["views"], (list, tuple, ListConfig)):
-        raise AvsdConfigError(
-            f"{KEY}.views must be a list of view names like [full,partial,answer], got {user['views']!r:.80}"
-        )
+        raise AvsdConfigError(f"{KEY}.views must be a list of view names like [full,partial,answer], got {user['views']!r:.80}")
     if "epistemic_markers" in user and not isinstance(user["epistemic_markers"], (list, tuple, ListConfig)):
         raise AvsdConfigError(
             f"{KEY}.epistemic_markers must be a list of words or phrases like [wait, hmm, let me check], "
@@ -256,7 +254,9 @@ def _text(cfg, key: str, *, allow_none: bool = False, what: str = "") -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, str) or not value.strip():
-        raise AvsdConfigError(f"{KEY}.{key} must be a non-empty string{' or null' if allow_none else ''}{what}, got {value!r:.80}")
+        raise AvsdConfigError(
+            f"{KEY}.{key} must be a non-empty string{' or null' if allow_none else ''}{what}, got {value!r:.80}"
+        )
 
 
 def _check_views(cfg) -> list[str]:
@@ -314,7 +314,9 @@ def _check_teacher_chat_kwargs(cfg) -> None:
     if kwargs is None:
         return
     if not isinstance(kwargs, DictConfig):
-        raise AvsdConfigError(f"{KEY}.teacher_chat_template_kwargs must be a mapping like {{enable_thinking: true}} or null, got {kwargs!r:.80}")
+        raise AvsdConfigError(
+            f"{KEY}.teacher_chat_template_kwargs must be a mapping like {{enable_thinking: true}} or null, got {kwargs!r:.80}"
+        )
     for name in kwargs:
         if not isinstance(name, str) or not name.isidentifier():
             raise AvsdConfigError(f"{KEY}.teacher_chat_template_kwargs: {name!r} is not an argument name")
@@ -380,6 +382,10 @@ def _validate(cfg: DictConfig) -> None:
     _count(cfg, "sandbox_max_concurrent", 1, allow_none=True, what=" (null = the sandbox's default)")
     url = cfg.sandbox_fusion_url
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-        raise AvsdConfigError(f"{KEY}.sandbox_fusion_url must be an http(s) URL of a SandboxFusion /run_code endpoint or null, got {url!r:.80}")
+        raise AvsdConfigError(
+            f"{KEY}.sandbox_fusion_url must be an http(s) URL of a SandboxFusion /run_code endpoint or null, got {url!r:.80}"
+        )
     if cfg.sandbox_isolation == "sandbox_fusion" and url is None:
-        raise AvsdConfigError(f"{KEY}.sandbox_isolation=sandbox_fusion needs {KEY}.sandbox_fusion_url (the server's /run_code URL)")
+        raise AvsdConfigError(
+            f"{KEY}.sandbox_isolation=sandbox_fusion needs {KEY}.sandbox_fusion_url (the server's /run_code URL)"
+        )

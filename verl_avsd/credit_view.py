@@ -47,14 +47,11 @@ def pick_rollout(directory: Path, spec: str | None, wrong_below: float) -> tuple
         raise ReportError(f"--rollout must be STEP:INDEX (e.g. {max(files)}:0), got {spec!r}")
     step, index = int(match.group(1)), int(match.group(2))
     if step not in files:
-        raise ReportError(
-            f"--rollout {spec}: no dump of step {step} in {directory}; dumped steps: {', '.join(map(str, files))}"
-        )
+        raise ReportError(f"--rollout {spec}: no dump of step {step} in {directory}; dumped steps: {', '.join(map(str, files))}")
     rows = read_dump(files[step])
     if index >= len(rows):
         raise ReportError(f"--rollout {spec}: {files[step]} has {len(rows)} rollouts, indices 0..{len(rows) - 1}")
     return step, index, rows[index], "chosen with --rollout"
-
 
 
 def credit_advantages(row: dict, avsd_options: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -134,14 +131,11 @@ def write_credit_html(
         for t, (token, value) in enumerate(zip(tokens, values)):
             rgb, alpha = _rgba(value, scale)
             spans.append(
-                span(
-                    "pos" if value > 0 else "neg" if value < 0 else "zero", method, t, token, value, gate[t], rgb, alpha
-                )
+                span("pos" if value > 0 else "neg" if value < 0 else "zero", method, t, token, value, gate[t], rgb, alpha)
             )
         rows.append(f'<tr><th>{method}</th><td class="tokens">{"".join(spans)}</td></tr>')
     gate_spans = [
-        span("gate", "gate", t, token, g, g, GATE_RGB, min(max(g, 0.0), 1.0))
-        for t, (token, g) in enumerate(zip(tokens, gate))
+        span("gate", "gate", t, token, g, g, GATE_RGB, min(max(g, 0.0), 1.0)) for t, (token, g) in enumerate(zip(tokens, gate))
     ]
     rows.append(f'<tr><th>gate</th><td class="tokens">{"".join(gate_spans)}</td></tr>')
     page = f"""<!doctype html>
@@ -223,9 +217,7 @@ def write_credit_view(run: Run, out_dir: Path, spec: str | None, tokenizer_path:
     ]
     if estimator in advantages and "advantage" in row and len(row["advantage"]) == len(row["response_mask"]):
         diff = max((abs(float(advantages[estimator][t]) - row["advantage"][t]) for t in positions), default=0.0)
-        notes.append(
-            f"Recomputed {estimator} advantage vs the one the run trained on (dumped): max |difference| {diff:.2g}."
-        )
+        notes.append(f"Recomputed {estimator} advantage vs the one the run trained on (dumped): max |difference| {diff:.2g}.")
 
     stem = f"credit_{name_prefix}{step}_{index}"
     title = f"Token credit: {run.label}, step {step}, rollout {index} (reward {row['reward']:g})"

@@ -37,8 +37,18 @@ from verl_avsd.toy_run import ToyRun, random_toy_model, run_main_ppo, toy_data
 
 # what a demo run writes in its folder (verl runs there: hydra's outputs/, checkpoints/ if saved)
 DEMO_OUTPUTS = (
-    "metrics.jsonl", "verl_metrics.jsonl", "config.yaml", "train.log", "reward.png", "gate.png", "credit.png",
-    "data", "model", "outputs", "checkpoints", "rollouts",
+    "metrics.jsonl",
+    "verl_metrics.jsonl",
+    "config.yaml",
+    "train.log",
+    "reward.png",
+    "gate.png",
+    "credit.png",
+    "data",
+    "model",
+    "outputs",
+    "checkpoints",
+    "rollouts",
 )
 
 
@@ -56,7 +66,9 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="model folder (default: the shipped warmed-up toy model)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output (or write into a non-empty folder)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous demo run in --output (or write into a non-empty folder)"
+    )
     p.add_argument("--timeout", type=int, default=1800, help="seconds before the run is stopped")
     return p.parse_args(argv)
 
@@ -91,8 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = random_toy_model(str(out / "model"))
     data = toy_data(str(out / "data"), n_train=max(256, args.prompts_per_step * args.steps), n_val=64, seed=args.seed)
     run = ToyRun(
-        model_dir=model_dir, train_file=data["train"], val_file=data["val"], run_dir=str(out),
-        estimator=args.estimator, teacher_placement=args.teacher_placement, steps=args.steps, prompts_per_step=args.prompts_per_step, lr=args.lr, seed=args.seed,
+        model_dir=model_dir,
+        train_file=data["train"],
+        val_file=data["val"],
+        run_dir=str(out),
+        estimator=args.estimator,
+        teacher_placement=args.teacher_placement,
+        steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        lr=args.lr,
+        seed=args.seed,
     )
     overrides = run.overrides()
 
@@ -113,5 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(result.log_tail(4000), file=sys.stderr)
         print(f"[demo] main_ppo failed (exit {result.returncode}); full log: {out / 'train.log'}", file=sys.stderr)
         return 1
-    print(f"[demo] done in {result.seconds:.0f}s: {out / 'metrics.jsonl'}, {out / 'config.yaml'}, " + ", ".join(p.name for p in plots))
+    print(
+        f"[demo] done in {result.seconds:.0f}s: {out / 'metrics.jsonl'}, {out / 'config.yaml'}, "
+        + ", ".join(p.name for p in plots)
+    )
     return 0

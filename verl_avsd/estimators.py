@@ -53,7 +53,8 @@ def token_advantages(
         _ignored_tau_warned.add(estimator)  # a setting that silently did nothing otherwise
         logger.warning(
             "algorithm.avsd.epistemic_tau=%s has no effect with algorithm.adv_estimator=%s: only avsd applies it",
-            cfg.epistemic_tau, estimator,
+            cfg.epistemic_tau,
+            estimator,
         )
     if estimator == "opsd":
         # OPSD reads one view; M = 1 AVSD is exactly OPSD (tested), so reuse the same code path.

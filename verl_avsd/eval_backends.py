@@ -129,10 +129,7 @@ def vllm_generator(model_dir: str, *, temperature: float, top_p: float, max_new_
         # token ids, not text: vLLM would tokenize text with the special tokens (a BOS) verl never adds
         requests = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = llm.generate(requests, params, use_tqdm=True)
-        return [
-            [Generation(o.text, len(o.token_ids), o.finish_reason == "length") for o in output.outputs]
-            for output in outputs
-        ]
+        return [[Generation(o.text, len(o.token_ids), o.finish_reason == "length") for o in output.outputs] for output in outputs]
 
     return generate
 

@@ -52,7 +52,9 @@ def merged_hf_folder(actor: Path) -> Path:
     if record_file.is_file() and json.loads(record_file.read_text()).get("shards") == source:
         return target
     if target.exists() and not record_file.is_file():  # not a merge of ours: never delete it
-        raise ModelPathError(f"{target} exists and was not written by verl-avsd eval (no {MERGE_RECORD}); move it away to merge {actor}")
+        raise ModelPathError(
+            f"{target} exists and was not written by verl-avsd eval (no {MERGE_RECORD}); move it away to merge {actor}"
+        )
 
     from verl.model_merger.base_model_merger import ModelMergerConfig
     from verl.model_merger.fsdp_model_merger import FSDPModelMerger

@@ -61,9 +61,7 @@ def evaluate(
     generations = generate_fn(prompts, k)
     if len(generations) != len(rows) or any(len(samples) != k for samples in generations):
         counts = sorted({len(samples) for samples in generations})
-        raise ValueError(
-            f"the generator returned {len(generations)} prompts x {counts} samples, expected {len(rows)} x {k}"
-        )
+        raise ValueError(f"the generator returned {len(generations)} prompts x {counts} samples, expected {len(rows)} x {k}")
     scores = score_generations(rows, generations, progress=progress)
     correct = [sum(score["acc"] == 1.0 for score in row_scores) for row_scores in scores]  # c_i
     problems = []
@@ -94,9 +92,7 @@ def evaluate(
     return BenchmarkResult(metrics, problems, generations, scores)
 
 
-def score_generations(
-    rows: list[EvalRow], generations: list[list[Generation]], *, progress: bool = True
-) -> list[list[dict]]:
+def score_generations(rows: list[EvalRow], generations: list[list[Generation]], *, progress: bool = True) -> list[list[dict]]:
     """Every response scored by its row's scorer (a few at a time: code runs in the sandbox)."""
 
     def score_one(job: tuple[int, int]) -> dict:
@@ -116,5 +112,3 @@ def score_generations(
     for (i, _), score in zip(jobs, flat):
         scores[i].append(score)
     return scores
-
-

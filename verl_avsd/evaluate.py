@@ -98,9 +98,7 @@ def run_eval(config: EvalConfig) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sampling = dict(
-        temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed
-    )
+    sampling = dict(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed)
     if backend == "vllm":
         generate_fn = vllm_generator(model_dir, **sampling)
     else:
@@ -208,8 +206,7 @@ def markdown_report(report: dict) -> str:
         "",
         f"backend {report['backend']}, k = {k}, temperature {report['temperature']}, top-p {report['top_p']}, "
         f"max new tokens {report['max_new_tokens']}, seed {report['seed']}, "
-        f"chat template kwargs `{json.dumps(report['chat_template_kwargs'])}`"
-        + merged,
+        f"chat template kwargs `{json.dumps(report['chat_template_kwargs'])}`" + merged,
     ]
     for name, benchmark in report["benchmarks"].items():
         one = {**report, "benchmarks": {name: benchmark}}
@@ -263,9 +260,7 @@ def _json_object(text: str) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="verl-avsd eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="verl-avsd eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF model folder, or verl checkpoint folder .../global_step_N/actor")
     p.add_argument("--data", action="append", required=True, help="benchmark parquet file (repeatable)")
     p.add_argument("--output", required=True, help="folder for eval.json, eval.md, generations.jsonl")

@@ -94,9 +94,7 @@ def run_feedback(
     jobs = []
     for i in range(n):
         tests = (
-            None
-            if public_tests[i] is None
-            else parse_tests(public_tests[i], where=f"{names[i]}: field extra_info.public_tests")
+            None if public_tests[i] is None else parse_tests(public_tests[i], where=f"{names[i]}: field extra_info.public_tests")
         )
         limits = limits_of_row(times[i], memories[i], where=names[i])
         jobs.append((responses[i], tests, limits, langs[i] or "python"))
@@ -105,9 +103,7 @@ def run_feedback(
         feedbacks = list(pool.map(lambda job: _feedback_for(*job, sandbox=sandbox), jobs))
     sandbox_errors = sum(f.status == Status.SANDBOX_ERROR.value for f in feedbacks)
     if sandbox_errors:
-        logger.warning(
-            "feedback view: the sandbox failed on %d of %d rollouts (no feedback view for them)", sandbox_errors, n
-        )
+        logger.warning("feedback view: the sandbox failed on %d of %d rollouts (no feedback view for them)", sandbox_errors, n)
     return feedbacks
 
 
@@ -156,9 +152,7 @@ def feedback_text(report: JudgeReport, tests: TestSet, limits: Limits) -> str:
         return f"{where}: the program exceeds the memory limit ({limits.memory_mb} MB).\n{test_input}"
     if failure.status == Status.OUTPUT_LIMIT.value:
         return f"{where}: the program prints more than {limits.max_output_bytes} bytes of output.\n{test_input}"
-    return f"{where}: the program crashes ({result.detail}).\n{test_input}\nError output:\n" + _block(
-        result.stderr, keep="tail"
-    )
+    return f"{where}: the program crashes ({result.detail}).\n{test_input}\nError output:\n" + _block(result.stderr, keep="tail")
 
 
 def _block(text: str, max_lines: int = MAX_LINES, keep: str = "head") -> str:

@@ -44,9 +44,7 @@ def is_previous_output(path: str | Path, command: str, owned: tuple[str, ...]) -
     return made_by(path) == command or (bool(entries) and all(_owned(name, owned) for name in entries))
 
 
-def claim_output_dir(
-    path: str | Path, command: str, owned: tuple[str, ...], overwrite: bool = False, keep: bool = False
-) -> Path:
+def claim_output_dir(path: str | Path, command: str, owned: tuple[str, ...], overwrite: bool = False, keep: bool = False) -> Path:
     """Make `path` ready for `command`, whose outputs are the entries matching the glob patterns in
     `owned`. `keep`: a previous output folder of the command is used as it is (resume); else it is
     refused unless `overwrite`, which removes the command's own entries first. Returns the
@@ -73,8 +71,7 @@ def claim_output_dir(
         (path / MARKER).write_text(command + "\n")
     elif previous:
         raise OutputDirError(
-            f"{path} holds a previous output of {command}; choose a new folder, or pass "
-            "--overwrite to replace it"
+            f"{path} holds a previous output of {command}; choose a new folder, or pass --overwrite to replace it"
         )
     elif not overwrite:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

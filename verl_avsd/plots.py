@@ -57,9 +57,7 @@ REPORT_PLOTS_AFTER_CREDIT = [
 def report_plots(validation_keys: list[str], credit_top_ks: list[int]) -> list:
     """The report's figures; the reward figure also draws each validation accuracy the runs logged
     (verl: `val-core/<data_source>/<acc|reward>/mean@N`), the credit figure each run's top-k."""
-    reward = [("critic/score/mean", "train reward")] + [
-        (k, "val " + k.removeprefix("val-core/")) for k in validation_keys
-    ]
+    reward = [("critic/score/mean", "train reward")] + [(k, "val " + k.removeprefix("val-core/")) for k in validation_keys]
     return [
         ("reward.png", "Reward (train) and validation accuracy", reward),
         GATE_PLOT,

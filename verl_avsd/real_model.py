@@ -99,15 +99,19 @@ def _check_folder(folder: Path, model: PackagedModel) -> dict:
     problems = []
     if tokenizer.eos_token != model.end_of_turn or tokenizer.pad_token != model.end_of_turn:
         problems.append(f"tokenizer eos/pad are {tokenizer.eos_token!r}/{tokenizer.pad_token!r}, expected {model.end_of_turn!r}")
-    for where, eos, pad in (("config.json", config.eos_token_id, config.pad_token_id),
-                            ("generation_config.json", generation.eos_token_id, generation.pad_token_id)):
+    for where, eos, pad in (
+        ("config.json", config.eos_token_id, config.pad_token_id),
+        ("generation_config.json", generation.eos_token_id, generation.pad_token_id),
+    ):
         if eos != end_id or pad != end_id:
             problems.append(f"{where}: eos_token_id={eos}, pad_token_id={pad}, expected {end_id}")
     if tokenizer.chat_template is None:
         problems.append("the tokenizer has no chat template")
     else:
         question, answer = "What is 2 + 3?", "5"
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
         if not prompt.endswith(f"{model.turn_start}assistant\n") or question not in prompt:
             problems.append(f"chat template renders an unexpected prompt: {prompt!r}")
         turn = tokenizer.apply_chat_template(
@@ -125,8 +129,13 @@ def _check_folder(folder: Path, model: PackagedModel) -> dict:
         problems.append("tokenizer does not round-trip text through encode/decode")
     if problems:
         raise RealModelError(f"{folder}: " + "; ".join(problems))
-    return {"eos_token": tokenizer.eos_token, "eos_token_id": end_id, "pad_token_id": end_id,
-            "vocab_size": config.vocab_size, "architecture": (config.architectures or ["?"])[0]}
+    return {
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": end_id,
+        "pad_token_id": end_id,
+        "vocab_size": config.vocab_size,
+        "architecture": (config.architectures or ["?"])[0],
+    }
 
 
 def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=print) -> dict:
@@ -153,8 +162,9 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
         raise RealModelError(f"{out} exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not ours:
         # never deleted, not even with --force: `--out . --force` would remove the current directory
-        raise RealModelError(f"{out} exists and is not a folder this command prepared from {gguf_file.name}; "
-                             "choose another (new or empty) --out")
+        raise RealModelError(
+            f"{out} exists and is not a folder this command prepared from {gguf_file.name}; choose another (new or empty) --out"
+        )
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the GGUF is local: nothing may reach a hub
     import torch
@@ -180,8 +190,9 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # a failed conversion leaves nothing behind
         raise
-    facts.update(model=name, source=str(gguf_file), source_sha256=sha,
-                 parameters=sum(p.numel() for p in lm.parameters()), dtype="float32")
+    facts.update(
+        model=name, source=str(gguf_file), source_sha256=sha, parameters=sum(p.numel() for p in lm.parameters()), dtype="float32"
+    )
     (partial / MARKER).write_text(json.dumps(facts, indent=2) + "\n")
     if out.exists():
         if any(out.iterdir()):  # empty, or (checked above) an earlier output of this command
@@ -193,12 +204,18 @@ def prepare(name: str, out_dir: str | os.PathLike, force: bool = False, log=prin
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="verl-avsd prep-model", description=__doc__.split("\n\n")[0],
-                                     epilog="Converts offline from the installed package; nothing is downloaded.")
+    parser = argparse.ArgumentParser(
+        prog="verl-avsd prep-model",
+        description=__doc__.split("\n\n")[0],
+        epilog="Converts offline from the installed package; nothing is downloaded.",
+    )
     parser.add_argument("model", choices=sorted(MODELS), help="which packaged model")
     parser.add_argument("--out", required=True, help="folder to write the HF model into")
-    parser.add_argument("--force", action="store_true",
-                        help="convert again into an --out this command prepared earlier (a foreign folder is never replaced)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="convert again into an --out this command prepared earlier (a foreign folder is never replaced)",
+    )
     args = parser.parse_args(argv)
     try:
         facts = prepare(args.model, args.out, force=args.force)
@@ -206,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verl-avsd prep-model: {error}", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
-    print(f"wrote {out}: {facts['architecture']}, {facts['parameters'] / 1e6:.1f}M parameters, {facts['dtype']}, "
-          f"vocab {facts['vocab_size']}, eos = pad = {facts['eos_token']} (id {facts['eos_token_id']})")
+    print(
+        f"wrote {out}: {facts['architecture']}, {facts['parameters'] / 1e6:.1f}M parameters, {facts['dtype']}, "
+        f"vocab {facts['vocab_size']}, eos = pad = {facts['eos_token']} (id {facts['eos_token_id']})"
+    )
     for file in sorted(out.iterdir()):
         print(f"  {file.name:28s} {file.stat().st_size / 2**20:9.2f} MB")
     print(f"train it with actor_rollout_ref.model.path={out}")

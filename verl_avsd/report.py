@@ -55,45 +55,33 @@ REPORT_OUTPUTS = ("summary.md", "summary.json", "*.png", "credit_*.html")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="verl-avsd report", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="verl-avsd report", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(
         "--label",
         action="append",
         help="name of a run in plots and tables, once per RUN_DIR in order (default: its dir name)",
     )
-    p.add_argument(
-        "--output", default=None, help="output folder (default RUN_DIR/report for one run, report/ for several)"
-    )
+    p.add_argument("--output", default=None, help="output folder (default RUN_DIR/report for one run, report/ for several)")
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a non-empty --output that holds other files (nothing there is deleted)",
     )
-    p.add_argument(
-        "--smooth", type=int, default=1, help="plot the moving average over N logged points (default 1: raw)"
-    )
-    p.add_argument(
-        "--last", type=int, default=5, help="summary: mean of each metric's last N logged values (default 5)"
-    )
+    p.add_argument("--smooth", type=int, default=1, help="plot the moving average over N logged points (default 1: raw)")
+    p.add_argument("--last", type=int, default=5, help="summary: mean of each metric's last N logged values (default 5)")
     p.add_argument(
         "--rollout",
         default=None,
         metavar="STEP:INDEX",
         help="the dumped rollout of the credit view (INDEX: 0-based line)",
     )
-    p.add_argument(
-        "--tokenizer", default=None, help="tokenizer folder for the credit view (default: the run's model path)"
-    )
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for the credit view (default: the run's model path)")
     args = p.parse_args(argv)
     if args.smooth < 1 or args.last < 1:
         p.error("--smooth and --last must be at least 1")
     if args.label is not None and len(args.label) != len(args.run_dirs):
-        p.error(
-            f"--label given {len(args.label)} times for {len(args.run_dirs)} run directories; give one per run or none"
-        )
+        p.error(f"--label given {len(args.label)} times for {len(args.run_dirs)} run directories; give one per run or none")
     return args
 
 
@@ -140,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[report] {run.label}: no rollout dumps, so no credit view (+algorithm.avsd.dump_rollouts_dir)")
     for view in credit_views:
         print(f"[report] credit view: {view['about']}")
-    written = ["summary.md", "summary.json", *summary["plots"]] + [
-        v[kind] for v in credit_views for kind in ("html", "png")
-    ]
+    written = ["summary.md", "summary.json", *summary["plots"]] + [v[kind] for v in credit_views for kind in ("html", "png")]
     print(f"[report] wrote {out}: " + ", ".join(written))
     return 0
 

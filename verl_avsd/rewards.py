@@ -169,9 +169,7 @@ def code_score(
     if program is None:
         return _score(0.0, "no_program", pass_rate=0.0)
     try:
-        report = judge(
-            program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing
-        )
+        report = judge(program, tests, sandbox=sandbox or get_sandbox(), limits=limits, stop_on_first_failure=all_or_nothing)
     except SandboxUnavailable as exc:
         raise SandboxUnavailable(f"{row}: cannot score this response: {exc}") from exc
     acc = 1.0 if report.all_passed else 0.0

@@ -79,9 +79,7 @@ def check_dump_row(row: dict, where: str) -> None:
     """The fields the credit view reads, with consistent lengths: M views, T positions."""
     missing = [f for f in DUMP_FIELDS if f not in row]
     if missing:
-        raise ReportError(
-            f"{where}: missing field(s) {missing} (AvsdTrainer._dump_rollouts writes {list(DUMP_FIELDS)})"
-        )
+        raise ReportError(f"{where}: missing field(s) {missing} (AvsdTrainer._dump_rollouts writes {list(DUMP_FIELDS)})")
     T, M = len(row["response_mask"]), len(row["views"])
     if len(row["student_logp"]) != T:
         raise ReportError(f"{where}: field 'student_logp' has {len(row['student_logp'])} values, response_mask has {T}")
@@ -92,16 +90,13 @@ def check_dump_row(row: dict, where: str) -> None:
         )
     for m, values in enumerate(row["view_logq"]):
         if len(values) != T:
-            raise ReportError(
-                f"{where}: field 'view_logq' row {m} ({row['views'][m]}) has {len(values)} values, not {T}"
-            )
+            raise ReportError(f"{where}: field 'view_logq' row {m} ({row['views'][m]}) has {len(values)} values, not {T}")
     last_position = max((t for t, on in enumerate(row["response_mask"]) if on), default=-1)
     if last_position >= len(row["response_ids"]):
         raise ReportError(
             f"{where}: field 'response_ids' has {len(row['response_ids'])} ids, "
             f"but response_mask reaches position {last_position}"
         )
-
 
 
 def dump_tensors(rows: list[dict], dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:

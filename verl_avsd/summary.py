@@ -80,7 +80,9 @@ def summarize_run(run: Run, last: int = 5) -> dict:
         "estimator": config_value(run.config, "algorithm.adv_estimator"),
         "model": config_value(run.config, "actor_rollout_ref.model.path"),
         # the optional term that keeps exploratory tokens; a config without the key ran the default
-        "epistemic_tau": config_value(run.config, "algorithm.avsd.epistemic_tau", default_config().epistemic_tau if run.config else None),
+        "epistemic_tau": config_value(
+            run.config, "algorithm.avsd.epistemic_tau", default_config().epistemic_tau if run.config else None
+        ),
         "credit_top_k": top_k,
         "steps": max(run.metrics),
         "reward_final": reward["final"],
@@ -158,7 +160,5 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", "## Plots", ""] + [f"- [{p}]({p})" for p in summary["plots"]]
     if summary.get("credit_views"):
         lines += ["", "## Token credit", ""]
-        lines += [
-            f"- [{c['html']}]({c['html']}), [{c['png']}]({c['png']}): {c['about']}" for c in summary["credit_views"]
-        ]
+        lines += [f"- [{c['html']}]({c['html']}), [{c['png']}]({c['png']}): {c['about']}" for c in summary["credit_views"]]
     return "\n".join(lines) + "\n"

@@ -66,10 +66,14 @@ def check_rollout_placement(config, avsd) -> None:
             f"temperature {temperature}; use {PLACEMENT_KEY}=actor"
         )
     if rollout.get("multi_turn", {}).get("enable", False):
-        raise ValueError(f"{PLACEMENT_KEY}=rollout scores single-turn rollouts, but actor_rollout_ref.rollout.multi_turn.enable=true")
+        raise ValueError(
+            f"{PLACEMENT_KEY}=rollout scores single-turn rollouts, but actor_rollout_ref.rollout.multi_turn.enable=true"
+        )
     current = rollout.get("agent", {}).get("agent_loop_manager_class")
     if current and current != MANAGER_FQN:
-        raise ValueError(f"{PLACEMENT_KEY}=rollout brings its own agent-loop manager ({MANAGER_FQN}), but {MANAGER_KEY}={current} is set")
+        raise ValueError(
+            f"{PLACEMENT_KEY}=rollout brings its own agent-loop manager ({MANAGER_FQN}), but {MANAGER_KEY}={current} is set"
+        )
 
 
 def use_rollout_teacher(config) -> None:
@@ -121,17 +125,25 @@ def read_rollout_teacher(batch, views: list[str], metrics: dict, timing_raw: dic
     for b, (key, is_real) in enumerate(zip(batch.keys, real)):
         shape, want = tuple(logq[b].shape), (len(responses[b]), M)
         if is_real and shape != want:
-            raise RuntimeError(f"{PLACEMENT_KEY}=rollout: sample {key} has avsd_view_logq of shape {shape}, expected {want} (response tokens, views {views})")
+            raise RuntimeError(
+                f"{PLACEMENT_KEY}=rollout: sample {key} has avsd_view_logq of shape {shape}, expected {want} (response tokens, views {views})"
+            )
     view_mask = padded["avsd_view_mask"].bool()  # [B, M]
     if view_mask.shape != (len(batch), M):
-        raise RuntimeError(f"{PLACEMENT_KEY}=rollout: avsd_view_mask is {tuple(view_mask.shape)}, expected {(len(batch), M)} (views {views})")
+        raise RuntimeError(
+            f"{PLACEMENT_KEY}=rollout: avsd_view_mask is {tuple(view_mask.shape)}, expected {(len(batch), M)} (views {views})"
+        )
     extra_infos = per_sample_list(data["extra_info"])
-    feedback_possible = FEEDBACK_VIEW in views and any(isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos)
+    feedback_possible = FEEDBACK_VIEW in views and any(
+        isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos
+    )
     if len(batch) and not view_mask.any() and not feedback_possible:  # as build_teacher_contexts on a batch
         raise ViewDataError(f"no row of this batch has any of the views algorithm.avsd.views={views}")
 
     keep = torch.tensor(real)
-    timing = placement_timing(padded["avsd_gen_end_s"][keep], padded["avsd_teacher_start_s"][keep], padded["avsd_teacher_end_s"][keep])
+    timing = placement_timing(
+        padded["avsd_gen_end_s"][keep], padded["avsd_teacher_start_s"][keep], padded["avsd_teacher_end_s"][keep]
+    )
     teacher_tokens = int(padded["avsd_view_tokens"].sum())
     fed_tokens = float(padded["avsd_view_fed_tokens"].sum())
     metrics.update(timing)

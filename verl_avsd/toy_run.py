@@ -43,7 +43,9 @@ def rollout_budget(estimator: str, rollouts_per_step: int) -> dict[str, int]:
     grpo and rlsd (their advantage needs a group), so that methods compare at the same budget."""
     n = rollouts_per_prompt(estimator)
     if rollouts_per_step % n:
-        raise ValueError(f"{estimator} samples groups of {n}: rollouts per step must be a multiple of {n}, got {rollouts_per_step}")
+        raise ValueError(
+            f"{estimator} samples groups of {n}: rollouts per step must be a multiple of {n}, got {rollouts_per_step}"
+        )
     return {"prompts_per_step": rollouts_per_step // n, "rollouts_per_prompt": n}
 
 
@@ -101,7 +103,9 @@ class ToyRun:
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
             "actor_rollout_ref.actor.ppo_epochs=1",
             # micro-batches sized from the model (the whole batch for the toy model): verl_avsd.cpu.micro_batch
-            *micro_batch_overrides(run_micro_batch_size(self.model_dir, 96 + self.max_response_length, self.prompts_per_step * n)),
+            *micro_batch_overrides(
+                run_micro_batch_size(self.model_dir, 96 + self.max_response_length, self.prompts_per_step * n)
+            ),
             f"actor_rollout_ref.actor.optim.lr={self.lr}",
             "actor_rollout_ref.actor.use_kl_loss=false",
             "actor_rollout_ref.actor.entropy_coeff=0",

@@ -206,7 +206,9 @@ class AvsdTrainer(PPOTrainerSync):
             backends, resumed_step = pending
             self.config.trainer.logger = backends  # as the user set it, for everything after Tracking
             trainer = self.config.trainer
-            add_tracking_backend(tracking, "file", ResumableFileLogger(trainer.project_name, trainer.experiment_name, resumed_step))
+            add_tracking_backend(
+                tracking, "file", ResumableFileLogger(trainer.project_name, trainer.experiment_name, resumed_step)
+            )
         self.__dict__["_tracking"] = tracking
 
     # ---- the teacher step ----
@@ -221,7 +223,9 @@ class AvsdTrainer(PPOTrainerSync):
                 "avsd_config": self.avsd.to_dict(),  # plain data through TransferQueue; AvsdConfig.from_dict there
                 # the student's chat template arguments (e.g. enable_thinking); the teacher uses them unless
                 # algorithm.avsd.teacher_chat_template_kwargs is set (resolved in build_teacher_contexts)
-                "avsd_chat_template_kwargs": dict(OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs),
+                "avsd_chat_template_kwargs": dict(
+                    OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs
+                ),
                 # the student's old_log_prob is at the rollout temperature; score the teacher alike
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
             }
@@ -308,7 +312,9 @@ class AvsdTrainer(PPOTrainerSync):
         real = [b for b, is_real in enumerate(rollouts["real"]) if is_real]
         pick = lambda key: [rollouts[key][b] for b in real]  # noqa: E731
         metrics.update(
-            epistemic_metrics(pick("texts"), pick("tokens"), pick("rewards"), self._epistemic_markers, float(self.avsd.wrong_below))
+            epistemic_metrics(
+                pick("texts"), pick("tokens"), pick("rewards"), self._epistemic_markers, float(self.avsd.wrong_below)
+            )
         )
 
     # ---- the advantage step ----
@@ -386,22 +392,24 @@ class AvsdTrainer(PPOTrainerSync):
         rows = []
         for b, (key, real) in enumerate(zip(batch.keys, is_real(batch))):
             info = extra_infos[b] if isinstance(extra_infos[b], dict) else {}
-            rows.append({
-                "step": self.global_steps,
-                "key": key,
-                "is_padding": not real,
-                "index": info.get("index"),
-                "estimator": self.estimator,
-                "views": list(self.avsd.views),
-                "reward": float(padded[RM_SCORES][b].sum()),
-                "response_ids": extra[RESPONSES][b].tolist(),
-                "response_mask": padded[RESPONSE_MASK][b].tolist(),
-                "student_logp": padded[OLD_LOG_PROBS][b].tolist(),
-                "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
-                "view_mask": view_mask[b].tolist(),
-                "advantage": advantages[b].tolist(),
-                "gate": gate[b].tolist(),
-            })
+            rows.append(
+                {
+                    "step": self.global_steps,
+                    "key": key,
+                    "is_padding": not real,
+                    "index": info.get("index"),
+                    "estimator": self.estimator,
+                    "views": list(self.avsd.views),
+                    "reward": float(padded[RM_SCORES][b].sum()),
+                    "response_ids": extra[RESPONSES][b].tolist(),
+                    "response_mask": padded[RESPONSE_MASK][b].tolist(),
+                    "student_logp": padded[OLD_LOG_PROBS][b].tolist(),
+                    "view_logq": [[x if x == x and abs(x) != float("inf") else None for x in v] for v in view_logq[b].tolist()],
+                    "view_mask": view_mask[b].tolist(),
+                    "advantage": advantages[b].tolist(),
+                    "gate": gate[b].tolist(),
+                }
+            )
         append_dump_rows(self.avsd.dump_rollouts_dir, self.global_steps, rows)
 
     def _comparison_metrics(self, batch, metrics: dict) -> None:

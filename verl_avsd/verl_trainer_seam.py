@@ -228,4 +228,3 @@ def rollout_actors(trainer) -> dict:
 def add_tracking_backend(tracking, name: str, backend) -> None:
     """Log through `backend` (an object with `log(data, step)`) as verl's backend `name`."""
     tracking.logger[name] = backend
-

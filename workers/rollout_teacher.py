@@ -88,7 +88,9 @@ def response_logprobs(output, sequence: list[int], context_len: int, where: str)
     got = [ids[j][0] for j in rows]
     if got != sequence[context_len:]:
         first = next(t for t, (a, b) in enumerate(zip(got, sequence[context_len:])) if a != b)
-        raise PromptLogprobError(f"{where}: the server scored token {got[first]} at response position {first}, not {sequence[context_len + first]}")
+        raise PromptLogprobError(
+            f"{where}: the server scored token {got[first]} at response position {first}, not {sequence[context_len + first]}"
+        )
     values = [logprobs[j][0] for j in rows]
     if any(v is None for v in values):
         raise PromptLogprobError(f"{where}: the server gave no log-prob for some response tokens")
@@ -106,7 +108,9 @@ def sample_contexts(tokenizer, raw_prompt, extra_info, avsd, chat_kwargs: dict) 
     return build_teacher_contexts(tokenizer, [list(raw_prompt)], [extra_info], avsd, chat_kwargs)
 
 
-async def score_sample_views(generate, contexts: TeacherContexts, response_ids: list[int], *, temperature: float, request_id: str) -> dict:
+async def score_sample_views(
+    generate, contexts: TeacherContexts, response_ids: list[int], *, temperature: float, request_id: str
+) -> dict:
     """The per-sample teacher fields of one rollout (B=1 contexts): one prompt-log-prob request per
     unmasked view, all at once. `generate` is `LLMServerClient.generate` (or a stand-in)."""
     M = contexts.view_mask.shape[1]
@@ -147,7 +151,9 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
 
         self.avsd = scored_views_config(config)
         chat_kwargs = config.data.get("apply_chat_template_kwargs", None) or {}
-        self.chat_kwargs = dict(OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs)
+        self.chat_kwargs = dict(
+            OmegaConf.to_container(chat_kwargs, resolve=True) if OmegaConf.is_config(chat_kwargs) else chat_kwargs
+        )
         self.teacher_temperature = float(config.actor_rollout_ref.rollout.temperature)
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
@@ -168,7 +174,11 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
         contexts = sample_contexts(self.tokenizer, sample_kwargs["raw_prompt"], extra_info, self.avsd, self.chat_kwargs)
         uid = sample_kwargs.get("uid") or uuid4().hex
         fields = await score_sample_views(
-            self.llm_client.generate, contexts, list(response_ids), temperature=self.teacher_temperature, request_id=f"avsd_teacher_{uid}"
+            self.llm_client.generate,
+            contexts,
+            list(response_ids),
+            temperature=self.teacher_temperature,
+            request_id=f"avsd_teacher_{uid}",
         )
         # verl writes every key of the sample's kwargs into its TransferQueue row (field.update(kwargs))
         sample_kwargs.update(

@@ -167,7 +167,9 @@ def build_teacher_contexts(
     # No view at all is a data or naming problem, except where the feedback view is configured and
     # the rows have public tests: then no rollout of the batch wrote a program, a step without signal;
     # and with the sibling view: no prompt of the batch had a correct rollout (common early on).
-    feedback_possible = FEEDBACK_VIEW in names and any(isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos)
+    feedback_possible = FEEDBACK_VIEW in names and any(
+        isinstance(e, dict) and e.get("public_tests") is not None for e in extra_infos
+    )
     if B and not view_mask.any() and not feedback_possible and SIBLING_VIEW not in names:
         raise ViewDataError(_no_view_message(extra_infos, names, "this batch"))
     return TeacherContexts(context_ids=context_ids, view_mask=view_mask, truncated=truncated)
@@ -175,10 +177,15 @@ def build_teacher_contexts(
 
 def _names_found(extra_infos) -> list[str]:
     """Every view name the rows carry (sorted), for messages."""
-    return sorted({
-        v["name"] for e in extra_infos if isinstance(e, dict) for v in (e.get("views") or [])
-        if isinstance(v, dict) and isinstance(v.get("name"), str)
-    })
+    return sorted(
+        {
+            v["name"]
+            for e in extra_infos
+            if isinstance(e, dict)
+            for v in (e.get("views") or [])
+            if isinstance(v, dict) and isinstance(v.get("name"), str)
+        }
+    )
 
 
 def _first_empty(extra_infos, name: str) -> str | None:
@@ -254,6 +261,9 @@ def check_view_coverage(extra_infos: list, names: list[str], warn_below: float =
             logger.warning(
                 "algorithm.avsd.views: %r is missing (absent or empty) in %d of the %d rows of the first batch; "
                 "those rows train without it (views found in the rows: %s)",
-                n, B - have[n], B, _names_found(extra_infos),
+                n,
+                B - have[n],
+                B,
+                _names_found(extra_infos),
             )
     return {n: have[n] / B for n in names}

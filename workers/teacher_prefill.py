@@ -143,13 +143,10 @@ def _check_sequences(sequences: Sequence, vocab_size: int | None) -> None:
                 raise ValueError(f"sequences[{i}].{field} must hold integer token ids, got dtype {ids.dtype}")
             if ids.numel() and (int(ids.min()) < 0 or (vocab_size is not None and int(ids.max()) >= vocab_size)):
                 raise ValueError(
-                    f"sequences[{i}].{field} has token ids outside [0, {vocab_size}): "
-                    f"min {int(ids.min())}, max {int(ids.max())}"
+                    f"sequences[{i}].{field} has token ids outside [0, {vocab_size}): min {int(ids.min())}, max {int(ids.max())}"
                 )
         if item[0].numel() == 0:
-            raise ValueError(
-                f"sequences[{i}].context_ids is empty: the first response token needs a context to predict it"
-            )
+            raise ValueError(f"sequences[{i}].context_ids is empty: the first response token needs a context to predict it")
 
 
 def packed_response_logprobs(

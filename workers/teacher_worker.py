@@ -41,7 +41,9 @@ from verl_avsd.workers.verl_worker_seam import (  # verl's worker internals (the
 class AvsdActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_view_log_probs(self, data: TensorDict) -> TensorDict:
-        cfg = AvsdConfig.from_dict(tu.get_non_tensor_data(data=data, key="avsd_config", default=None))  # to_dict() of the trainer's
+        cfg = AvsdConfig.from_dict(
+            tu.get_non_tensor_data(data=data, key="avsd_config", default=None)
+        )  # to_dict() of the trainer's
         chat_kwargs = tu.get_non_tensor_data(data=data, key="avsd_chat_template_kwargs", default=None) or {}
         temperature = float(tu.get_non_tensor_data(data=data, key="temperature", default=1.0))
         worker = self._teacher_training_worker(cfg.teacher)

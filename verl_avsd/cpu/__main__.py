@@ -1,6 +1,6 @@
 """`python -m verl_avsd.cpu`: the CPU overrides (cpu.yaml), one per line, for shell scripts:
 
-    python -m verl.trainer.main_ppo $(python -m verl_avsd.cpu) key=value ...
+python -m verl.trainer.main_ppo $(python -m verl_avsd.cpu) key=value ...
 """
 
 # First, as in every verl process: the plugin imports the platform module before verl picks its

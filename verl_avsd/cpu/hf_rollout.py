@@ -169,8 +169,12 @@ class HFRolloutServer:
             self._batchers[kind] = asyncio.create_task(self._run_pending_batches(kind))
         if isinstance(request, ScoringRequest):  # scored, nothing generated: verl reads extra_fields
             scored = await request.result
-            return TokenOutput(token_ids=[], log_probs=[] if request.want_logprobs else None, stop_reason="completed",
-                               extra_fields={"global_steps": self.global_steps, **scored})
+            return TokenOutput(
+                token_ids=[],
+                log_probs=[] if request.want_logprobs else None,
+                stop_reason="completed",
+                extra_fields={"global_steps": self.global_steps, **scored},
+            )
         token_ids, log_probs = await request.result
         return TokenOutput(
             token_ids=token_ids,
@@ -225,6 +229,7 @@ class HFRolloutServer:
                     async with self._locks.scoring:
                         outputs = await asyncio.to_thread(self.scorer.score_batch, self.model, batch)
                 else:
+
                     def on_finished(row: int, result, batch=batch) -> None:  # runs in generate's thread
                         loop.call_soon_threadsafe(resolve, batch[row].result, result)
 
@@ -255,8 +260,8 @@ class HFRolloutServer:
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)  # [B, P]
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, P]
         for row, request in enumerate(batch):
-            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
-            attention_mask[row, width - len(request.prompt_ids):] = 1
+            input_ids[row, width - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            attention_mask[row, width - len(request.prompt_ids) :] = 1
 
         greedy = first.temperature <= 0
         # The sampling warpers go in our own processor list, followed by the recorder, so the
@@ -276,9 +281,9 @@ class HFRolloutServer:
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
         )
-        watchers = [] if on_finished is None else [
-            FinishedRows(recorder, width, first.max_tokens, self.eos_token_ids, on_finished)
-        ]
+        watchers = (
+            [] if on_finished is None else [FinishedRows(recorder, width, first.max_tokens, self.eos_token_ids, on_finished)]
+        )
         if first.seed is not None:
             torch.manual_seed(first.seed)
         out = self.model.generate(

@@ -94,7 +94,9 @@ def scoring_request(
     if isinstance(num_logprobs, bool) or not isinstance(num_logprobs, int) or num_logprobs < 0:
         raise ValueError(f"request {request_id}: sampling_params.prompt_logprobs must be an int >= 0, got {num_logprobs!r}")
     if num_logprobs > vocab_size:
-        raise ValueError(f"request {request_id}: sampling_params.prompt_logprobs={num_logprobs} exceeds the vocabulary ({vocab_size})")
+        raise ValueError(
+            f"request {request_id}: sampling_params.prompt_logprobs={num_logprobs} exceeds the vocabulary ({vocab_size})"
+        )
     max_tokens = params.get("max_tokens", params.get("max_new_tokens", 1))
     if max_tokens not in (0, 1):
         raise ValueError(
@@ -104,7 +106,9 @@ def scoring_request(
     try:
         temperature = float(params.get("temperature", 1.0))
     except (TypeError, ValueError):
-        raise ValueError(f"request {request_id}: sampling_params.temperature must be a number, got {params.get('temperature')!r}") from None
+        raise ValueError(
+            f"request {request_id}: sampling_params.temperature must be a number, got {params.get('temperature')!r}"
+        ) from None
     if not math.isfinite(temperature):
         raise ValueError(f"request {request_id}: sampling_params.temperature must be finite, got {temperature}")
     if not prompt_ids:
@@ -195,7 +199,9 @@ class PromptLogProbScorer:
             pending = deferred
         return results
 
-    def _run_wave(self, model, wave: dict[int, Tail], hidden: list, reused: list, sources: list) -> dict[int, Optional[CachedPrefix]]:
+    def _run_wave(
+        self, model, wave: dict[int, Tail], hidden: list, reused: list, sources: list
+    ) -> dict[int, Optional[CachedPrefix]]:
         """Fill hidden[i], reused[i] and sources[i] for the wave's requests; per request, what ran (None: nothing)."""
         to_run, ran_by_request = [], {i: None for i in wave}
         for i, tail in wave.items():
@@ -214,8 +220,15 @@ class PromptLogProbScorer:
                 self.stats["fed_tokens"] += len(ran.ids) - wave[i].reused
         return ran_by_request
 
-    def _layout(self, model, request: ScoringRequest, hidden: torch.Tensor, reused: int,
-                source: Optional[CachedPrefix], ran: Optional[CachedPrefix]) -> dict[str, Any]:
+    def _layout(
+        self,
+        model,
+        request: ScoringRequest,
+        hidden: torch.Tensor,
+        reused: int,
+        source: Optional[CachedPrefix],
+        ran: Optional[CachedPrefix],
+    ) -> dict[str, Any]:
         """vLLM's layout (extract_prompt_logprobs) of the log-probs at every position but the last.
 
         The head runs from position reused - 1 on when `source` holds its output at the same
@@ -225,7 +238,9 @@ class PromptLogProbScorer:
         k, key = request.num_logprobs, (request.temperature, request.num_logprobs)
         start = reused - 1 if reused > 1 and source is not None and source.head is not None and source.head[0] == key else 0
         if k == 0:
-            logprobs = chunked_token_logprobs(model, hidden[start:], targets[start:], LOGPROB_CHUNK_TOKENS, request.temperature)  # [n - s]
+            logprobs = chunked_token_logprobs(
+                model, hidden[start:], targets[start:], LOGPROB_CHUNK_TOKENS, request.temperature
+            )  # [n - s]
             ids, values = targets[start:, None].cpu(), logprobs[:, None].cpu()  # [n - s, 1]
         else:
             ids, values = _top_k_logprobs(model, hidden[start:], k, request.temperature)  # [n - s, k] each

@@ -298,4 +298,4 @@ def _write(folder: str, name: str, value: str, *, optional: bool = False) -> Non
     except OSError as exc:
         if optional and exc.errno in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP):
             return
-        raise CgroupsUnavailable(exc.errno, f"cannot write {value!r} to {os.path.join(folder, name)}: {exc.strerror}")
+        raise CgroupsUnavailable(exc.errno, f"cannot write {value!r} to {os.path.join(folder, name)}: {exc.strerror}") from exc

@@ -29,9 +29,7 @@ class SandboxFusionBackend:
 
     def __init__(self, url: str):
         if not url or not url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"sandbox_fusion_url must be an http(s) URL of the server's /run_code endpoint, got {url!r}"
-            )
+            raise ValueError(f"sandbox_fusion_url must be an http(s) URL of the server's /run_code endpoint, got {url!r}")
         self.url = url
 
     def prepare(self, code: str, language: str) -> RemoteProgram:

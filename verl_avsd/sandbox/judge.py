@@ -84,9 +84,7 @@ def parse_tests(value: Any, *, where: str) -> TestSet:
             raise MalformedTests(f"{where}: {key!r} must be a list, got {type(value[key]).__name__}")
         for i, item in enumerate(value[key]):
             if not isinstance(item, str):
-                raise MalformedTests(
-                    f"{where}: {key}[{i}] must be a string, got {type(item).__name__} ({str(item)[:40]!r})"
-                )
+                raise MalformedTests(f"{where}: {key}[{i}] must be a string, got {type(item).__name__} ({str(item)[:40]!r})")
     inputs, outputs = value["inputs"], value["outputs"]
     if len(inputs) != len(outputs):
         raise MalformedTests(f"{where}: {len(inputs)} inputs but {len(outputs)} outputs")

@@ -12,7 +12,6 @@ program that floods output, never reads its input or never exits cannot block th
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import selectors
 import shutil
@@ -157,9 +156,7 @@ class LocalBackend:
     def run(self, program: PreparedProgram, stdin: str, limits: Limits) -> RunResult:
         if program.compile_result is not None and program.compile_result.status is not Status.OK:
             return program.compile_result
-        return self._execute(
-            program.argv, stdin.encode(), limits, files=program.files, writable=[], uid=iso.throwaway_uid()
-        )
+        return self._execute(program.argv, stdin.encode(), limits, files=program.files, writable=[], uid=iso.throwaway_uid())
 
     def _execute(self, argv, stdin_bytes, limits, *, files, writable, uid) -> RunResult:
         started = time.monotonic()
@@ -176,9 +173,7 @@ class LocalBackend:
         except OSError as exc:  # a tool or the cgroup hierarchy went missing since start-up
             return _sandbox_error(self.isolation, f"could not set up the sandbox: {exc}", time.monotonic() - started)
         try:
-            plan = iso.init_plan(
-                mounts, limits, cgroup=cgroup, seccomp_hex=self.seccomp_hex, pivot_root_nr=self.pivot_root_nr
-            )
+            plan = iso.init_plan(mounts, limits, cgroup=cgroup, seccomp_hex=self.seccomp_hex, pivot_root_nr=self.pivot_root_nr)
             if self.isolation == "bwrap":
                 as_root = iso.running_as_root()
                 build = lambda fd: iso.bwrap_command(mounts, plan, inner, status_fd=fd, as_root=as_root)  # noqa: E731
@@ -210,9 +205,7 @@ def _write(path: str, text: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def _spawn_and_collect(
-    build_command, stdin_bytes: bytes, limits: Limits, isolation: str, cgroup: RunCgroup | None
-) -> RunResult:
+def _spawn_and_collect(build_command, stdin_bytes: bytes, limits: Limits, isolation: str, cgroup: RunCgroup | None) -> RunResult:
     """Run `build_command(status_fd)` and turn what happened into a RunResult.
 
     The sandbox's init reports on `status_fd` ("ready" once set up, then the program's exact

@@ -47,9 +47,7 @@ class Limits:
         if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):
             raise ValueError(f"time_limit_s must be a positive number of seconds, got {self.time_limit_s!r}")
         if self.memory_mb < 16:
-            raise ValueError(
-                f"memory_mb must be at least 16 (an interpreter needs that to start), got {self.memory_mb!r}"
-            )
+            raise ValueError(f"memory_mb must be at least 16 (an interpreter needs that to start), got {self.memory_mb!r}")
         if self.wall_time_limit_s is not None and not self.wall_time_limit_s > 0:
             raise ValueError(f"wall_time_limit_s must be positive, got {self.wall_time_limit_s!r}")
         for name in ("max_processes", "max_file_mb", "max_open_files", "stack_mb", "scratch_mb", "max_output_bytes"):

@@ -40,8 +40,7 @@ HOW_TO_ISOLATE = (
 )
 DESCRIPTIONS = {
     "bwrap": (
-        "bubblewrap: allow-listed read-only root, private /tmp, no network, own pid namespace, throwaway user "
-        "when root, rlimits"
+        "bubblewrap: allow-listed read-only root, private /tmp, no network, own pid namespace, throwaway user when root, rlimits"
     ),
     "unshare": (
         "FALLBACK unshare: allow-listed read-only root built by pivot_root, mount/net/pid/ipc/uts namespaces, "
@@ -154,9 +153,7 @@ class Sandbox:
                  limits: Limits = DEFAULT_LIMITS) -> list[RunResult]:  # fmt: skip
         """Run many (code, stdin) pairs concurrently (bounded by max_concurrent); results in order."""
         with ThreadPoolExecutor(max_workers=self.max_concurrent) as pool:
-            futures = [
-                pool.submit(self.run_tests, code, [stdin], language=language, limits=limits) for code, stdin in programs
-            ]
+            futures = [pool.submit(self.run_tests, code, [stdin], language=language, limits=limits) for code, stdin in programs]
             return [future.result()[0] for future in futures]
 
 
@@ -226,9 +223,7 @@ _shared: dict[tuple, Sandbox] = {}
 _shared_lock = threading.Lock()
 
 
-def get_sandbox(
-    isolation: str = "auto", *, max_concurrent: int | None = None, sandbox_fusion_url: str | None = None
-) -> Sandbox:
+def get_sandbox(isolation: str = "auto", *, max_concurrent: int | None = None, sandbox_fusion_url: str | None = None) -> Sandbox:
     """One shared Sandbox per process and setting (the probe and the log line happen once)."""
     key = (isolation, max_concurrent, sandbox_fusion_url)
     with _shared_lock:

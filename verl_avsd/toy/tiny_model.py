@@ -17,7 +17,6 @@ the assistant ends its answer with `<|im_end|>`, which is the EOS token.
 from __future__ import annotations
 
 import os
-
 import tempfile
 from collections.abc import Iterable
 

@@ -158,7 +158,9 @@ def train(cfg: WarmupConfig, work_dir: str, log_every: int = 50):
     """Build tokenizer + model and run the warm-up; returns (model, tokenizer, train_seconds, losses)."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(tokenizer_corpus(cfg), work_dir, vocab_size=cfg.vocab_size)
-    model = build_model(tokenizer, None, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, kv_heads=cfg.kv_heads, seed=cfg.seed)
+    model = build_model(
+        tokenizer, None, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, kv_heads=cfg.kv_heads, seed=cfg.seed
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = random.Random(f"{cfg.seed}/warmup")
     stream = train_problem_stream(rng, cfg)
@@ -193,7 +195,9 @@ def train(cfg: WarmupConfig, work_dir: str, log_every: int = 50):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sample: bool, batch_size: int = 128) -> list[list[int]]:
+def generate(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sample: bool, batch_size: int = 128
+) -> list[list[int]]:
     """Response token ids per prompt (up to and including EOS if produced; no padding).
     `sample=True` draws at temperature 1.0 from the full distribution (no top-k/top-p)."""
     out = []
@@ -262,7 +266,9 @@ def measure(model, tokenizer, problems: list[Problem], seed: int = 0) -> dict:
     accuracy: dict[str, dict[str, float]] = {"greedy": {}, "sampled": {}}
     sampled_view_free: list[list[int]] = []
     for label, view_name in conditions.items():
-        prompts = [prompt_ids(tokenizer, user_text(p, None if view_name is None else view_by_name(p, view_name))) for p in problems]
+        prompts = [
+            prompt_ids(tokenizer, user_text(p, None if view_name is None else view_by_name(p, view_name))) for p in problems
+        ]
         for mode in ("greedy", "sampled"):
             responses = generate(model, tokenizer, prompts, max_new, sample=(mode == "sampled"))
             accuracy[mode][label] = sum(score(tokenizer, p, r) for p, r in zip(problems, responses)) / len(problems)
