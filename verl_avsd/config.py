@@ -143,6 +143,13 @@ def _as_dataclass(cfg: DictConfig) -> AvsdConfig:
     return AvsdConfig.from_dict(data)
 
 
+def scored_views(avsd: AvsdConfig, estimator: str) -> AvsdConfig:
+    """The config the teacher step runs with: OPSD reads one view, so its teacher scores only
+    `opsd_view`, not every view in `views` (M-1 views of teacher time for nothing). The trainer
+    (actor placement) and the rollout-side teacher both use this."""
+    return dataclasses.replace(avsd, views=(avsd.opsd_view,)) if estimator == "opsd" else avsd
+
+
 def avsd_config(algorithm_config) -> AvsdConfig:
     """The resolved AVSD options of a run, from verl's `algorithm` config (DictConfig, dict or a
     dataclass-like object with an `avsd` attribute/key; missing means all defaults). An `avsd`

@@ -24,7 +24,6 @@ Every private verl name it relies on goes through verl_avsd/verl_trainer_seam.py
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -33,7 +32,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 
-from verl_avsd.config import avsd_config
+from verl_avsd.config import avsd_config, scored_views
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.estimator_facts import needs_teacher
 from verl_avsd.estimators import token_advantages
@@ -127,10 +126,7 @@ class AvsdTrainer(PPOTrainerSync):
         self.avsd = avsd_config(config.algorithm)  # a typo in algorithm.avsd.* fails here, before Ray work
         self.estimator = str(config.algorithm.adv_estimator)
         self.needs_teacher = needs_teacher(self.estimator)
-        if self.estimator == "opsd":
-            # OPSD reads one view: the teacher scores only that one, not every view in
-            # algorithm.avsd.views (which would cost M-1 views of teacher time for nothing)
-            self.avsd = dataclasses.replace(self.avsd, views=(self.avsd.opsd_view,))
+        self.avsd = scored_views(self.avsd, self.estimator)
         if self.needs_teacher and SIBLING_VIEW in self.avsd.views and int(config.actor_rollout_ref.rollout.get("n", 1)) < 2:
             raise ValueError(
                 f"algorithm.avsd.views has {SIBLING_VIEW!r}, a correct response of another rollout of the same prompt, "

@@ -30,7 +30,6 @@ What rollout placement refuses, and the trainer side (reading, metrics): verl_av
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from uuid import uuid4
 
@@ -57,12 +56,9 @@ class PromptLogprobError(RuntimeError):
 
 def scored_views_config(config):
     """algorithm.avsd as the teacher step uses it: OPSD scores only its one view (as the trainer)."""
-    from verl_avsd.config import avsd_config
+    from verl_avsd.config import avsd_config, scored_views
 
-    avsd = avsd_config(config.algorithm)
-    if str(config.algorithm.adv_estimator) == "opsd":
-        avsd = dataclasses.replace(avsd, views=(avsd.opsd_view,))
-    return avsd
+    return scored_views(avsd_config(config.algorithm), str(config.algorithm.adv_estimator))
 
 
 # ---- one sample: contexts, requests, fields ----
