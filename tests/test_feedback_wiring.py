@@ -2,7 +2,7 @@
 
 from verl_avsd.config import avsd_config
 from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: pytest collects test*
-from verl_avsd.trainer import feedback_for_rollouts
+from verl_avsd.feedback_view import feedback_for_rollouts
 from verl_avsd.workers.teacher_context import views_of_row, with_rollout_view
 
 PUBLIC = make_tests(["2 3\n"], ["5\n"])

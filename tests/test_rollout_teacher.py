@@ -19,9 +19,9 @@ from verl.workers.rollout.replica import TokenOutput
 
 from verl_avsd.config import avsd_config
 from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: pytest collects test*
+from verl_avsd.feedback_view import feedback_for_rollouts
 from verl_avsd.teacher_placement import check_rollout_placement, placement_timing
 from verl_avsd.toy import TOY_MODEL_DIR
-from verl_avsd.trainer import feedback_for_rollouts
 from verl_avsd.workers.rollout_teacher import PromptLogprobError, RolloutTeacherAgentLoopWorker, response_logprobs
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from verl_avsd.data_prep.errors import row_name
 from verl_avsd.sandbox import Limits, Sandbox, Status, get_sandbox
 from verl_avsd.sandbox.judge import (
     WRONG_ANSWER,
@@ -179,4 +180,23 @@ def _per_row(value, n: int, name: str) -> list:
     return values
 
 
-__all__ = ["Feedback", "feedback_metrics", "feedback_text", "run_feedback"]
+def feedback_for_rollouts(response_texts: list[str], extra_infos: list[dict], cfg) -> tuple[list[str], dict]:
+    """The `feedback` view text of each rollout, from its row's extra_info ("" = none: no program,
+    or a row without public tests), and the feedback metrics. Runs the programs in the sandbox;
+    the trainer (actor placement) and the rollout-side teacher both call it."""
+    infos = [e if isinstance(e, dict) else {} for e in extra_infos]
+    feedbacks = run_feedback(
+        response_texts,
+        [e.get("public_tests") for e in infos],
+        time_limit_s=[e.get("time_limit_s") for e in infos],
+        memory_mb=[e.get("memory_mb") for e in infos],
+        languages=[e.get("language") for e in infos],
+        row_names=[row_name(e, b) for b, e in enumerate(infos)],
+        sandbox=get_sandbox(
+            cfg.sandbox_isolation, max_concurrent=cfg.sandbox_max_concurrent, sandbox_fusion_url=cfg.sandbox_fusion_url
+        ),
+    )
+    return [f.text or "" for f in feedbacks], feedback_metrics(feedbacks)
+
+
+__all__ = ["Feedback", "feedback_metrics", "feedback_for_rollouts", "feedback_text", "run_feedback"]

@@ -36,12 +36,11 @@ from verl_avsd.config import avsd_config, scored_views
 from verl_avsd.epistemic import EpistemicMarkers, epistemic_metrics
 from verl_avsd.estimator_facts import needs_teacher
 from verl_avsd.estimators import token_advantages
-from verl_avsd.feedback_view import feedback_metrics, run_feedback
+from verl_avsd.feedback_view import feedback_for_rollouts
 from verl_avsd.metrics import signal_metrics, step_credit_metrics
 from verl_avsd.resume import ResumableFileLogger
 from verl_avsd.rollout_dumps import append_dump_rows, drop_dumps_after
 from verl_avsd.rollout_failures import ConsecutiveFailures, dead_actors, failure_limit
-from verl_avsd.sandbox import get_sandbox
 from verl_avsd.sibling_view import sampling_order, sibling_views
 from verl_avsd.teacher_placement import check_rollout_placement, read_rollout_teacher, use_rollout_teacher
 from verl_avsd.verl_trainer_seam import (
@@ -72,27 +71,9 @@ from verl_avsd.verl_trainer_seam import (
     seq_lens,
     use_actor_worker_class,
 )
-from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage, row_name
+from verl_avsd.workers.teacher_context import SIBLING_VIEW, check_view_coverage
 from verl_avsd.workers.teacher_worker import AvsdActorRolloutRefWorker
 from verl_avsd.workers.verl_worker_seam import per_sample_list
-
-
-def feedback_for_rollouts(response_texts: list[str], extra_infos: list[dict], cfg) -> tuple[list[str], dict]:
-    """The `feedback` view text of each rollout ("" = none: no program, or a row without public
-    tests) and the feedback metrics. Runs the programs in the sandbox."""
-    infos = [e if isinstance(e, dict) else {} for e in extra_infos]
-    feedbacks = run_feedback(
-        response_texts,
-        [e.get("public_tests") for e in infos],
-        time_limit_s=[e.get("time_limit_s") for e in infos],
-        memory_mb=[e.get("memory_mb") for e in infos],
-        languages=[e.get("language") for e in infos],
-        row_names=[row_name(e, b) for b, e in enumerate(infos)],
-        sandbox=get_sandbox(
-            cfg.sandbox_isolation, max_concurrent=cfg.sandbox_max_concurrent, sandbox_fusion_url=cfg.sandbox_fusion_url
-        ),
-    )
-    return [f.text or "" for f in feedbacks], feedback_metrics(feedbacks)
 
 
 def _lora_enabled(config) -> bool:

@@ -186,7 +186,7 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
     def _feedback(self, response_ids, extra_info) -> tuple[str, dict]:
         """This rollout's feedback view text ("" = none) and its feedback metrics (one sample: the
         batch's `feedback/*` rates are their means), built as the trainer builds them."""
-        from verl_avsd.trainer import feedback_for_rollouts
+        from verl_avsd.feedback_view import feedback_for_rollouts
 
         text = self.tokenizer.decode(list(response_ids), skip_special_tokens=True)  # as the trainer decodes
         (view,), metrics = feedback_for_rollouts([text], [extra_info], self.avsd)
