@@ -170,7 +170,7 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
         contexts = sample_contexts(self.tokenizer, sample_kwargs["raw_prompt"], extra_info, self.avsd, self.chat_kwargs)
         uid = sample_kwargs.get("uid") or uuid4().hex
         fields = await score_sample_views(
-            self.llm_client.generate,
+            self._teacher_client().generate,
             contexts,
             list(response_ids),
             temperature=self.teacher_temperature,
@@ -182,6 +182,10 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
             avsd_teacher_start_s=torch.tensor(start, dtype=torch.float64),
             avsd_teacher_end_s=torch.tensor(time.time(), dtype=torch.float64),
         )
+
+    def _teacher_client(self):
+        """The client whose servers score the views: the rollout replicas (`teacher: current`)."""
+        return self.llm_client
 
     def _feedback(self, response_ids, extra_info) -> tuple[str, dict]:
         """This rollout's feedback view text ("" = none) and its feedback metrics (one sample: the
