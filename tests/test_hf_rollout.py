@@ -18,7 +18,8 @@ import torch
 from hf_server_setup import build_tiny_model, hf_configs
 from peak_rss import PEAK_GROWTH
 
-from verl_avsd.cpu.hf_rollout import HFReplica, HFRolloutServer, HFServerAdapter, _Request
+from verl_avsd.cpu.hf_adapter import HFServerAdapter
+from verl_avsd.cpu.hf_rollout import HFReplica, HFRolloutServer, _Request
 from verl_avsd.toy.tiny_model import build_model
 
 PROMPTS = ["Compute 12 + 34.", "Compute 56 - 7 + 81 - 20.", "Compute 99."]  # different lengths

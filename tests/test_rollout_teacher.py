@@ -215,7 +215,6 @@ def _run_config(**rollout):
 @pytest.mark.parametrize(
     "avsd, rollout, match",
     [
-        ({"teacher": "ref"}, {}, "algorithm.avsd.teacher=current, got algorithm.avsd.teacher='ref'"),
         ({"teacher": "current", "views": ["full", "sibling"]}, {}, "has 'sibling'"),
         (
             {"teacher": "current"},
@@ -295,10 +294,10 @@ def test_trainer_refuses_before_any_ray_work_and_otherwise_points_verl_at_the_sc
     from verl_avsd.trainer import AvsdTrainer
 
     config = OmegaConf.create({
-        "algorithm": {"adv_estimator": "avsd", "avsd": {"teacher_placement": "rollout", "teacher": "ref"}},
-        "actor_rollout_ref": {"rollout": {"name": "hf", "temperature": 1.0, "n": 1, "agent": {"agent_loop_manager_class": None}}},
+        "algorithm": {"adv_estimator": "avsd", "avsd": {"teacher_placement": "rollout", "teacher": "current"}},
+        "actor_rollout_ref": {"rollout": {"name": "vllm", "temperature": 0.7, "n": 1, "agent": {"agent_loop_manager_class": None}}},
     })  # fmt: skip
-    with pytest.raises(ValueError, match="teacher_placement=rollout .* needs algorithm.avsd.teacher=current"):
+    with pytest.raises(ValueError, match="teacher_placement=rollout with actor_rollout_ref.rollout.name=vllm needs"):
         AvsdTrainer(config)
     OmegaConf.set_struct(config, True)  # as verl's resolved config is
     use_rollout_teacher(config)
@@ -323,3 +322,130 @@ def test_demo_flag_selects_the_placement_and_the_current_teacher(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--teacher-placement", "gpu"])
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+# ---- views followed while the sample generates (teacher_stream_tokens, the hf server) ----
+
+
+class _SlowRows:
+    """FinishedRows that takes 50 ms a step, so that each streaming round finishes before the
+    next tokens are published (the test then knows what the final request has left to run)."""
+
+    def __new__(cls, *args, **kwargs):
+        import time
+
+        from verl_avsd.cpu.early_rows import FinishedRows
+
+        class Slow(FinishedRows):
+            def __call__(self, input_ids, scores, **kw):
+                time.sleep(0.05)
+                return super().__call__(input_ids, scores, **kw)
+
+        return Slow(*args, **kwargs)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_views_followed_while_generating_equal_the_packed_path(model_and_tokenizer, monkeypatch, tmp_path, temperature):
+    """The real hf server generates the responses; the worker's generate request carries the
+    views (FollowingClient), the server scores them every 4 tokens and with the response; the
+    fields equal the packed path's on those responses within 1e-5, and each followed view's final
+    request ran at most its last 4 tokens (the rest came from the streaming rounds' cache)."""
+    from hf_server_setup import hf_configs
+
+    from verl_avsd.cpu import hf_rollout
+    from verl_avsd.workers.rollout_teacher import _FOLLOW, FollowingClient, generation_end
+
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(hf_rollout, "FinishedRows", _SlowRows)
+    rollout_config, model_config = hf_configs(TOY_MODEL_DIR, response_length=20, prompt_length=64)
+    server = hf_rollout.HFRolloutServer(rollout_config, model_config, replica_rank=0)
+    server.model = model  # the float64 model: the two paths then differ by far less than 1e-5
+    prompts, infos, _ = _rows(tokenizer)
+    cfg = _cfg()
+    every = 4
+
+    class Direct:  # verl's LLMServerClient, in process: keywords pass through to the server
+        async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+            return await server.generate(prompt_ids, sampling_params, request_id, **kwargs)
+
+    worker = object.__new__(RolloutTeacherAgentLoopWorker)
+    worker.distillation_enabled = False
+    worker.avsd, worker.tokenizer, worker.chat_kwargs, worker.teacher_temperature = cfg, tokenizer, {}, temperature
+    worker.follow_every = every
+    worker.llm_client = FollowingClient(Direct())
+    finals = []  # (sequence length, cached tokens) of each followed view's answer
+    real_score = server._score
+
+    async def recording_score(prompt_ids, t):
+        answer = await real_score(prompt_ids, t)
+        finals.append((len(prompt_ids), answer["num_cached_tokens"]))
+        return answer
+
+    server._score = recording_score
+
+    async def one(b):
+        sample = {"raw_prompt": prompts[b], "extra_info": infos[b], "uid": f"uid{b}"}
+        _FOLLOW.set({"follow": worker._follow_payload(sample)})  # as _run_agent_loop, in this sample's task
+        text = tokenizer.apply_chat_template(prompts[b], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+        params = {"temperature": temperature, "top_p": 1.0, "top_k": -1, "logprobs": False}
+        output = await worker.llm_client.generate(request_id=f"g{b}", prompt_ids=prompt_ids, sampling_params=params)
+        followed = output.extra_fields.get("avsd_follow")
+        sample["avsd_gen_end_s"] = torch.tensor(generation_end(output.extra_fields), dtype=torch.float64)
+        await worker._compute_teacher_logprobs(output, prompt_ids, list(output.token_ids), False, sample)
+        assert "avsd_follow" not in output.extra_fields  # never written to the TransferQueue row
+        return sample, list(output.token_ids), followed
+
+    async def all_samples():
+        return await asyncio.gather(*(one(b) for b in range(len(prompts))))
+
+    results = asyncio.run(all_samples())
+    responses = [torch.tensor(tokens, dtype=torch.long) for _, tokens, _ in results]
+    texts = [tokenizer.decode(r.tolist(), skip_special_tokens=True) for r in responses]
+    feedbacks, _ = feedback_for_rollouts(texts, infos, cfg)
+    packed = _packed(model, tokenizer, prompts, infos, responses, feedbacks, cfg, temperature)
+    followed_views = 0
+    for b, (fields, tokens, followed) in enumerate(results):
+        assert torch.equal(fields["avsd_view_mask"], packed["avsd_view_mask"][b])
+        assert torch.equal(fields["avsd_view_tokens"], packed["avsd_view_tokens"][b])
+        expected = packed["avsd_view_logq"][b]  # [T_b, M]
+        assert torch.allclose(fields["avsd_view_logq"], expected, atol=1e-5, rtol=0), (
+            b,
+            (fields["avsd_view_logq"] - expected).abs().max(),
+        )
+        if followed is None or not tokens:
+            continue
+        assert followed["tokens"] == tokens
+        assert 3 not in followed["views"]  # the feedback view needs the response first: never followed
+        for m, answer in followed["views"].items():
+            followed_views += 1
+            sequence = len(followed["contexts"][m]) + len(tokens)
+            assert sequence - 1 - answer["num_cached_tokens"] <= every, (b, m, answer["num_cached_tokens"], sequence)
+        if len(tokens) > every:
+            assert float(fields["avsd_teacher_streamed_s"]) > 0
+    assert followed_views >= 5  # rows 0, 2, 4 have 3, 3 and 1 views known before generation
+    assert len(finals) > followed_views  # the streaming rounds ran requests of their own
+
+
+def test_a_follow_that_fails_leaves_the_views_to_the_end_and_a_bad_keyword_names_the_request():
+    from verl_avsd.cpu.view_follower import Progress, follow_request, follow_views
+
+    async def failing_score(prompt_ids, temperature):
+        raise ValueError("sequence too long")
+
+    async def run():
+        result = asyncio.get_running_loop().create_future()
+        progress = Progress(every=2)
+        task = asyncio.create_task(
+            follow_views(failing_score, result, progress, {"contexts": [[5, 6]], "temperature": 1.0, "every": 2})
+        )
+        progress.update([7, 8])
+        await asyncio.sleep(0.01)
+        result.set_result(([7, 8, 9], []))
+        return await task
+
+    assert asyncio.run(run()) is None  # the worker then requests every view itself (and raises there)
+    with pytest.raises(ValueError, match="request g7: avsd_follow must be"):
+        follow_request({"contexts": [[]], "temperature": 1.0, "every": 2}, "g7")  # an empty context
+    with pytest.raises(ValueError, match="request g7: avsd_follow must be"):
+        follow_request({"contexts": [[1]], "temperature": 1.0, "every": 0}, "g7")

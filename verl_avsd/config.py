@@ -65,6 +65,7 @@ class AvsdConfig:
     opsd_view: str
     teacher: str  # one of TEACHERS
     teacher_placement: str  # one of TEACHER_PLACEMENTS
+    teacher_stream_tokens: int  # rollout placement on the hf server: score the views every N generated tokens (0 = at the end)
     view_template: str  # str.format with TEMPLATE_FIELDS (a command line's backslash-n is a newline here), or a preset name
     view_titles: Mapping[str, str]  # a FrozenMap
     teacher_chat_template_kwargs: Mapping[str, object] | None  # a FrozenMap; None = the student's
@@ -375,6 +376,7 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("max_view_tokens", "token_budget", "logprob_chunk_tokens", "credit_top_k"):
         _count(cfg, key, 1)
     _count(cfg, "share_prefix_min_tokens", 0, what=" (0 = off)")
+    _count(cfg, "teacher_stream_tokens", 0, what=" (0 = score each sample's views once, when it ends)")
     if not isinstance(cfg.teacher_group_by_prompt, bool):
         raise AvsdConfigError(f"{KEY}.teacher_group_by_prompt must be true or false, got {cfg.teacher_group_by_prompt!r:.80}")
     _real(cfg, "epistemic_tau", lo=0.0)

@@ -32,4 +32,4 @@ HF_ROLLOUT_MODULE = "verl_avsd.cpu.hf_rollout"
 RolloutReplicaRegistry.register("hf", lambda: importlib.import_module(HF_ROLLOUT_MODULE).HFReplica)
 # verl has no registration function for the in-worker adapter, only a table of class paths read
 # by `verl.workers.rollout.base.get_rollout_class(name, mode)`; the seam writes to it.
-register_rollout_adapter("hf", "async", f"{HF_ROLLOUT_MODULE}.HFServerAdapter")
+register_rollout_adapter("hf", "async", "verl_avsd.cpu.hf_adapter.HFServerAdapter")

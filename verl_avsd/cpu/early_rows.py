@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Optional, Sequence
 
 import torch
 from transformers import StoppingCriteria
@@ -73,6 +73,8 @@ class FinishedRows(StoppingCriteria):
         max_tokens: int,
         eos_token_ids: Sequence[int],
         on_finished: Callable[[int, RowResult], None],
+        on_progress: Optional[Callable[[int, list[int]], None]] = None,
+        progress_every: Optional[dict[int, int]] = None,
     ) -> None:
         self.recorder = recorder
         self.prompt_width = prompt_width  # the left-padded prompt columns of input_ids
@@ -80,6 +82,10 @@ class FinishedRows(StoppingCriteria):
         self.eos_token_ids = torch.tensor(list(eos_token_ids), dtype=torch.long)  # [E]
         self.on_finished = on_finished
         self.finished: torch.Tensor | None = None  # [B] bool, rows already reported
+        # rows whose tokens so far are handed to on_progress every so many steps (the teacher
+        # views followed while they generate, view_follower.py)
+        self.on_progress = on_progress
+        self.progress_every = dict(progress_every or {})
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         batch_size = input_ids.shape[0]
@@ -92,6 +98,9 @@ class FinishedRows(StoppingCriteria):
         if steps >= self.max_tokens:
             ends[:] = True
         rows = (ends & ~self.finished).nonzero().flatten().tolist()
+        for row, every in self.progress_every.items():
+            if steps % every == 0 and not self.finished[row] and not ends[row]:
+                self.on_progress(row, input_ids[row, self.prompt_width :].tolist())
         if rows:
             self.finished[rows] = True
             generated = input_ids[rows, self.prompt_width :].cpu()  # [R, steps]

@@ -15,7 +15,7 @@ mirror vLLM's (verl/workers/rollout/vllm_rollout/):
   others (early_rows.py). Prompt-scoring requests have their own queue and batches, which run
   beside a generation batch (both only read the weights); loading weights waits for both.
 - `HFReplica`: the `RolloutReplica` that launches one server per replica.
-- `HFServerAdapter`: the `BaseRollout` verl builds inside the trainer worker
+- `HFServerAdapter` (hf_adapter.py): the `BaseRollout` verl builds inside the trainer worker
   (`ActorRolloutRefWorker.init_model` -> `get_rollout_class(name, "async")`). Its
   `update_weights` receives the actor's full parameters after every update step and loads
   them into the server's model, so every rollout is sampled from the current policy.
@@ -44,8 +44,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
-from typing import Any, Generator, Optional
+from typing import Any, Optional
 
 import ray
 import torch
@@ -53,7 +54,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import HFModelConfig, RolloutConfig
-from verl.workers.rollout import base as rollout_base
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from verl_avsd.workers.verl_worker_seam import attach_server
@@ -61,6 +61,7 @@ from verl_avsd.workers.verl_worker_seam import attach_server
 from .early_rows import FinishedRows, ModelLocks, eos_token_ids, resolve, response_length
 from .prompt_logprobs import PromptLogProbScorer, ScoringRequest, scoring_request
 from .sampled_logprobs import SampledTokenLogProbs, sampling_warpers
+from .view_follower import FOLLOW_KWARG, Progress, follow_request, follow_views
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -104,6 +105,7 @@ class _Request:
     want_logprobs: bool
     seed: Optional[int]
     result: asyncio.Future = field(repr=False)
+    progress: Optional[Progress] = field(default=None, repr=False)  # set when the teacher views follow it
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one `generate` call; a seeded request never shares."""
@@ -162,26 +164,46 @@ class HFRolloutServer:
         prompt_ids = [int(token) for token in prompt_ids]
         vocab_size = self.model.get_input_embeddings().num_embeddings
         request = scoring_request(prompt_ids, sampling_params, request_id, self.max_model_len, vocab_size)
-        request = request or self._make_request(prompt_ids, dict(sampling_params), request_id)
-        kind = "score" if isinstance(request, ScoringRequest) else "generate"
-        self._pending[kind].append(request)
-        if self._batchers[kind] is None or self._batchers[kind].done():
-            self._batchers[kind] = asyncio.create_task(self._run_pending_batches(kind))
         if isinstance(request, ScoringRequest):  # scored, nothing generated: verl reads extra_fields
-            scored = await request.result
+            scored = await self._enqueue("score", request)
             return TokenOutput(
                 token_ids=[],
                 log_probs=[] if request.want_logprobs else None,
                 stop_reason="completed",
                 extra_fields={"global_steps": self.global_steps, **scored},
             )
-        token_ids, log_probs = await request.result
+        request = self._make_request(prompt_ids, dict(sampling_params), request_id)
+        follower, extra_fields = None, {"global_steps": self.global_steps}
+        if kwargs.get(FOLLOW_KWARG) is not None:  # the teacher's views, scored as this one grows
+            follow = follow_request(kwargs[FOLLOW_KWARG], request_id)
+            request.progress = Progress(follow["every"])
+            follower = asyncio.create_task(follow_views(self._score, request.result, request.progress, follow))
+        try:
+            token_ids, log_probs = await self._enqueue("generate", request)
+            if follower is not None:
+                extra_fields[FOLLOW_KWARG] = await follower
+        finally:
+            if follower is not None and not follower.done():
+                follower.cancel()
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if request.want_logprobs else None,
             stop_reason="completed",  # vLLM reports both "stop" (EOS) and "length" as completed
-            extra_fields={"global_steps": self.global_steps},
+            extra_fields=extra_fields,
         )
+
+    async def _enqueue(self, kind: str, request):
+        """Queue a request for its batcher ("generate" or "score") and wait for its answer."""
+        self._pending[kind].append(request)
+        if self._batchers[kind] is None or self._batchers[kind].done():
+            self._batchers[kind] = asyncio.create_task(self._run_pending_batches(kind))
+        return await request.result
+
+    async def _score(self, prompt_ids: list[int], temperature: float) -> dict[str, Any]:
+        """extra_fields of a prompt-log-prob request for `prompt_ids`, made here (the views followed)."""
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        params = {"max_tokens": 1, "temperature": temperature, "prompt_logprobs": 0}
+        return await self._enqueue("score", scoring_request(prompt_ids, params, "avsd_follow", self.max_model_len, vocab_size))
 
     def _make_request(self, prompt_ids: list[int], params: dict[str, Any], request_id: str) -> _Request:
         room = self.max_model_len - len(prompt_ids)
@@ -231,10 +253,15 @@ class HFRolloutServer:
                 else:
 
                     def on_finished(row: int, result, batch=batch) -> None:  # runs in generate's thread
+                        if batch[row].progress is not None:
+                            batch[row].progress.ended_s = time.time()
                         loop.call_soon_threadsafe(resolve, batch[row].result, result)
 
+                    def on_progress(row: int, tokens: list[int], batch=batch) -> None:  # runs in generate's thread
+                        loop.call_soon_threadsafe(batch[row].progress.update, tokens)
+
                     async with self._locks.generation:
-                        outputs = await asyncio.to_thread(self._generate_batch, batch, on_finished)
+                        outputs = await asyncio.to_thread(self._generate_batch, batch, on_finished, on_progress)
             except Exception as error:  # hand the error to every waiting caller
                 for request in batch:
                     if not request.result.done():
@@ -245,13 +272,14 @@ class HFRolloutServer:
                     request.result.set_result(output)
 
     @torch.no_grad()
-    def _generate_batch(self, batch: list[_Request], on_finished=None) -> list[tuple[list[int], list[float]]]:
+    def _generate_batch(self, batch: list[_Request], on_finished=None, on_progress=None) -> list[tuple[list[int], list[float]]]:
         """One `generate` call for requests with identical sampling settings.
 
         Returns per request the generated token ids (up to and including the first EOS)
         and their log-probabilities under the processed sampling distribution. With
         `on_finished(row, result)`, each row's same result is also passed there as soon as
-        the row ends, while generate runs on for the others.
+        the row ends, while generate runs on for the others; with `on_progress(row, tokens)`, the
+        tokens so far of each row whose request has `progress`, every `progress.every` steps.
         """
         first = batch[0]
         device = self.model.device
@@ -281,8 +309,11 @@ class HFRolloutServer:
             pad_token_id=self.pad_token_id,
             return_dict_in_generate=True,
         )
+        followed = {row: request.progress.every for row, request in enumerate(batch) if request.progress is not None}
         watchers = (
-            [] if on_finished is None else [FinishedRows(recorder, width, first.max_tokens, self.eos_token_ids, on_finished)]
+            []
+            if on_finished is None
+            else [FinishedRows(recorder, width, first.max_tokens, self.eos_token_ids, on_finished, on_progress, followed)]
         )
         if first.seed is not None:
             torch.manual_seed(first.seed)
@@ -396,48 +427,4 @@ class HFReplica(RolloutReplica):
         attach_server(self, server, address=name)
 
 
-# --------------------------------------------------------------------------------------------
-# The adapter inside the trainer worker: forwards lifecycle calls and weights to the server.
-# --------------------------------------------------------------------------------------------
-
-
-class HFServerAdapter(rollout_base.BaseRollout):
-    """verl's in-worker handle on the `hf` server of this worker's replica."""
-
-    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, device_mesh, replica_rank: int = -1, **kwargs):
-        super().__init__(config, model_config, device_mesh)
-        rank = int(os.environ.get("RANK", "0"))
-        # one process per replica (checked in HFReplica), so trainer rank r feeds replica r
-        self.replica_rank = rank if replica_rank == -1 else replica_rank
-        self.server_handle: Optional[ray.actor.ActorHandle] = None
-
-    def _server(self) -> ray.actor.ActorHandle:
-        # looked up lazily: verl builds this adapter before the replica launches its server
-        if self.server_handle is None:
-            self.server_handle = ray.get_actor(server_actor_name(self.replica_rank))
-        return self.server_handle
-
-    async def resume(self, tags: list[str]):
-        await self._server().wake_up.remote(tags=tags)
-
-    async def release(self):
-        await self._server().sleep.remote()
-
-    async def update_weights(
-        self,
-        weights: Generator[tuple[str, torch.Tensor], None, None],
-        wire_format: str = "named_tensors",
-        global_steps: Optional[int] = None,
-        peft_config: Any = None,
-        **kwargs,
-    ):
-        if wire_format != "named_tensors":
-            raise NotImplementedError(f"hf rollout receives full weights only (wire_format={wire_format!r})")
-        if peft_config is not None:
-            raise NotImplementedError("hf rollout cannot load a LoRA adapter; set actor_rollout_ref.model.lora.merge=True")
-        # The generator may run collectives (FSDP full_tensor), so it is always consumed in full.
-        named_tensors = [(name, tensor.detach().to("cpu").clone()) for name, tensor in weights]
-        await self._server().update_weights.remote(named_tensors, global_steps)
-
-
-__all__ = ["HFReplica", "HFRolloutServer", "HFServerAdapter", "HF_ROLLOUT_NAME", "server_actor_name"]
+__all__ = ["HFReplica", "HFRolloutServer", "HF_ROLLOUT_NAME", "server_actor_name"]
