@@ -145,12 +145,16 @@ def tail_statistics(lengths: list[int], max_new_tokens: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def random_model_dir(shape: str, directory: Path) -> Path:
-    """A random Qwen3-shaped model saved with save_pretrained (loaded back like a real one)."""
+def random_model_dir(shape: str, directory: Path, device: torch.device, dtype: torch.dtype) -> Path:
+    """A random Qwen3-shaped model saved with save_pretrained (loaded back like a real one); built
+    on the device in its dtype (a 1.7B one initialised on the CPU in float32 takes half a minute)."""
     config = prefill_bench.qwen3_config(shape)
     config.eos_token_id = config.pad_token_id = 1
     torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(directory)
+    del model
     return directory
 
 
@@ -249,6 +253,7 @@ def teacher_times(model, sequences_by_row, views: int, token_budget: int, repeat
     rows = [[pair for pair in row[:views]] for row in sequences_by_row]
     everything = [pair for row in rows for pair in row]
     kwargs = {"token_budget": token_budget, "share_prefix_min_tokens": SHARE_PREFIX_MIN_TOKENS}
+    packed_response_logprobs(model, everything, **kwargs)  # warm-up: this workload's shapes and allocations
     packed_runs, packed = [], None
     for _ in range(repeats):
         seconds, packed = timed(device, packed_response_logprobs, model, everything, **kwargs)
@@ -348,7 +353,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory(prefix="rollout_overlap_") as tmp:
-        model_dir = Path(args.model) if args.model else random_model_dir(args.shape, Path(tmp))
+        model_dir = Path(args.model) if args.model else random_model_dir(args.shape, Path(tmp), device, dtype)
         model = load_model(model_dir, device, dtype)
     config = model.config.get_text_config()
     vocab = config.vocab_size
@@ -374,7 +379,6 @@ def run(args) -> dict:
 
     contexts = view_contexts(prompts, args.views, args.view_tokens, vocab, args.seed)
     sequences = [[(context, response) for context in row] for row, response in zip(contexts, responses)]
-    packed_response_logprobs(model, sequences[0], token_budget=args.token_budget)  # warm-up
     teacher = {m: teacher_times(model, sequences, m, args.token_budget, args.repeats, device) for m in (args.views, 1)}
     update = update_time(model, prompts, responses, args.update_token_budget, device)
 
@@ -439,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-budget", type=int, default=8192, help="packed teacher micro-batch tokens")
     parser.add_argument("--update-token-budget", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3, help="timings of the packed pass (median)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on cpu, steady on a shared host; torch's on cuda)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(BENCH / "results" / "placement"))
     args = parser.parse_args(argv)
@@ -450,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--length-median-frac must be in (0, 1] and --length-sigma >= 0")
     if args.model and not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json there (a folder saved with save_pretrained is needed)")
+    if args.threads is None and torch.device(args.device).type == "cpu":
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
