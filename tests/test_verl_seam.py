@@ -265,3 +265,30 @@ def test_agent_loop_worker_hooks_are_verls():
     assert "field.update(kwargs)" in source  # and stores every kwarg in the sample's TransferQueue row
     assert "self.agent_loop_workers_class = " in inspect.getsource(AgentLoopManagerTQ)
     assert any("self.llm_client" in inspect.getsource(c) for c in worker.__mro__ if c.__module__.startswith("verl"))
+
+
+def test_teacher_loop_is_verls():
+    """The reference teacher's pool (workers/ref_teacher_pool.py) is verl's teacher_loop, handed to
+    the agent-loop workers as verl hands its distillation teacher; seam item 8."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.experimental.teacher_loop import MultiTeacherModelManager
+    from verl.single_controller.ray.base import ResourcePoolManager
+    from verl.trainer.main_ppo import TaskRunnerV1
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ
+    from verl.workers import engine_workers
+
+    assert list(inspect.signature(MultiTeacherModelManager).parameters) == ["config", "resource_pool"]
+    assert callable(MultiTeacherModelManager.get_client)
+    assert "resource_pool_dict" in ResourcePoolManager.__dataclass_fields__
+    create = inspect.signature(AgentLoopManagerTQ.create.__wrapped__).parameters
+    assert list(create) == ["cls", "args", "kwargs"]  # forwarded to __init__:
+    assert list(inspect.signature(AgentLoopManagerTQ.__mro__[1].__init__).parameters)[:5] == [
+        "self", "config", "llm_client", "teacher_client", "reward_loop_worker_handles"
+    ]  # fmt: skip
+    runner = inspect.getsource(TaskRunnerV1.__ray_actor_class__.init_agent_loop_manager)
+    assert "teacher_client=self.trainer.get_teacher_client()" in runner
+    worker = inspect.getsource(AgentLoopWorker.__init__)
+    assert "self.teacher_client = teacher_client" in worker
+    assert "self.distillation_enabled = is_distillation_enabled(config.distillation)" in worker
+    # the actor's loss: verl's distillation loss only when the worker's distillation config is enabled
+    assert "if self.distillation_enabled:" in inspect.getsource(engine_workers.ActorRolloutRefWorker.init_model)

@@ -32,6 +32,8 @@ PLACEMENT_KEY = "algorithm.avsd.teacher_placement"
 MANAGER_KEY = "actor_rollout_ref.rollout.agent.agent_loop_manager_class"
 # the class verl's TaskRunnerV1.init_agent_loop_manager loads from MANAGER_KEY
 MANAGER_FQN = "verl_avsd.workers.rollout_teacher.RolloutTeacherAgentLoopManager"
+# with algorithm.avsd.teacher=ref: the same, plus the reference teacher's own pool (workers/ref_teacher_pool.py)
+REF_MANAGER_FQN = "verl_avsd.workers.ref_teacher_pool.RefTeacherAgentLoopManager"
 
 # what the agent-loop worker writes per sample (names and dtypes of the packed worker's output)
 VIEW_FIELDS = ("avsd_view_logq", "avsd_view_mask", "avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens")
@@ -45,12 +47,8 @@ FEEDBACK_METRICS_FIELD = "avsd_feedback_metrics"  # per sample; the batch's feed
 def check_rollout_placement(config, avsd) -> None:
     """Refuse, naming the keys, what `rollout` placement cannot do."""
     rollout = config.actor_rollout_ref.rollout
-    if avsd.teacher != "current":
-        raise ValueError(
-            f"{PLACEMENT_KEY}=rollout scores the views on the rollout servers, which hold the current policy: it needs "
-            f"algorithm.avsd.teacher=current, got algorithm.avsd.teacher={avsd.teacher!r} "
-            f"(for the reference teacher use {PLACEMENT_KEY}=actor)"
-        )
+    if avsd.teacher == "ref":
+        check_ref_teacher_pool(config)
     if SIBLING_VIEW in list(avsd.views):
         raise ValueError(
             f"{PLACEMENT_KEY}=rollout scores a sample as soon as its generation ends, but algorithm.avsd.views has "
@@ -69,20 +67,67 @@ def check_rollout_placement(config, avsd) -> None:
         raise ValueError(
             f"{PLACEMENT_KEY}=rollout scores single-turn rollouts, but actor_rollout_ref.rollout.multi_turn.enable=true"
         )
-    current = rollout.get("agent", {}).get("agent_loop_manager_class")
-    if current and current != MANAGER_FQN:
+    current, wanted = rollout.get("agent", {}).get("agent_loop_manager_class"), manager_fqn(avsd.teacher)
+    if current and current != wanted:
         raise ValueError(
-            f"{PLACEMENT_KEY}=rollout brings its own agent-loop manager ({MANAGER_FQN}), but {MANAGER_KEY}={current} is set"
+            f"{PLACEMENT_KEY}=rollout brings its own agent-loop manager ({wanted}), but {MANAGER_KEY}={current} is set"
         )
+
+
+def check_ref_teacher_pool(config) -> None:
+    """`teacher: ref` scores on replicas of the actor's initial model built by verl's teacher_loop
+    (workers/ref_teacher_pool.py) while verl's own distillation stays off: refuse what would
+    switch it on or point the teacher at another model, then verl's own checks of the pool."""
+    distillation = config.get("distillation") or {}
+    where = f"algorithm.avsd.teacher=ref with {PLACEMENT_KEY}=rollout"
+    if distillation.get("enabled", False):
+        raise ValueError(
+            f"{where} scores the views on reference-teacher replicas built from verl's teacher_loop, but "
+            "distillation.enabled=true also turns on verl's own on-policy distillation (a distillation loss in the "
+            "actor's update, teacher log-probs of every prompt+response): set distillation.enabled=false "
+            f"(distillation.n_gpus_per_node / distillation.nnodes still size the reference pool) or use {PLACEMENT_KEY}=actor"
+        )
+    models = dict(distillation.get("teacher_models", None) or {})
+    actor_path = str(config.actor_rollout_ref.model.path)
+    for name, model in models.items():
+        path = (model or {}).get("model_path", None)
+        if name != "teacher_model" or path not in (None, actor_path):
+            raise ValueError(
+                f"{where}: the reference teacher is the actor's initial model (actor_rollout_ref.model.path={actor_path}), "
+                f"but distillation.teacher_models.{name}.model_path={path} is set: remove it"
+            )
+    # verl's teacher_loop loads a teacher from its path alone (HFModelConfig defaults): what the
+    # actor's model config changes beyond the attention kernel would be missing from the reference
+    model = config.actor_rollout_ref.model
+    overrides = sorted(set(model.get("override_config", None) or {}) - {"attn_implementation"})
+    if overrides or model.get("trust_remote_code", False):
+        keys = [f"actor_rollout_ref.model.override_config.{k}" for k in overrides]
+        keys += ["actor_rollout_ref.model.trust_remote_code=true"] if model.get("trust_remote_code", False) else []
+        raise ValueError(
+            f"{where}: verl's teacher_loop builds the reference replicas from the model path alone, without "
+            f"{', '.join(keys)}: use {PLACEMENT_KEY}=actor"
+        )
+    from verl_avsd.workers.ref_teacher_pool import check_ref_teacher_config
+
+    check_ref_teacher_config(config)
+
+
+def manager_fqn(teacher: str) -> str:
+    """The agent-loop manager class that scores the views for this teacher."""
+    return REF_MANAGER_FQN if teacher == "ref" else MANAGER_FQN
 
 
 def use_rollout_teacher(config) -> None:
     """Point verl at the agent-loop manager that scores the views (verl's task runner reads the
-    key from this same config object after the trainer is built)."""
+    key from this same config object after the trainer is built); with `teacher: ref`, the one
+    that also builds the reference teacher's pool. verl's `distillation.enabled` stays false
+    (check_ref_teacher_pool): no distillation loss, no teacher pool of the trainer's own."""
     from omegaconf import open_dict
 
+    from verl_avsd.config import avsd_config
+
     with open_dict(config):
-        config.actor_rollout_ref.rollout.agent.agent_loop_manager_class = MANAGER_FQN
+        config.actor_rollout_ref.rollout.agent.agent_loop_manager_class = manager_fqn(avsd_config(config.algorithm).teacher)
 
 
 # ---- each step: the fields the agent-loop workers wrote ----

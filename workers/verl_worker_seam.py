@@ -40,6 +40,15 @@ first, by name (all in tests/test_verl_seam.py unless said):
    TransferQueue row) and `_compute_teacher_logprobs(output, prompt_ids, response_ids, validate,
    sample_kwargs)`, calls `self.llm_client.generate`, and sets `AgentLoopManagerTQ.agent_loop_workers_class`:
    test_agent_loop_worker_hooks_are_verls, tests/test_rollout_teacher.py.
+8. The reference teacher's pool (workers/ref_teacher_pool.py, `teacher: ref` with rollout placement)
+   builds verl's `verl.experimental.teacher_loop.MultiTeacherModelManager(config, resource_pool)`
+   (`get_client()` -> {key: LLMServerClient}) from a config copy whose `distillation` section it
+   fills, on a `ResourcePoolManager` pool (`resource_pool_dict`); overrides the classmethod
+   `AgentLoopManagerTQ.create(config, llm_client, teacher_client, reward_loop_worker_handles)`
+   (verl's TaskRunnerV1 passes these keywords); reads the agent-loop worker's `self.teacher_client`;
+   and relies on the run's `distillation.enabled=false` keeping verl's distillation off (actor loss
+   `ppo_loss`, agent loop `distillation_enabled`, no trainer teacher pool):
+   test_teacher_loop_is_verls, tests/test_rollout_teacher_ref.py.
 """
 
 from __future__ import annotations

@@ -113,6 +113,17 @@ class _Request:
         return shared + ((id(self),) if self.seed is not None else ())
 
 
+def _attention_fallback(hf_config) -> dict:
+    """verl's HFModelConfig asks for flash attention when the model config names no
+    attn_implementation, as the configs verl builds for teacher replicas do (only a model path,
+    verl/experimental/teacher_loop); without the flash-attn package (the CPU) use sdpa instead."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if getattr(hf_config, "_attn_implementation", None) == "flash_attention_2" and not is_flash_attn_2_available():
+        return {"attn_implementation": "sdpa"}
+    return {}
+
+
 class HFRolloutServer:
     """A transformers model serving verl's token-in / token-out `generate` requests."""
 
@@ -131,6 +142,7 @@ class HFRolloutServer:
             config=self.model_config.hf_config,
             dtype=dtype,
             trust_remote_code=self.model_config.trust_remote_code,
+            **_attention_fallback(self.model_config.hf_config),
         ).eval()
 
         tokenizer = self.model_config.tokenizer
