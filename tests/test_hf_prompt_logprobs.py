@@ -362,3 +362,18 @@ def test_scoring_through_the_ray_actor_with_a_weight_update(model_dir):
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_growing_sequence_keeps_one_cache_entry_and_reuses_it(server):
+    """The views followed while generating (view_follower.py) score context + response so far
+    every few tokens: each round's entry replaces the one it extended, so the cache holds the
+    sequence once, and each round runs only its new tokens."""
+    server.scorer.clear()
+    sequence = encode(server, CONTEXT + " " + RESPONSES[0])
+    rounds = [sequence[:n] for n in range(len(sequence) - 12, len(sequence) + 1, 4)]
+    outputs = [score(server, [part], 1.0)[0] for part in rounds]
+    assert len(server.scorer.cache) == 1
+    for previous, output in zip([None, *rounds], outputs):
+        if previous is not None:  # reused all it fed before (its last token is fed now, as part of the new ones)
+            assert output.extra_fields["num_cached_tokens"] == len(previous) - 1
+    torch.testing.assert_close(log_probs_of(outputs[-1]), reference_log_probs(server.model, sequence, 1.0), atol=1e-5, rtol=0)

@@ -89,6 +89,12 @@ class PrefixKVCache:
             _, evicted = self._entries.popitem(last=False)  # least recently used
             self._bytes -= evicted.nbytes()
 
+    def discard(self, entry: CachedPrefix) -> None:
+        """Drop `entry` if it is (still) cached."""
+        key = tuple(entry.ids.tolist())
+        if self._entries.get(key) is entry:
+            self._bytes -= self._entries.pop(key).nbytes()
+
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0

@@ -196,6 +196,11 @@ class PromptLogProbScorer:
                 results[i] = self._layout(model, requests[i], hidden[i], reused[i], sources[i], ran)
                 if self.cache is not None and ran is not None:
                     self.cache.put(ran)  # after _layout: the entry carries its head output
+                    if sources[i] is not None and reused[i] == len(sources[i].ids):
+                        # the old entry is a prefix of the new one, which answers every request it
+                        # could (a sequence growing by a few tokens a round would otherwise fill the
+                        # cache with copies of itself and push out the other prompts' prefixes)
+                        self.cache.discard(sources[i])
             pending = deferred
         return results
 
