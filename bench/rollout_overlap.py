@@ -54,6 +54,8 @@ the limit) and imposed by the logits processor (EOS masked before, forced at the
 
 Writes --out/gpu_overlap_<device>.json (config, versions, tail statistics, the per-row arrays
 c_i, e_i, s_i, the timings and the simulated placements) and .md (one line).
+`--on-paper` instead runs the same simulation on assumed cluster numbers (PAPER_SCENARIOS: published
+reasoning-RL length tails, the H100 prefill rate) into gpu_overlap_paper.{json,md}.
 """
 
 from __future__ import annotations
@@ -314,7 +316,12 @@ def update_time(model, prompts: torch.Tensor, responses: list[torch.Tensor], tok
 
     forward_s, _ = timed(device, old_logprobs)
     backward_s, _ = timed(device, one_epoch)
-    return {"old_logprob_s": forward_s, "update_epoch_s": backward_s, "total_s": forward_s + backward_s, "microbatches": len(batches)}
+    return {
+        "old_logprob_s": forward_s,
+        "update_epoch_s": backward_s,
+        "total_s": forward_s + backward_s,
+        "microbatches": len(batches),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,9 +391,7 @@ def run(args) -> dict:
 
     results = {m: placements(gen, teacher[m], update["total_s"]) for m in (args.views, 1)}
     avsd, opsd = results[args.views], results[1]
-    ratios = {
-        placement: avsd[placement]["step_s"] / opsd[placement]["step_s"] for placement in ("actor", "rollout")
-    }
+    ratios = {placement: avsd[placement]["step_s"] / opsd[placement]["step_s"] for placement in ("actor", "rollout")}
     ratios["rollout_serial"] = avsd["rollout"]["serial_step_s"] / opsd["rollout"]["serial_step_s"]
     return {
         "config": {**vars(args), "lengths": lengths_mode, "model_kind": str(args.model or f"random {args.shape}"), "eos": eos},
@@ -409,6 +414,81 @@ def run(args) -> dict:
         "views": {str(m): results[m] for m in (args.views, 1)},
         "step_ratio_avsd_over_opsd": ratios,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# On paper: a GPU cluster's step from assumed tail statistics (bench/README.md shows the arithmetic)
+# --------------------------------------------------------------------------------------------
+
+# Two workloads for bench/README.md's "Expected step ratio on a GPU cluster (on paper)". Common:
+# 8 engines (one GPU each) x 64 rollouts, decode step t_dec = 8 ms whatever the rows in flight
+# (memory-bound), teacher prefill P = 85.1k tokens/s per GPU (the packed path measured on an H100,
+# Qwen3-1.7B shape: /work/shared/spec/VERL.md), view tokens full 700, partial 350, answer 16
+# (prompt cached), lengths log-normal cut at the cap.
+PAPER_SCENARIOS = {
+    "reasoning": {"median": 1000, "sigma": 1.0, "cap": 8192, "rest_s": 10.0},  # p99/median ~10
+    "short_answers": {"median": 300, "sigma": 0.5, "cap": 1024, "rest_s": 3.0},
+    "no_tail": {"median": 300, "sigma": 0.0, "cap": 1024, "rest_s": 3.0},  # every row ends at the same step (the CPU toy)
+}
+PAPER_COMMON = {"engines": 8, "rows_per_engine": 64, "t_dec_s": 0.008, "prefill_tps": 85_100.0, "views": [700, 350, 16]}
+
+
+def cluster_estimate(median, sigma, cap, rest_s, engines, rows_per_engine, t_dec_s, prefill_tps, views, trials=200, seed=0):
+    """Mean over `trials` steps: row i of engine e ends at R_i * t_dec; its M-view teacher costs
+    (sum of view tokens + M * R_i) / P. Actor: every engine's teacher tokens after the slowest
+    engine ends (spread over all GPUs). Rollout: `simulate_rollout_placement` per engine; the step
+    waits for the slowest engine's generation + blocking. step = gen + teacher + rest_s."""
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict = {}
+    for _ in range(trials):
+        normal = torch.randn(engines, rows_per_engine, generator=generator, dtype=torch.float64)
+        lengths = (math.log(median) + sigma * normal).exp().round().clamp(16, cap).long().tolist()  # [E][B]
+        gen = max(max(rows) for rows in lengths) * t_dec_s
+        tails = [tail_statistics(rows, cap) for rows in lengths]
+        row = {
+            f"tail_{k}": statistics.mean(t[k] for t in tails)
+            for k in ("p50_over_mean", "p90_over_mean", "max_over_mean", "idle_slot_fraction", "truncated_fraction")
+        }
+        row["gen_s"] = gen
+        for m in (len(views), 1):
+            view_tokens = sum(views[:m])
+            actor = sum(view_tokens + m * r for rows in lengths for r in rows) / (prefill_tps * engines)
+            ends, hidden, total = [], 0.0, 0.0
+            for rows in lengths:
+                c = [r * t_dec_s for r in rows]
+                s = [(view_tokens + m * r) / prefill_tps for r in rows]
+                sim = simulate_rollout_placement(c, s, max(c))
+                ends.append(max(c) + sim["blocking_s"])
+                hidden, total = hidden + sum(sim["hidden_s"]), total + sum(s)
+            row[f"m{m}_actor_s"], row[f"m{m}_rollout_s"], row[f"m{m}_hidden_fraction"] = actor, max(ends) - gen, hidden / total
+        for key, value in row.items():
+            sums[key] = sums.get(key, 0.0) + value / trials
+    M = len(views)
+    for placement in ("actor", "rollout"):
+        avsd = sums["gen_s"] + sums[f"m{M}_{placement}_s"] + rest_s
+        opsd = sums["gen_s"] + sums[f"m1_{placement}_s"] + rest_s
+        sums[f"step_{placement}_avsd_s"], sums[f"step_{placement}_opsd_s"] = avsd, opsd
+        sums[f"ratio_{placement}"] = avsd / opsd
+    return sums
+
+
+def on_paper(out: Path) -> None:
+    report = {"common": PAPER_COMMON, "scenarios": {}}
+    lines = []
+    for name, scenario in PAPER_SCENARIOS.items():
+        r = cluster_estimate(**scenario, **PAPER_COMMON)
+        report["scenarios"][name] = {"assumed": scenario, "estimate": r}
+        lines.append(
+            f"{name}: tail p50/p90/max over mean {r['tail_p50_over_mean']:.2f}/{r['tail_p90_over_mean']:.2f}/"
+            f"{r['tail_max_over_mean']:.2f}, idle slots {r['tail_idle_slot_fraction']:.0%}, cut {r['tail_truncated_fraction']:.1%}; "
+            f"gen {r['gen_s']:.1f} s; teacher M=3 actor {r['m3_actor_s']:.2f} s vs rollout blocking {r['m3_rollout_s']:.2f} s "
+            f"({r['m3_hidden_fraction']:.0%} hidden), M=1 {r['m1_actor_s']:.2f} vs {r['m1_rollout_s']:.2f} s; "
+            f"AVSD/OPSD actor {r['ratio_actor']:.3f}x, rollout {r['ratio_rollout']:.3f}x"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_overlap_paper.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_overlap_paper.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def summary(report: dict) -> str:
@@ -443,11 +523,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-budget", type=int, default=8192, help="packed teacher micro-batch tokens")
     parser.add_argument("--update-token-budget", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3, help="timings of the packed pass (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on cpu, steady on a shared host; torch's on cuda)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on cpu, steady on a shared host; torch's on cuda)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(BENCH / "results" / "placement"))
+    parser.add_argument("--on-paper", action="store_true", help="only the cluster estimate of bench/README.md (no model)")
     args = parser.parse_args(argv)
-    for name in ("batch", "views", "max_new_tokens", "prompt_tokens", "view_tokens", "token_budget", "update_token_budget", "repeats"):
+    if args.on_paper:
+        on_paper(Path(args.out))
+        return 0
+    for name in (
+        "batch",
+        "views",
+        "max_new_tokens",
+        "prompt_tokens",
+        "view_tokens",
+        "token_budget",
+        "update_token_budget",
+        "repeats",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not (0 < args.length_median_frac <= 1 and args.length_sigma >= 0):

@@ -146,3 +146,17 @@ def test_bad_arguments_get_a_clear_error(overlap, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         overlap.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cluster_estimate_hides_nothing_without_a_tail_and_most_with_one(overlap):
+    common = {"engines": 2, "rows_per_engine": 8, "t_dec_s": 0.01, "prefill_tps": 10_000.0, "views": [70, 35, 4], "trials": 3}
+    flat = overlap.cluster_estimate(median=100, sigma=0.0, cap=400, rest_s=1.0, **common)
+    # all rows end together: every row's views are scored after generation, one engine's share each
+    tokens = 8 * (109 + 3 * 100)
+    assert flat["m3_rollout_s"] == pytest.approx(tokens / 10_000.0) == pytest.approx(flat["m3_actor_s"])
+    assert flat["m3_hidden_fraction"] == 0.0 and flat["ratio_rollout"] == pytest.approx(flat["ratio_actor"])
+    gen = 100 * 0.01
+    assert flat["ratio_actor"] == pytest.approx((gen + tokens / 1e4 + 1.0) / (gen + 8 * (70 + 100) / 1e4 + 1.0))
+    tail = overlap.cluster_estimate(median=100, sigma=1.0, cap=400, rest_s=1.0, **common)
+    assert tail["m3_hidden_fraction"] > 0.5 and tail["m3_rollout_s"] < tail["m3_actor_s"]
+    assert 1.0 <= tail["ratio_rollout"] < tail["ratio_actor"]
