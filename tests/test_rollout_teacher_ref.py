@@ -96,7 +96,9 @@ def test_the_trainer_keeps_verls_distillation_off_and_describes_the_reference_te
             "without actor_rollout_ref.model.override_config.rope_theta, actor_rollout_ref.model.trust_remote_code=true",
         ),
         (
-            ["+actor_rollout_ref.rollout.agent.agent_loop_manager_class=verl_avsd.workers.rollout_teacher.RolloutTeacherAgentLoopManager"],
+            [
+                "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=verl_avsd.workers.rollout_teacher.RolloutTeacherAgentLoopManager"
+            ],
             "brings its own agent-loop manager \\(verl_avsd.workers.ref_teacher_pool.RefTeacherAgentLoopManager\\)",
         ),
     ],
@@ -160,8 +162,6 @@ def test_the_reference_teacher_scores_with_the_initial_weights_at_every_step(ref
     for m in result.metrics.values():
         assert m["avsd/teacher_scoring_s"] > 0 and m["avsd/teacher_tokens"] > 0 and m["avsd/views_scored"] == 3.0
         assert not any(k.startswith("distillation/") for k in m)  # verl's distillation loss never ran
-    log = result.log_file.read_text()
-    assert "rollout_teacher_colocate_0" in log or "teacher_" in log  # verl's teacher replica was launched
 
     df = pd.read_parquet(data["train"])
     rows = {e["index"]: r for e, (_, r) in zip(df["extra_info"], df.iterrows())}
@@ -183,7 +183,9 @@ def test_the_reference_teacher_scores_with_the_initial_weights_at_every_step(ref
                 want = float64_response_logprobs(initial, contexts.context_ids[0][m].tolist() + response, R)
                 assert torch.allclose(got[m, :R], want, atol=1e-4), (step, m, (got[m, :R] - want).abs().max())
             # the student's own log-probs: the initial model at step 1, the updated policy at step 2
-            prompt = tokenizer.apply_chat_template(list(row["prompt"]), add_generation_prompt=True, tokenize=True)
+            prompt = tokenizer.apply_chat_template(
+                list(row["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
             student = float64_response_logprobs(initial, list(prompt) + response, R)
             gap = (torch.tensor(d["student_logp"][:R], dtype=torch.float64) - student).abs().max()
             student_moved[step] = max(student_moved[step], float(gap))
