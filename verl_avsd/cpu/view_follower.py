@@ -6,10 +6,12 @@ generation ends (workers/rollout_teacher.py). The `hf` server generates a static
 at max_tokens all end at its last step, together, so scoring that starts at a row's end has no
 generation left to hide behind. A causal teacher's log-prob of response token t depends only on
 the view context and the tokens before t, though, so the views can be scored as the response
-grows. Every `every` generated tokens the server scores each view's context + the response so far
-(the results go into its prefix cache, prompt_logprobs.py, and are otherwise dropped); when the
-row ends, the request for context + the whole response finds everything but its last < `every`
-tokens cached (their keys/values and their log-probs) and runs only those. The answer is that
+grows. As generation starts the server scores each view's context alone, then every `every`
+generated tokens each view's context + the response so far (the results go into its prefix
+cache, prompt_logprobs.py, and are otherwise dropped); when the row ends, the request for
+context + the whole response finds all but its last few tokens cached (their keys/values and
+their log-probs: at most `every` when each round ends before the next tokens come) and runs only
+those. The answer is that
 final request's, the same one a request sent at the end gets (same layout; the cache is exact).
 
 The worker asks for it with one keyword on its generate request, which verl's LLMServerClient
@@ -84,6 +86,10 @@ async def follow_views(score: Score, result: asyncio.Future, progress: Progress,
             fed += sum(max(len(s) - int(a.get("num_cached_tokens") or 0), 0) for s, a in zip(sequences, answers))
             return answers
 
+        # round 0, as generation starts: the contexts alone (the n rollouts of a prompt share them)
+        start = time.time()
+        await score_all([])
+        streamed += time.time() - start
         while not result.done():
             changed = asyncio.ensure_future(progress.changed.wait())
             await asyncio.wait([changed, result], return_when=asyncio.FIRST_COMPLETED)
