@@ -54,6 +54,8 @@ def test_rollout_placement_trains_like_the_actor_placement(rollout_run):
         # the hf server's prefix cache: the 3 views of a rollout share the chat header and problem
         assert 0.0 < m["avsd/teacher_fed_fraction"] < 1.0, m["avsd/teacher_fed_fraction"]
         assert m["avsd/views_scored"] == 3.0 and math.isfinite(m["actor/pg_loss"])
+        # teacher_stream_tokens (default 8): the views were scored while the 24-token responses grew
+        assert 0 < m["avsd/teacher_streamed_s"] <= m["avsd/teacher_scoring_s"], step
 
     dumps = [json.loads(line) for line in (Path(run.run_dir) / "rollouts" / "rollouts_step1.jsonl").read_text().splitlines()]
     dumps = [d for d in dumps if not d["is_padding"]]

@@ -247,6 +247,10 @@ def test_overlap_metrics_against_a_hand_timeline():
     # a teacher that straddles the last generation's end counts its part before it as hidden
     m = placement_timing(torch.tensor([3.0, 1.0]), torch.tensor([1.0, 3.0]), torch.tensor([5.0, 3.5]))
     assert m["avsd/teacher_hidden_fraction"] == pytest.approx(2.0 / 4.5) and m["avsd/teacher_blocking_s"] == pytest.approx(2.0)
+    # seconds scored while each sample still generated (teacher_stream_tokens) are all hidden
+    m = placement_timing(gen_end, start, end, torch.tensor([0.5, 0.0, 2.0], dtype=torch.float64))
+    assert m["avsd/teacher_scoring_s"] == pytest.approx(6.0) and m["avsd/teacher_streamed_s"] == pytest.approx(2.5)
+    assert m["avsd/teacher_hidden_fraction"] == pytest.approx(5.0 / 6.0) and m["avsd/teacher_blocking_s"] == pytest.approx(1.0)
 
 
 def test_step_overhead_summary_compares_placements(monkeypatch):

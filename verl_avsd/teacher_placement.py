@@ -17,6 +17,8 @@ verl to use the agent-loop manager that scores, and the step's teacher fields an
     avsd/teacher_blocking_s       how long the step waited for teacher work after the batch's
                                   last generation ended (actor placement: the whole teacher call)
     avsd/teacher_scoring_s        the samples' scoring times, summed
+    avsd/teacher_streamed_s       the part of it that ran while its own sample still generated
+                                  (the hf server's teacher_stream_tokens; 0 elsewhere)
     timing_s/teacher_views        the teacher time on the step's critical path: the blocking wait
                                   (inside timing_s/gen: verl's sample waits for every finished
                                   sample) plus reading the fields; with `actor`, the packed call
@@ -38,6 +40,7 @@ REF_MANAGER_FQN = "verl_avsd.workers.ref_teacher_pool.RefTeacherAgentLoopManager
 # what the agent-loop worker writes per sample (names and dtypes of the packed worker's output)
 VIEW_FIELDS = ("avsd_view_logq", "avsd_view_mask", "avsd_view_tokens", "avsd_view_truncated", "avsd_view_fed_tokens")
 TIME_FIELDS = ("avsd_gen_end_s", "avsd_teacher_start_s", "avsd_teacher_end_s")  # wall clock, float64
+STREAMED_FIELD = "avsd_teacher_streamed_s"  # seconds scored while the sample still generated (teacher_stream_tokens)
 FEEDBACK_METRICS_FIELD = "avsd_feedback_metrics"  # per sample; the batch's feedback/* rates are their means
 
 
@@ -133,16 +136,23 @@ def use_rollout_teacher(config) -> None:
 # ---- each step: the fields the agent-loop workers wrote ----
 
 
-def placement_timing(gen_end: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> dict[str, float]:
-    """The overlap metrics of one batch from its samples' wall-clock times ([B] float64 each)."""
+def placement_timing(
+    gen_end: torch.Tensor, start: torch.Tensor, end: torch.Tensor, streamed: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The overlap metrics of one batch from its samples' wall-clock times ([B] float64 each):
+    [start, end] is each sample's scoring after its generation ended, `streamed` its seconds of
+    scoring while it still generated (before its own end, so before the last one: all hidden)."""
     if not len(gen_end):
         return {}
+    streamed = torch.zeros_like(gen_end) if streamed is None else streamed.clamp(min=0)  # [B]
     last_gen = float(gen_end.max())
-    busy = (end - start).clamp(min=0)  # [B]
-    hidden = (torch.minimum(end, torch.full_like(end, last_gen)) - start).clamp(min=0)  # [B] before the last generation ended
+    busy = (end - start).clamp(min=0) + streamed  # [B]
+    after = (torch.minimum(end, torch.full_like(end, last_gen)) - start).clamp(min=0)  # [B] before the last generation ended
+    hidden = after + streamed  # [B]
     total = float(busy.sum())
     return {
         "avsd/teacher_hidden_fraction": float(hidden.sum()) / total if total > 0 else 1.0,
+        "avsd/teacher_streamed_s": float(streamed.sum()),
         "avsd/teacher_blocking_s": max(float(end.max()) - last_gen, 0.0),
         "avsd/teacher_scoring_s": total,
     }
@@ -154,7 +164,7 @@ def read_rollout_teacher(batch, views: list[str], metrics: dict, timing_raw: dic
     from verl_avsd.verl_trainer_seam import get_fields
     from verl_avsd.workers.verl_worker_seam import per_sample_list
 
-    names = list(VIEW_FIELDS + TIME_FIELDS) + ([FEEDBACK_METRICS_FIELD] if FEEDBACK_VIEW in views else [])
+    names = list(VIEW_FIELDS + TIME_FIELDS) + [STREAMED_FIELD] + ([FEEDBACK_METRICS_FIELD] if FEEDBACK_VIEW in views else [])
     try:
         data = get_fields(batch, names + ["responses", "extra_info"])
     except Exception as error:  # noqa: BLE001 - TransferQueue names no field; this message does
@@ -187,7 +197,10 @@ def read_rollout_teacher(batch, views: list[str], metrics: dict, timing_raw: dic
 
     keep = torch.tensor(real)
     timing = placement_timing(
-        padded["avsd_gen_end_s"][keep], padded["avsd_teacher_start_s"][keep], padded["avsd_teacher_end_s"][keep]
+        padded["avsd_gen_end_s"][keep],
+        padded["avsd_teacher_start_s"][keep],
+        padded["avsd_teacher_end_s"][keep],
+        padded[STREAMED_FIELD][keep],
     )
     teacher_tokens = int(padded["avsd_view_tokens"].sum())
     fed_tokens = float(padded["avsd_view_fed_tokens"].sum())

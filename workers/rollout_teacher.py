@@ -262,12 +262,10 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
         await super()._compute_teacher_logprobs(output, prompt_ids, response_ids, validate, sample_kwargs)
         extra_fields = output.extra_fields if output is not None else {}
         followed = extra_fields.pop(FOLLOW_KWARG, None)  # not for the TransferQueue row
-        extra_fields.pop(RECEIVED_KEY, None)
+        received = extra_fields.pop(RECEIVED_KEY, None)
         if validate or sample_kwargs is None:
             return
-        start = time.time()
-        if followed:  # its views' scoring began when the row ended, on the server
-            start = float(sample_kwargs["avsd_gen_end_s"])
+        began = time.time()
         extra_info = sample_kwargs.get("extra_info")
         if FEEDBACK_VIEW in self.avsd.views:
             text, metrics = await asyncio.to_thread(self._feedback, response_ids, extra_info)  # the sandbox blocks
@@ -286,11 +284,17 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
         )
         if answered:  # what the follower ran for them, its streaming rounds included
             fields["avsd_view_fed_tokens"] += float(followed["fed_tokens"])
+        start, end = began, time.time()
+        if followed:
+            # its views were scored on the server from the row's end until the answer came back;
+            # the reward ran since (not teacher work), then this call: the teacher's time is the
+            # server's part followed by this call's, as if this call had begun on receipt
+            start, end = float(sample_kwargs["avsd_gen_end_s"]), float(received) + (end - began)
         # verl writes every key of the sample's kwargs into its TransferQueue row (field.update(kwargs))
         sample_kwargs.update(
             fields,
             avsd_teacher_start_s=torch.tensor(start, dtype=torch.float64),
-            avsd_teacher_end_s=torch.tensor(time.time(), dtype=torch.float64),
+            avsd_teacher_end_s=torch.tensor(end, dtype=torch.float64),
             # scoring that ran while this sample still generated (all of it hidden)
             avsd_teacher_streamed_s=torch.tensor(float(followed["streamed_s"]) if answered else 0.0, dtype=torch.float64),
         )
