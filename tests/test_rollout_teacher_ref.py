@@ -127,6 +127,21 @@ def test_the_worker_scores_a_ref_teacher_on_the_pools_client_and_current_on_the_
         worker._teacher_client()
 
 
+def test_the_hf_server_uses_sdpa_where_verls_teacher_config_asks_for_flash_attention_it_cannot_have():
+    """verl's teacher_loop gives a teacher replica only its model path, so verl's HFModelConfig
+    asks for flash_attention_2; the hf server falls back to sdpa when flash-attn is missing."""
+    from types import SimpleNamespace
+
+    from transformers.utils import is_flash_attn_2_available
+
+    from verl_avsd.cpu.hf_rollout import _attention_fallback
+
+    wanted = {} if is_flash_attn_2_available() else {"attn_implementation": "sdpa"}
+    assert _attention_fallback(SimpleNamespace(_attn_implementation="flash_attention_2")) == wanted
+    assert _attention_fallback(SimpleNamespace(_attn_implementation="sdpa")) == {}  # the actor's cpu.yaml choice
+    assert _attention_fallback(SimpleNamespace(_attn_implementation="eager")) == {}
+
+
 # ---- end to end ----
 
 
