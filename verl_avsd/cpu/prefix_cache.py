@@ -51,6 +51,10 @@ class PrefixKVCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], CachedPrefix] = OrderedDict()
         self._bytes = 0
+        # every entry's ids in one padded matrix [E, L] (-1 = no token), rebuilt after a change:
+        # one comparison finds a sequence's longest cached prefix (a Python loop over hundreds of
+        # entries cost a round of the followed views more than its forward)
+        self._index: Optional[tuple[list[tuple[int, ...]], torch.Tensor]] = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,12 +70,18 @@ class PrefixKVCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key], len(ids)
-        best_key, best_length = None, 0
-        for entry_key, entry in self._entries.items():
-            length = common_prefix_length(entry.ids, ids)
-            if length > best_length:
-                best_key, best_length = entry_key, length
-        if best_key is None:
+        if not self._entries or not len(ids):
+            return None, 0
+        if self._index is None:
+            keys = list(self._entries)
+            ids_matrix = torch.nn.utils.rnn.pad_sequence([self._entries[k].ids for k in keys], batch_first=True, padding_value=-1)
+            self._index = (keys, ids_matrix)
+        keys, ids_matrix = self._index
+        span = min(len(ids), ids_matrix.shape[1])
+        shared = (ids_matrix[:, :span] == ids[:span]).cumprod(dim=1).sum(dim=1)  # [E] leading tokens in common
+        best = int(shared.argmax())  # the first of the longest, in the order the index was built
+        best_key, best_length = keys[best], int(shared[best])
+        if best_length == 0:
             return None, 0
         self._entries.move_to_end(best_key)
         return self._entries[best_key], best_length
@@ -85,6 +95,7 @@ class PrefixKVCache:
             self._bytes -= self._entries.pop(key).nbytes()
         self._entries[key] = entry
         self._bytes += size
+        self._index = None
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)  # least recently used
             self._bytes -= evicted.nbytes()
@@ -94,10 +105,12 @@ class PrefixKVCache:
         key = tuple(entry.ids.tolist())
         if self._entries.get(key) is entry:
             self._bytes -= self._entries.pop(key).nbytes()
+            self._index = None
 
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+        self._index = None
 
 
 def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
