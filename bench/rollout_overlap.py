@@ -46,7 +46,9 @@ The model: `--model DIR` (any causal LM folder), or a random Qwen3-shaped one (`
 1/V per step), so by default (`--lengths lognormal`, the default without --model) each row's length
 is drawn log-normal (median --length-median-frac x max_new_tokens, sigma --length-sigma, cut at
 the limit) and imposed by the logits processor (EOS masked before, forced at the drawn step);
-`--lengths natural` (the default with --model) lets the model end when it samples EOS.
+`--lengths natural` (the default with --model) lets the model end when it samples EOS. Prompts:
+with --model and a tokenizer with a chat template, arithmetic word problems in that template
+(left-padded into one batch); otherwise --prompt-tokens random tokens.
 
   python bench/rollout_overlap.py                                     # CPU: tiny model, < 1 min
   python bench/rollout_overlap.py --device cuda --shape qwen3-1.7b --dtype bfloat16 --batch 64 \\
@@ -192,17 +194,22 @@ class StepClock(transformers.LogitsProcessor):
         return scores
 
 
-def generate(model, prompts: torch.Tensor, max_new_tokens: int, targets: list[int], eos: int, device, seed: int):
-    """Sampled generation; returns responses (each up to and including its EOS), end steps e_i,
-    end times c_i and step times tau_s (seconds from the call)."""
-    clock = StepClock(prompts.shape[1], eos, targets, device)
+def generate(model, prompts: list[torch.Tensor], max_new_tokens: int, targets: list[int], eos: int, device, seed: int):
+    """Sampled generation of the prompts (left-padded into one batch); returns responses (each up to
+    and including its EOS), end steps e_i, end times c_i and step times tau_s (seconds from the call)."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), eos, dtype=torch.long)  # [B, P]
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :], attention_mask[row, width - len(prompt) :] = prompt, 1
+    clock = StepClock(width, eos, targets, device)
     torch.manual_seed(seed)
     sync(device)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
-            input_ids=prompts.to(device),
-            attention_mask=torch.ones_like(prompts).to(device),
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
             do_sample=True,
             temperature=1.0,
             top_k=0,
@@ -213,7 +220,7 @@ def generate(model, prompts: torch.Tensor, max_new_tokens: int, targets: list[in
             logits_processor=transformers.LogitsProcessorList([clock]),
         )
     sync(device)
-    generated = out[:, prompts.shape[1] :].cpu()  # [B, S]
+    generated = out[:, width:].cpu()  # [B, S]
     steps = [t - start for t in clock.times]  # tau_1..tau_S
     responses, end_steps = [], []
     for row in generated:
@@ -224,7 +231,31 @@ def generate(model, prompts: torch.Tensor, max_new_tokens: int, targets: list[in
     return responses, end_steps, [steps[e - 1] for e in end_steps], steps
 
 
-def view_contexts(prompts: torch.Tensor, views: int, view_tokens: int, vocab: int, seed: int) -> list[list[torch.Tensor]]:
+def chat_prompts(model_dir: Path, batch: int, seed: int) -> list[torch.Tensor] | None:
+    """Arithmetic word problems in the model's chat template (a real model's lengths vary with the
+    problem and the sampling), or None where the folder has no tokenizer with a chat template."""
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):
+        return None
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    prompts = []
+    for _ in range(batch):
+        a, b, c = (int(x) for x in torch.randint(2, 100, (3,), generator=generator))
+        question = (
+            f"A shop sells {a} boxes of {b} apples and then {c} more apples. How many apples is that? Explain step by step."
+        )
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+        )
+        ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+        prompts.append(torch.tensor(list(ids), dtype=torch.long))
+    return prompts
+
+
+def view_contexts(prompts: list[torch.Tensor], views: int, view_tokens: int, vocab: int, seed: int) -> list[list[torch.Tensor]]:
     """[row][view] context token ids: the row's prompt + a view header + the view's text."""
     generator = torch.Generator().manual_seed(seed + 1)
     lengths = [view_tokens, max(1, view_tokens // 2), ANSWER_TOKENS] + [max(1, view_tokens // 2)] * max(0, views - 3)
@@ -277,7 +308,7 @@ def teacher_times(model, sequences_by_row, views: int, token_budget: int, repeat
     }
 
 
-def update_time(model, prompts: torch.Tensor, responses: list[torch.Tensor], token_budget: int, device) -> dict:
+def update_time(model, prompts: list[torch.Tensor], responses: list[torch.Tensor], token_budget: int, device) -> dict:
     """One forward (old log-probs) + one forward/backward (an update epoch, no optimizer step) over
     the B sequences prompt + response, in right-padded micro-batches of <= token_budget tokens."""
     sequences = [torch.cat([prompt, response]) for prompt, response in zip(prompts, responses)]
@@ -289,18 +320,19 @@ def update_time(model, prompts: torch.Tensor, responses: list[torch.Tensor], tok
             current = []
         current.append(i)
     batches.append(current)
-    prompt_length = prompts.shape[1]
 
     def response_logprob_sum(batch: list[int]) -> torch.Tensor:
         width = len(sequences[batch[0]])
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
+        scored = torch.zeros(len(batch), width - 1)  # [b, L - 1]: 1 where position t + 1 is a response token
         for row, i in enumerate(batch):
             ids[row, : len(sequences[i])], mask[row, : len(sequences[i])] = sequences[i], 1
+            scored[row, len(prompts[i]) - 1 : len(sequences[i]) - 1] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, prompt_length - 1 : -1].float()  # [b, T, V]
-        logp = logits.log_softmax(-1).gather(-1, ids[:, prompt_length:, None]).squeeze(-1)  # [b, T]
-        return (logp * mask[:, prompt_length:]).sum()
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()  # [b, L - 1, V]
+        logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # [b, L - 1]
+        return (logp * scored.to(device)).sum()
 
     def old_logprobs():
         with torch.no_grad():
@@ -374,9 +406,12 @@ def run(args) -> dict:
         if lengths_mode == "lognormal"
         else [0] * args.batch
     )
-    generator = torch.Generator().manual_seed(args.seed)
-    prompts = torch.randint(2, vocab, (args.batch, args.prompt_tokens), generator=generator)  # [B, P], no EOS
-    prompts[prompts == eos] = (eos + 1) % vocab
+    prompts = chat_prompts(model_dir, args.batch, args.seed) if args.model else None
+    prompt_kind = "chat" if prompts is not None else "random"
+    if prompts is None:  # random tokens, never EOS
+        generator = torch.Generator().manual_seed(args.seed)
+        prompts = list(torch.randint(2, vocab, (args.batch, args.prompt_tokens), generator=generator).unbind(0))  # B x [P]
+        prompts = [torch.where(p == eos, (eos + 1) % vocab, p) for p in prompts]
 
     # warm-up: kernels, allocator, the packed path's attention check
     generate(model, prompts[:2], 4, [0, 0], eos, device, args.seed)
@@ -394,7 +429,13 @@ def run(args) -> dict:
     ratios = {placement: avsd[placement]["step_s"] / opsd[placement]["step_s"] for placement in ("actor", "rollout")}
     ratios["rollout_serial"] = avsd["rollout"]["serial_step_s"] / opsd["rollout"]["serial_step_s"]
     return {
-        "config": {**vars(args), "lengths": lengths_mode, "model_kind": str(args.model or f"random {args.shape}"), "eos": eos},
+        "config": {
+            **vars(args),
+            "lengths": lengths_mode,
+            "prompts": prompt_kind,
+            "model_kind": str(args.model or f"random {args.shape}"),
+            "eos": eos,
+        },
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -496,7 +537,7 @@ def summary(report: dict) -> str:
     avsd, opsd = views[str(c["views"])], views["1"]
     r = report["step_ratio_avsd_over_opsd"]
     return (
-        f"rollout overlap ({report['versions']['device_name']}, {c['model_kind']}, B={c['batch']}, M={c['views']}, "
+        f"rollout overlap ({report['versions']['device_name']}, {c['model_kind']}, {c['prompts']} prompts, B={c['batch']}, M={c['views']}, "
         f"lengths {c['lengths']}: p50/p90/max over mean {tail['p50_over_mean']:.2f}/{tail['p90_over_mean']:.2f}/"
         f"{tail['max_over_mean']:.2f}, idle slots {tail['idle_slot_fraction']:.0%}): gen {report['generation']['gen_s']:.2f} s, "
         f"update {report['update']['total_s']:.2f} s; blocking teacher AVSD actor {avsd['actor']['blocking_s']:.3f} s vs "

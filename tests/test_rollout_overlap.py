@@ -160,3 +160,18 @@ def test_cluster_estimate_hides_nothing_without_a_tail_and_most_with_one(overlap
     tail = overlap.cluster_estimate(median=100, sigma=1.0, cap=400, rest_s=1.0, **common)
     assert tail["m3_hidden_fraction"] > 0.5 and tail["m3_rollout_s"] < tail["m3_actor_s"]
     assert 1.0 <= tail["ratio_rollout"] < tail["ratio_actor"]
+
+
+def test_a_real_model_folder_gets_chat_prompts_and_its_own_lengths(overlap, tmp_path):
+    toy = ROOT / "verl_avsd" / "assets" / "toy_model"
+    argv = ["--model", str(toy), "--batch", "4", "--max-new-tokens", "24", "--view-tokens", "16", "--repeats", "1"]
+    assert overlap.main([*argv, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_overlap_cpu.json").read_text())
+    assert report["config"]["prompts"] == "chat" and report["config"]["lengths"] == "natural"
+    gen = report["generation"]
+    assert gen["targets"] == [0] * 4 and all(1 <= e <= 24 for e in gen["end_steps"])  # the model's own EOS or the cap
+    views = report["views"]["3"]
+    blocking, fraction, _ = hand_rollout_placement(gen["end_s"], views["teacher"]["row_s"], gen["gen_s"])
+    assert views["rollout"]["blocking_s"] == pytest.approx(blocking) and views["rollout"]["hidden_fraction"] == pytest.approx(
+        fraction
+    )
