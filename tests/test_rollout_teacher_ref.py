@@ -207,3 +207,25 @@ def test_the_reference_teacher_scores_with_the_initial_weights_at_every_step(ref
     # step 1 checks this test's own prompt rebuild; step 2 shows the policy the rollout servers hold
     # had moved: a `current` teacher would not have matched the initial model there
     assert student_moved[1] < 1e-4 and student_moved[2] > 1e-2, student_moved
+
+
+@pytest.mark.parametrize("placement, builds", [("actor", True), ("rollout", False)])
+def test_the_actor_workers_hold_the_ref_model_only_where_they_score_it(monkeypatch, placement, builds):
+    """With rollout placement the ref teacher has replicas of its own: a second copy of the
+    initial model on the actor workers would be memory for nothing (verl builds one anyway for a KL term)."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from verl_avsd import trainer as trainer_module
+    from verl_avsd.config import avsd_config
+
+    built = []
+    monkeypatch.setattr(PPOTrainer, "_init_resource_pool_mgr", lambda self: None)
+    monkeypatch.setattr(trainer_module, "build_ref_model_with_actor", lambda t: built.append(t))
+    monkeypatch.setattr(trainer_module, "has_separate_actor", lambda t: False)
+    monkeypatch.setattr(trainer_module, "use_actor_worker_class", lambda t, cls: None)
+    t = object.__new__(trainer_module.AvsdTrainer)
+    t.config = OmegaConf.create({"actor_rollout_ref": {"model": {}, "hybrid_engine": True}})
+    t.needs_teacher = True
+    t.avsd = avsd_config({"avsd": {"teacher": "ref", "teacher_placement": placement}})
+    t._init_resource_pool_mgr()
+    assert (built == [t]) is builds

@@ -74,7 +74,7 @@ class ToyRun:
     resume: bool = False
     dump_rollouts: bool = False
     # algorithm.avsd.teacher_placement and .teacher (None: `current` with rollout placement, the
-    # only teacher the rollout servers hold; else the yaml's default)
+    # teacher the rollout servers hold and the one that streams; else the yaml's default)
     teacher_placement: str = "actor"
     teacher: str | None = None
     extra_overrides: list[str] = field(default_factory=list)

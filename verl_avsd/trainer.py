@@ -9,7 +9,7 @@ Select it with `trainer.v1.trainer_mode=avsd_sync`. One training step is verl's 
 
 Only three things differ from verl's `sync` trainer:
 1. the actor workers are `AvsdActorRolloutRefWorker` (verl's worker + `compute_view_log_probs`),
-   and the reference model is built whenever the teacher is `ref` (even without a KL term);
+   and the reference model is built whenever the actor workers score a `ref` teacher (even without a KL term);
 2. the advantage step first builds the rollout-dependent views (`feedback`, `sibling`), runs the
    teacher step, then the AVSD-family estimator, and logs `avsd/*`, `credit/*`, `epistemic/*`
    and teacher throughput metrics through verl's tracker. It replaces verl's advantage step, so
@@ -144,8 +144,11 @@ class AvsdTrainer(PPOTrainerSync):
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
-        if self.needs_teacher and self.avsd.teacher == "ref" and not _lora_enabled(self.config):
-            build_ref_model_with_actor(self)  # verl builds the ref model only for a KL term; the AVSD teacher needs it too
+        # verl builds the ref model only for a KL term; the AVSD teacher needs it too, where the actor
+        # workers score the views (with rollout placement the ref teacher has replicas of its own)
+        scores_on_actor = self.avsd.teacher_placement == "actor"
+        if self.needs_teacher and self.avsd.teacher == "ref" and scores_on_actor and not _lora_enabled(self.config):
+            build_ref_model_with_actor(self)
         if has_separate_actor(self):
             raise NotImplementedError(
                 "trainer.v1.trainer_mode=avsd_sync runs the teacher on the colocated actor workers "
