@@ -175,3 +175,35 @@ def test_a_real_model_folder_gets_chat_prompts_and_its_own_lengths(overlap, tmp_
     assert views["rollout"]["blocking_s"] == pytest.approx(blocking) and views["rollout"]["hidden_fraction"] == pytest.approx(
         fraction
     )
+
+
+def test_gpu_checks_brings_its_results_back_as_one_tar(tmp_path):
+    """The device tool returns at most 8 files: gpu_checks.sh packs its 9 results into one tar.
+    Run with a stand-in interpreter that writes only rollout_overlap's two files where asked."""
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    (repo / "bench").mkdir(parents=True)
+    out.mkdir()
+    (repo / "bench" / "gpu_checks.sh").write_text((ROOT / "bench" / "gpu_checks.sh").read_text())
+    fake = tmp_path / "python3"
+    fake.write_text(
+        textwrap.dedent(
+            """\
+            #!/usr/bin/env bash
+            if [ "${1:-}" = bench/rollout_overlap.py ]; then
+                while [ $# -gt 0 ]; do if [ "$1" = --out ]; then dir=$2; fi; shift; done
+                echo '{}' > "$dir/gpu_overlap_cuda.json"; echo 'line' > "$dir/gpu_overlap_cuda.md"
+            fi
+            exit 0
+            """
+        )
+    )
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake), "GPU_CHECKS_SECONDS": "100"}
+    result = subprocess.run(
+        ["bash", str(repo / "bench" / "gpu_checks.sh")], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_checks.log", "gpu_results.tar"]
+    listing = subprocess.run(["tar", "-tf", str(out / "gpu_results.tar")], capture_output=True, text=True, check=True)
+    assert listing.stdout.split() == ["placement/gpu_overlap_cuda.json", "placement/gpu_overlap_cuda.md"]
+    assert "rollout overlap" in (out / "gpu_checks.log").read_text()
