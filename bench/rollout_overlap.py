@@ -464,7 +464,7 @@ def run(args) -> dict:
 # Two workloads for bench/README.md's "Expected step ratio on a GPU cluster (on paper)". Common:
 # 8 engines (one GPU each) x 64 rollouts, decode step t_dec = 8 ms whatever the rows in flight
 # (memory-bound), teacher prefill P = 85.1k tokens/s per GPU (the packed path measured on an H100,
-# Qwen3-1.7B shape: /work/shared/spec/VERL.md), view tokens full 700, partial 350, answer 16
+# Qwen3-1.7B shape, as the project spec VERL.md quotes), view tokens full 700, partial 350, answer 16
 # (prompt cached), lengths log-normal cut at the cap.
 PAPER_SCENARIOS = {
     "reasoning": {"median": 1000, "sigma": 1.0, "cap": 8192, "rest_s": 10.0},  # p99/median ~10
