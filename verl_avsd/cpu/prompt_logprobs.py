@@ -192,8 +192,11 @@ class PromptLogProbScorer:
                     deferred.append(i)
                 else:
                     wave[i] = Tail(ids=fed[i], prefix=entry, reused=length)
-            for i, ran in self._run_wave(model, wave, hidden, reused, sources).items():
-                results[i] = self._layout(model, requests[i], hidden[i], reused[i], sources[i], ran)
+            ran_by_request = self._run_wave(model, wave, hidden, reused, sources)
+            starts = {i: self._head_start(requests[i], reused[i], sources[i]) for i in ran_by_request}
+            given = self._wave_token_logprobs(model, requests, hidden, starts)
+            for i, ran in ran_by_request.items():
+                results[i] = self._layout(model, requests[i], hidden[i], reused[i], starts[i], sources[i], ran, given.get(i))
                 if self.cache is not None and ran is not None:
                     self.cache.put(ran)  # after _layout: the entry carries its head output
                     if sources[i] is not None and reused[i] == len(sources[i].ids):
@@ -225,28 +228,53 @@ class PromptLogProbScorer:
                 self.stats["fed_tokens"] += len(ran.ids) - wave[i].reused
         return ran_by_request
 
+    @staticmethod
+    def _head_start(request: ScoringRequest, reused: int, source: Optional[CachedPrefix]) -> int:
+        """The first position the log-prob head must run on: reused - 1 when `source` holds its
+        output at the same temperature and k (the positions before have the same targets), else 0."""
+        key = (request.temperature, request.num_logprobs)
+        return reused - 1 if reused > 1 and source is not None and source.head is not None and source.head[0] == key else 0
+
+    @staticmethod
+    def _wave_token_logprobs(model, requests: list[ScoringRequest], hidden: list, starts: dict[int, int]) -> dict:
+        """{i: [n_i - s_i] log-probs} of the wave's given-token requests, one head call per temperature:
+        a few new positions per request (the views followed while generating) would otherwise pay a
+        [few, V] matmul each, which costs a CPU several times its share of one [sum, V] call."""
+        out = {}
+        for temperature in {requests[i].temperature for i in starts if requests[i].num_logprobs == 0}:
+            members = [i for i in starts if requests[i].num_logprobs == 0 and requests[i].temperature == temperature]
+            members = [i for i in members if len(requests[i].prompt_ids) - 1 > starts[i]]
+            if not members:
+                continue
+            states = torch.cat([hidden[i][starts[i] :] for i in members])  # [sum, H]
+            targets = torch.cat([torch.tensor(requests[i].prompt_ids[1 + starts[i] :], dtype=torch.long) for i in members])
+            logprobs = chunked_token_logprobs(model, states, targets.to(states.device), LOGPROB_CHUNK_TOKENS, temperature)
+            out.update(zip(members, logprobs.split([len(requests[i].prompt_ids) - 1 - starts[i] for i in members])))
+        return out
+
     def _layout(
         self,
         model,
         request: ScoringRequest,
         hidden: torch.Tensor,
         reused: int,
+        start: int,
         source: Optional[CachedPrefix],
         ran: Optional[CachedPrefix],
+        given: Optional[torch.Tensor] = None,
     ) -> dict[str, Any]:
         """vLLM's layout (extract_prompt_logprobs) of the log-probs at every position but the last.
 
-        The head runs from position reused - 1 on when `source` holds its output at the same
-        temperature and k (the positions before have the same targets); `ran` keeps the result.
+        The head runs from position `start` on (`_head_start`; the positions before come from
+        `source`'s head output), or its output for those positions is `given` [n - start]; `ran`
+        keeps the result.
         """
         targets = torch.tensor(request.prompt_ids[1:], dtype=torch.long, device=hidden.device)  # [n]
         k, key = request.num_logprobs, (request.temperature, request.num_logprobs)
-        start = reused - 1 if reused > 1 and source is not None and source.head is not None and source.head[0] == key else 0
         if k == 0:
-            logprobs = chunked_token_logprobs(
-                model, hidden[start:], targets[start:], LOGPROB_CHUNK_TOKENS, request.temperature
-            )  # [n - s]
-            ids, values = targets[start:, None].cpu(), logprobs[:, None].cpu()  # [n - s, 1]
+            if given is None:
+                given = chunked_token_logprobs(model, hidden[start:], targets[start:], LOGPROB_CHUNK_TOKENS, request.temperature)
+            ids, values = targets[start:, None].cpu(), given[:, None].cpu()  # [n - s, 1]
         else:
             ids, values = _top_k_logprobs(model, hidden[start:], k, request.temperature)  # [n - s, k] each
         if start:
