@@ -87,11 +87,11 @@ def _rows(tokenizer):
     return prompts, infos, responses
 
 
-def _cfg():
+def _cfg(views=("full", "partial", "answer", "feedback")):
     return avsd_config(
         {
             "avsd": {
-                "views": ["full", "partial", "answer", "feedback"],
+                "views": list(views),
                 "max_view_tokens": 40,
                 "share_prefix_min_tokens": 4,
                 "token_budget": 512,
@@ -348,8 +348,10 @@ class _SlowRows:
         return Slow(*args, **kwargs)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_views_followed_while_generating_equal_the_packed_path(model_and_tokenizer, monkeypatch, tmp_path, temperature):
+@pytest.mark.parametrize("temperature, with_feedback", [(1.0, True), (0.7, True), (1.0, False)])
+def test_views_followed_while_generating_equal_the_packed_path(
+    model_and_tokenizer, monkeypatch, tmp_path, temperature, with_feedback
+):
     """The real hf server generates the responses; the worker's generate request carries the
     views (FollowingClient), the server scores them every 4 tokens and with the response; the
     fields equal the packed path's on those responses within 1e-5, and each followed view's final
@@ -365,8 +367,14 @@ def test_views_followed_while_generating_equal_the_packed_path(model_and_tokeniz
     server = hf_rollout.HFRolloutServer(rollout_config, model_config, replica_rank=0)
     server.model = model  # the float64 model: the two paths then differ by far less than 1e-5
     prompts, infos, _ = _rows(tokenizer)
-    cfg = _cfg()
+    cfg = _cfg() if with_feedback else _cfg(("full", "partial", "answer"))
     every = 4
+    if not with_feedback:  # the views need nothing from the response: the end reuses the contexts built before
+        from verl_avsd.workers import rollout_teacher
+
+        built = rollout_teacher.sample_contexts
+        calls = []
+        monkeypatch.setattr(rollout_teacher, "sample_contexts", lambda *a: calls.append(1) or built(*a))
 
     class Direct:  # verl's LLMServerClient, in process: keywords pass through to the server
         async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
@@ -389,7 +397,7 @@ def test_views_followed_while_generating_equal_the_packed_path(model_and_tokeniz
 
     async def one(b):
         sample = {"raw_prompt": prompts[b], "extra_info": infos[b], "uid": f"uid{b}"}
-        _FOLLOW.set({"follow": worker._follow_payload(sample)})  # as _run_agent_loop, in this sample's task
+        _FOLLOW.set(worker._follow_request(sample))  # as _run_agent_loop, in this sample's task
         text = tokenizer.apply_chat_template(prompts[b], add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer.encode(text, add_special_tokens=False)
         params = {"temperature": temperature, "top_p": 1.0, "top_k": -1, "logprobs": False}
@@ -429,6 +437,8 @@ def test_views_followed_while_generating_equal_the_packed_path(model_and_tokeniz
             assert float(fields["avsd_teacher_streamed_s"]) > 0
     assert followed_views >= 5  # rows 0, 2, 4 have 3, 3 and 1 views known before generation
     assert len(finals) > followed_views  # the streaming rounds ran requests of their own
+    if not with_feedback:
+        assert len(calls) == len(prompts)  # once per sample, before generation
 
 
 def test_a_follow_that_fails_leaves_the_views_to_the_end_and_a_bad_keyword_names_the_request():

@@ -159,8 +159,10 @@ async def score_sample_views(
 
 # ---- following the views while the sample generates (the hf server) ----
 
-# this sample's follow request, set in the sample's own task (`_run_agent_loop`) and taken by the
-# first generate call it makes (single-turn: its only one)
+# this sample's follow request ("follow"), set in the sample's own task (`_run_agent_loop`) and
+# taken by the first generate call it makes (single-turn: its only one), and the contexts it was
+# built from ("contexts": when the views need nothing from the response, the scoring at the end
+# reuses them rather than render M chat templates again while other samples wait)
 _FOLLOW: contextvars.ContextVar[dict | None] = contextvars.ContextVar("avsd_follow", default=None)
 RECEIVED_KEY = "avsd_follow_received_s"  # extra_fields: when the followed answer came back (wall clock)
 
@@ -238,20 +240,20 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
 
     async def _run_agent_loop(self, sampling_params, trajectory, *, agent_name, trace=True, **kwargs):
         if self.follow_every and not trajectory["validate"]:
-            _FOLLOW.set({"follow": self._follow_payload(kwargs)})  # this sample's task only
+            _FOLLOW.set(self._follow_request(kwargs))  # this sample's task only
         return await super()._run_agent_loop(sampling_params, trajectory, agent_name=agent_name, trace=trace, **kwargs)
 
-    def _follow_payload(self, sample) -> dict | None:
-        """The views known before generation (all but the feedback view), or None (malformed row:
-        the scoring at the end raises its error)."""
+    def _follow_request(self, sample) -> dict:
+        """{"follow": payload, "contexts": ...} for the views known before generation (all but the
+        feedback view); {} for a malformed row (the scoring at the end raises its error)."""
         try:
             extra_info = sample.get("extra_info")
             if FEEDBACK_VIEW in self.avsd.views:
                 extra_info = with_rollout_view(extra_info, FEEDBACK_VIEW, None)
             contexts = sample_contexts(self.tokenizer, sample["raw_prompt"], extra_info, self.avsd, self.chat_kwargs)
         except Exception:  # noqa: BLE001 - reported where the sample is scored
-            return None
-        return follow_payload(contexts, self.teacher_temperature, self.follow_every)
+            return {}
+        return {"follow": follow_payload(contexts, self.teacher_temperature, self.follow_every), "contexts": contexts}
 
     async def _agent_loop_postprocess(self, output, validate, **kwargs):
         if not validate:
@@ -271,7 +273,11 @@ class RolloutTeacherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):  # v
             text, metrics = await asyncio.to_thread(self._feedback, response_ids, extra_info)  # the sandbox blocks
             extra_info = with_rollout_view(extra_info, FEEDBACK_VIEW, text)
             sample_kwargs.update(avsd_feedback=text, **{FEEDBACK_METRICS_FIELD: metrics})
-        contexts = sample_contexts(self.tokenizer, sample_kwargs["raw_prompt"], extra_info, self.avsd, self.chat_kwargs)
+        holder = _FOLLOW.get() or {}
+        if FEEDBACK_VIEW not in self.avsd.views and holder.get("contexts") is not None:
+            contexts = holder["contexts"]  # the same call on the same row, before generation
+        else:
+            contexts = sample_contexts(self.tokenizer, sample_kwargs["raw_prompt"], extra_info, self.avsd, self.chat_kwargs)
         uid = sample_kwargs.get("uid") or uuid4().hex
         answered = followed_answers(followed, contexts, list(response_ids))
         fields = await score_sample_views(
