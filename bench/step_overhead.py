@@ -23,8 +23,9 @@ after generation on the actor workers (the packed prefill); `rollout` scores eac
 on the rollout server as soon as its generation ends (workers/rollout_teacher.py). Each teacher
 method runs once per placement (named `avsd`, `opsd` for actor and `avsd@rollout`,
 `opsd@rollout`), GRPO once (it has no teacher); when --placements names `rollout`, every teacher
-run uses `teacher: current` (the only teacher `rollout` placement has), so the placements compare
-like with like (with `actor` alone, the default teacher, `ref`). Per placement
+run uses `teacher: current` (the rollout servers' own weights, and the teacher the `hf` server
+streams while generating), so the placements compare like with like (with `actor` alone, the
+default teacher, `ref`). Per placement
 the summary gives AVSD/OPSD, AVSD/GRPO and OPSD/GRPO step ratios, and per method the blocking
 teacher time (`avsd/teacher_blocking_s`: what the step waited for the teacher after the last
 generation ended) of `rollout` against `actor` (target: at most 1/4).
