@@ -87,6 +87,7 @@ BAD_VALUES = {
     "token_budget": NOT_A_NUMBER + [0, -5, 0.5, 2**40],
     "logprob_chunk_tokens": NOT_A_NUMBER + [0, -1, 1.5],
     "share_prefix_min_tokens": NOT_A_NUMBER + [-1, -0.5, 3.7],
+    "teacher_stream_tokens": NOT_A_NUMBER + [-1, -0.5, 3.7],
     "teacher_group_by_prompt": [None, "", "yes", "true", 1, 0, INF, [True], {"a": 1}],
     "epistemic_tau": NOT_A_NUMBER + [-1, -1e-9],
     "epistemic_markers": [
@@ -125,6 +126,7 @@ GOOD_VALUES = {
     "teacher_chat_template_kwargs": [None, {"enable_thinking": True}, {}],
     "token_budget": [1, 16000.0],  # hydra reads 1.6e4 as a float
     "share_prefix_min_tokens": [0],
+    "teacher_stream_tokens": [0, 8, 64.0],
     "teacher_group_by_prompt": [False],
     "teacher_placement": ["actor", "rollout"],
     "epistemic_tau": [0, 0.5],
