@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import types
 
 import pytest
@@ -18,6 +19,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.rollout.replica import TokenOutput
 
 from verl_avsd.config import avsd_config
+from verl_avsd.cpu.early_rows import FinishedRows
 from verl_avsd.data_prep.contract import tests_json as make_tests  # aliased: pytest collects test*
 from verl_avsd.feedback_view import feedback_for_rollouts
 from verl_avsd.teacher_placement import check_rollout_placement, placement_timing
@@ -331,21 +333,13 @@ def test_demo_flag_selects_the_placement_and_the_current_teacher(capsys):
 # ---- views followed while the sample generates (teacher_stream_tokens, the hf server) ----
 
 
-class _SlowRows:
+class _SlowRows(FinishedRows):
     """FinishedRows that takes 50 ms a step, so that each streaming round finishes before the
     next tokens are published (the test then knows what the final request has left to run)."""
 
-    def __new__(cls, *args, **kwargs):
-        import time
-
-        from verl_avsd.cpu.early_rows import FinishedRows
-
-        class Slow(FinishedRows):
-            def __call__(self, input_ids, scores, **kw):
-                time.sleep(0.05)
-                return super().__call__(input_ids, scores, **kw)
-
-        return Slow(*args, **kwargs)
+    def __call__(self, input_ids, scores, **kwargs):
+        time.sleep(0.05)
+        return super().__call__(input_ids, scores, **kwargs)
 
 
 @pytest.mark.parametrize("temperature, with_feedback", [(1.0, True), (0.7, True), (1.0, False)])
